@@ -1,0 +1,22 @@
+"""ifkit: influence functions with flat validation minima, on torch.func.
+
+    scores = ifkit.score(method, model, train=(X, y), val=(Xv, yv), **options)       # (n_train,)
+    table  = ifkit.pairwise(method, model, train=(X, y), queries=(Xq, yq), **options)  # (n_queries, n_train)
+
+Higher score = more harmful (more likely mislabelled); pairwise negative = helpful.
+"""
+
+from . import estimators as _estimators
+from .estimators import pairwise, score
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # METHODS is read from the registry on access, so methods registered by higher layers (VM/FVM) appear too.
+    if name == "METHODS":
+        return _estimators.methods()
+    raise AttributeError(f"module 'ifkit' has no attribute {name!r}")
+
+
+__all__ = ["score", "pairwise", "METHODS"]

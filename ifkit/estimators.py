@@ -1,0 +1,531 @@
+"""One short function per influence method, a registry, and the public ``score`` / ``pairwise`` entry points.
+
+Sign convention (the same for every method):
+
+* ``score(...)[i]``  = predicted INCREASE of the mean validation loss when training point i is up-weighted, or
+  for self-influence methods ("loss", "self-if", "gex", "vm", "fvm") the method's own harmfulness measure.
+  HIGHER = MORE HARMFUL = more likely mislabelled.
+* ``pairwise(...)[q, i]`` = predicted change of query q's loss when training point i is up-weighted:
+  negative = helpful ("proponent"), positive = harmful ("opponent").
+
+Up-weighting z_i by eps moves the optimum by d theta / d eps = -H^-1 g_i (Koh & Liang 2017), so the first-order
+change of a loss with gradient g is  d L / d eps = -g^T H^-1 g_i.  Removing the point is eps = -1/n_train.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import curvature as C
+from .func import (
+    DEFAULT_CHUNK_SIZE,
+    Problem,
+    as_tensors,
+    hessian_exact,
+    ggn_vp_fn,
+    hvp_fn,
+    iter_grads,
+    make_problem,
+    mean_grad,
+)
+
+# Every option any method understands, with its default. Unknown names are refused with a suggestion.
+DEFAULTS: dict[str, Any] = dict(
+    damping=0.01,  # lam in (H + lam I)^-1; the L2 strength the model was trained with is the principled choice
+    iters=None,  # CG iterations (100) / LiSSA depth (500)
+    tol=1e-8,
+    scale=None,  # LiSSA scale; None: 1.5 x (top eigenvalue of H + damping), measured by power iteration
+    lissa_batch=None,  # None: full-batch HVPs (deterministic); an int: stochastic mini-batch HVPs
+    checkpoints=None,  # TracIn: list of state_dicts or (state_dict, lr) pairs
+    lrs=None,  # TracIn: learning rate of each checkpoint (default 1.0)
+    curvature=None,  # "exact" | "ggn" | "cg" | "ggn-cg"; None picks per method and size
+    ensemble_size=8,  # GEX
+    gex_steps=100,
+    gex_lr=0.05,
+    gex_batch=64,
+    budget_mb=1024.0,  # memory budget for the exact Hessian
+    cache_grads=False,  # keep all training gradients in memory instead of recomputing per pass
+    params=None,
+    loss="cross_entropy",
+    chunk_size=DEFAULT_CHUNK_SIZE,
+    seed=0,
+    device=None,
+    progress=False,
+    # flat validation minima (VM / FVM)
+    flat_optimizer=None,
+    flat_steps=None,
+    flat_lr=None,
+    rho=None,
+    sigma=None,
+)
+
+
+@dataclass
+class Ctx:
+    """Everything a method needs: the problem at theta, training data, the other side (val or queries)."""
+
+    model: torch.nn.Module
+    X: Tensor
+    y: Tensor
+    Xv: Tensor
+    yv: Tensor
+    opt: dict[str, Any]
+    prob: Problem = field(init=False)
+    _G: Tensor | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.prob = make_problem(self.model, self.opt["params"], self.opt["loss"])
+
+    @property
+    def n(self) -> int:
+        return len(self.X)
+
+    def grads(self, prob: Problem | None = None, desc: str = "gradients") -> Iterator[tuple[slice, Tensor]]:
+        """Stream (rows, G_chunk) of training gradients at ``prob`` (default theta); cached when asked."""
+        prob = prob or self.prob
+        if self.opt["cache_grads"] and prob is self.prob:
+            if self._G is None:
+                self._G = torch.cat([G for _, G in iter_grads(prob, self.X, self.y, self.opt["chunk_size"])])
+            yield slice(0, self.n), self._G
+            return
+        it = iter_grads(prob, self.X, self.y, self.opt["chunk_size"])
+        n_chunks = math.ceil(self.n / self.opt["chunk_size"])
+        yield from tqdm(it, total=n_chunks, desc=desc, disable=not self.opt["progress"], leave=False)
+
+    def apply(self, fn: Callable[[Tensor], Tensor], prob: Problem | None = None) -> Tensor:
+        """Concatenate fn(G_chunk) over the training set: (n, ...)."""
+        return torch.cat([fn(G) for _, G in self.grads(prob)])
+
+    def damping(self) -> float:
+        return C.check_damping(self.opt["damping"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Curvature choice shared by the inverse-Hessian methods
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def inverse_hvp(prob: Problem, X: Tensor, y: Tensor, V: Tensor, opt: dict[str, Any], default: str) -> Tensor:
+    """(H + damping I)^-1 V for the Hessian (or Gauss-Newton) of the mean loss over (X, y) at ``prob.theta``.
+
+    ``curvature``: "exact" (full Hessian + Cholesky), "ggn" (exact Gauss-Newton + Cholesky), "cg" (Hessian CG),
+    "ggn-cg" (Gauss-Newton CG). V is (p,) or (p, k).
+    """
+    curv = opt["curvature"] or default
+    damping = C.check_damping(opt["damping"])
+    if curv == "exact":
+        return C.solve_cholesky(hessian_exact(prob, X, y, opt["budget_mb"]), V, damping)
+    if curv == "ggn":
+        mv = ggn_vp_fn(prob, X, y)
+        return C.solve_cholesky(_dense(mv, prob, opt["budget_mb"]), V, damping)
+    if curv in ("cg", "ggn-cg"):
+        mv = hvp_fn(prob, X, y) if curv == "cg" else ggn_vp_fn(prob, X, y)
+        return C.conjugate_gradient(mv, V, damping, iters=opt["iters"] or 100, tol=opt["tol"])
+    raise ValueError(f"unknown curvature {curv!r}: use 'exact', 'ggn', 'cg' or 'ggn-cg'")
+
+
+def _dense(mv: Callable[[Tensor], Tensor], prob: Problem, budget_mb: float) -> Tensor:
+    need_mb = prob.p**2 * prob.theta.element_size() / 2**20
+    if need_mb > budget_mb:
+        raise MemoryError(
+            f"a dense {prob.p:,} x {prob.p:,} curvature matrix needs {need_mb:,.0f} MB (> budget_mb={budget_mb:,.0f}):"
+            " use curvature='cg' or 'ggn-cg', restrict params=, or raise budget_mb"
+        )
+    M = mv(torch.eye(prob.p, dtype=prob.theta.dtype, device=prob.theta.device))  # (p, p)
+    return (M + M.T) / 2
+
+
+def _auto_exact(prob: Problem, opt: dict[str, Any], exact: str = "exact", cg: str = "cg") -> str:
+    """Exact curvature when the dense matrix fits comfortably in the budget, CG otherwise."""
+    return exact if prob.p**2 * prob.theta.element_size() / 2**20 <= opt["budget_mb"] / 4 else cg
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods. Each has a score form (n_train,) and, where it makes sense, a pairwise form (n_queries, n_train).
+# In pairwise forms ctx.Xv / ctx.yv hold the queries.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def loss_score(ctx: Ctx) -> Tensor:
+    """Training loss of each point at theta: the simplest self-influence baseline. Cost: one forward pass."""
+    with torch.no_grad():
+        return torch.cat([ctx.prob.losses(ctx.prob.theta, ctx.X[r], ctx.y[r]) for r in _rows(ctx)])  # (n,)
+
+
+def graddot_score(ctx: Ctx) -> Tensor:
+    """Gradient dot product: score_i = -g_val^T g_i  (H replaced by I). Cost: one gradient pass."""
+    g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)  # (p,)
+    return ctx.apply(lambda G: -(G @ g_val))
+
+
+def graddot_pairwise(ctx: Ctx) -> Tensor:
+    """pairwise[q, i] = -g_q^T g_i."""
+    Gq = _query_grads(ctx)  # (Q, p)
+    return ctx.apply(lambda G: -(G @ Gq.T)).T  # (Q, n)
+
+
+def gradcos_score(ctx: Ctx) -> Tensor:
+    """Gradient cosine: score_i = -cos(g_val, g_i); insensitive to gradient scale. Cost: one gradient pass."""
+    g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)
+    g_val = g_val / g_val.norm().clamp_min(1e-30)
+    return ctx.apply(lambda G: -(G @ g_val) / G.norm(dim=1).clamp_min(1e-30))
+
+
+def gradcos_pairwise(ctx: Ctx) -> Tensor:
+    """pairwise[q, i] = -cos(g_q, g_i)."""
+    Gq = _query_grads(ctx)
+    Gq = Gq / Gq.norm(dim=1, keepdim=True).clamp_min(1e-30)  # (Q, p)
+    return ctx.apply(lambda G: -(G @ Gq.T) / G.norm(dim=1, keepdim=True).clamp_min(1e-30)).T
+
+
+def tracin_score(ctx: Ctx) -> Tensor:
+    """TracIn-CP (Pruthi et al. 2020): score_i = -sum_c lr_c g_val(theta_c)^T g_i(theta_c).
+
+    Cost: one gradient pass per checkpoint. Without ``checkpoints=`` only the final model is used (= graddot).
+    """
+    total = torch.zeros(ctx.n, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
+    for prob, lr in _checkpoint_problems(ctx):
+        g_val = mean_grad(prob, ctx.Xv, ctx.yv)
+        total -= lr * ctx.apply(lambda G: G @ g_val, prob)
+    return total
+
+
+def tracin_pairwise(ctx: Ctx) -> Tensor:
+    """pairwise[q, i] = -sum_c lr_c g_q(theta_c)^T g_i(theta_c)."""
+    total = torch.zeros(len(ctx.Xv), ctx.n, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
+    for prob, lr in _checkpoint_problems(ctx):
+        Gq = _query_grads(ctx, prob)
+        total -= lr * ctx.apply(lambda G: G @ Gq.T, prob).T
+    return total
+
+
+def _influence_score(ctx: Ctx, default_curvature: str) -> Tensor:
+    """Classic influence: score_i = -g_val^T (H_tr + damping I)^-1 g_i (Koh & Liang 2017; paper Sec. 3).
+
+    One inverse-Hessian product for the single right-hand side g_val (H symmetric), then one gradient pass.
+    """
+    g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)  # (p,)
+    v = inverse_hvp(ctx.prob, ctx.X, ctx.y, g_val, ctx.opt, default_curvature)  # (p,) = (H + lam I)^-1 g_val
+    return ctx.apply(lambda G: -(G @ v))
+
+
+def _influence_pairwise(ctx: Ctx, default_curvature: str) -> Tensor:
+    """pairwise[q, i] = -g_q^T (H_tr + damping I)^-1 g_i; one batched solve for all queries."""
+    Gq = _query_grads(ctx)  # (Q, p)
+    V = inverse_hvp(ctx.prob, ctx.X, ctx.y, Gq.T, ctx.opt, default_curvature)  # (p, Q)
+    return ctx.apply(lambda G: -(G @ V)).T  # (Q, n)
+
+
+def if_exact_score(ctx: Ctx) -> Tensor:
+    """Classic influence with the exact Hessian (Cholesky): the oracle. Cost O(p^3) + one gradient pass."""
+    return _influence_score(ctx, "exact")
+
+
+def if_exact_pairwise(ctx: Ctx) -> Tensor:
+    return _influence_pairwise(ctx, "exact")
+
+
+def if_cg_score(ctx: Ctx) -> Tensor:
+    """Classic influence with conjugate gradient: ``iters`` HVPs over the training set + one gradient pass."""
+    return _influence_score(ctx, "cg")
+
+
+def if_cg_pairwise(ctx: Ctx) -> Tensor:
+    return _influence_pairwise(ctx, "cg")
+
+
+def _lissa_solve(ctx: Ctx, V: Tensor) -> Tensor:
+    """(H_tr + damping I)^-1 V by LiSSA; scale defaults to 1.5 x the measured top eigenvalue of H + damping."""
+    prob, opt = ctx.prob, ctx.opt
+    damping = ctx.damping()
+    full = hvp_fn(prob, ctx.X, ctx.y)
+    scale = opt["scale"]
+    if scale is None:
+        lam_max = C.top_eigenvalue(full, prob.p, iters=30, seed=opt["seed"], dtype=prob.theta.dtype,
+                                   device=prob.theta.device)
+        scale = 1.5 * (abs(lam_max) + damping)
+    batch_mv = None
+    if opt["lissa_batch"]:
+        gen = torch.Generator().manual_seed(opt["seed"])
+        b = int(opt["lissa_batch"])
+        # Same seed -> same mini-batches -> identical result; each iteration resamples (Agarwal et al. 2017).
+        order = [torch.randint(0, ctx.n, (b,), generator=gen) for _ in range(opt["iters"] or 500)]
+        batch_mv = lambda t: hvp_fn(prob, ctx.X[order[t]], ctx.y[order[t]])  # noqa: E731
+    return C.lissa(full, V, damping, scale=scale, iters=opt["iters"] or 500, tol=opt["tol"], batch_matvecs=batch_mv)
+
+
+def if_lissa_score(ctx: Ctx) -> Tensor:
+    """Classic influence with LiSSA (Agarwal et al. 2017): ``iters`` HVPs + one gradient pass.
+
+    score_i = -g_val^T h,  h = LiSSA estimate of (H_tr + damping I)^-1 g_val.
+    """
+    g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)
+    v = _lissa_solve(ctx, g_val)  # (p,)
+    return ctx.apply(lambda G: -(G @ v))
+
+
+def if_lissa_pairwise(ctx: Ctx) -> Tensor:
+    Gq = _query_grads(ctx)
+    V = _lissa_solve(ctx, Gq.T)  # (p, Q)
+    return ctx.apply(lambda G: -(G @ V)).T
+
+
+def _blocks(prob: Problem) -> list[slice]:
+    """Parameter blocks = modules (a Linear's weight and bias together), as DataInf treats layers."""
+    groups: dict[str, list[slice]] = {}
+    for name, s in prob.slices().items():
+        groups.setdefault(name.rsplit(".", 1)[0] if "." in name else name, []).append(s)
+    return [slice(g[0].start, g[-1].stop) for g in groups.values()]  # contiguous: names are in module order
+
+
+def _datainf_apply(ctx: Ctx, V: Tensor) -> Tensor:
+    """DataInf's closed-form inverse applied to V (p, k), block by block (one block per layer).
+
+    Per block l:  (G_l^T G_l / n + lam_l I)^-1 v_l ~= (v_l - 1/n sum_i g_il (g_il^T v_l) / (lam_l + ||g_il||^2)) / lam_l
+    with lam_l = damping if passed explicitly, else Kwon et al.'s 0.1 x mean_i ||g_il||^2 / p_l. Two gradient passes.
+    """
+    blocks = _blocks(ctx.prob)
+    if "damping" not in ctx.opt["_given"] or ctx.opt["damping"] in (None, "auto"):
+        sq = torch.zeros(len(blocks), dtype=V.dtype, device=V.device)
+        for _, G in ctx.grads():
+            sq += torch.stack([(G[:, b] ** 2).sum() for b in blocks])
+        lams = [0.1 * sq[j].item() / ctx.n / (b.stop - b.start) for j, b in enumerate(blocks)]
+    else:
+        lams = [ctx.damping()] * len(blocks)
+    acc = torch.zeros_like(V)  # (p, k): sum_i g_i coef_i, per block
+    for _, G in ctx.grads():
+        for b, lam in zip(blocks, lams):
+            Gb = G[:, b]  # (c, p_l)
+            coef = (Gb @ V[b]) / (lam + (Gb * Gb).sum(1, keepdim=True))  # (c, k)
+            acc[b] += Gb.T @ coef
+    out = torch.empty_like(V)
+    for b, lam in zip(blocks, lams):
+        out[b] = (V[b] - acc[b] / ctx.n) / lam
+    return out
+
+
+def datainf_score(ctx: Ctx) -> Tensor:
+    """DataInf (Kwon et al. 2024): score_i = -g_i^T (DataInf inverse) g_val. Cost: three gradient passes, no HVP."""
+    g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)
+    v = _datainf_apply(ctx, g_val.unsqueeze(1)).squeeze(1)  # (p,)
+    return ctx.apply(lambda G: -(G @ v))
+
+
+def datainf_pairwise(ctx: Ctx) -> Tensor:
+    Gq = _query_grads(ctx)
+    V = _datainf_apply(ctx, Gq.T.contiguous())  # (p, Q)
+    return ctx.apply(lambda G: -(G @ V)).T
+
+
+def self_if_score(ctx: Ctx) -> Tensor:
+    """Self-influence: score_i = g_i^T (H_tr + damping I)^-1 g_i (Koh & Liang 2017, Sec. 5.4).
+
+    How much point i's own loss would drop if it were up-weighted: large for points the model can only fit by
+    bending around them. Exact curvature: one eigendecomposition, then per chunk ||diag(1/sqrt(lam+d)) Q^T g||^2;
+    with CG, one batched solve per chunk of training points (cost ~ n/chunk * iters HVPs).
+    """
+    curv = ctx.opt["curvature"] or _auto_exact(ctx.prob, ctx.opt, "exact", "cg")
+    if curv in ("exact", "ggn"):
+        M = hessian_exact(ctx.prob, ctx.X, ctx.y, ctx.opt["budget_mb"]) if curv == "exact" else _dense(
+            ggn_vp_fn(ctx.prob, ctx.X, ctx.y), ctx.prob, ctx.opt["budget_mb"])
+        evals, Q = torch.linalg.eigh(M)  # (p,), (p, p)
+        w = evals + ctx.damping()
+        if bool((w <= 0).any()):
+            raise ValueError(
+                f"H + damping I is not positive definite (smallest eigenvalue {evals[0].item():.3g}): "
+                f"use damping > {-evals[0].item():.3g} or curvature='ggn'"
+            )
+        return ctx.apply(lambda G: ((G @ Q) ** 2 / w).sum(1))
+    return ctx.apply(lambda G: (G * inverse_hvp(ctx.prob, ctx.X, ctx.y, G.T, ctx.opt, curv).T).sum(1))
+
+
+def _gex_ensemble(ctx: Ctx) -> list[Tensor]:
+    """GEX's geometric ensemble: members fine-tuned from theta* on the training set.
+
+    Each member runs ``gex_steps`` mini-batch SGD steps with a cosine learning-rate schedule from ``gex_lr``
+    (as in Kim et al. 2023's released configuration: 8 members, cosine schedule), from its own seed.
+    """
+    prob, opt = ctx.prob, ctx.opt
+    members = []
+    for k in range(opt["ensemble_size"]):
+        gen = torch.Generator().manual_seed(opt["seed"] * 1000 + k)
+        theta = prob.theta.clone()
+        for t in range(opt["gex_steps"]):
+            idx = torch.randint(0, ctx.n, (min(opt["gex_batch"], ctx.n),), generator=gen)
+            lr = opt["gex_lr"] * 0.5 * (1 + math.cos(math.pi * t / opt["gex_steps"]))
+            g = torch.func.grad(lambda th: prob.mean_loss(th, ctx.X[idx], ctx.y[idx]))(theta)
+            theta = theta - lr * g
+        members.append(theta.detach())
+    return members
+
+
+def _loss_deviations(ctx: Ctx, members: list[Tensor], X: Tensor, y: Tensor) -> Tensor:
+    """(K, n) loss deviations l(z, theta_k) - l(z, theta*) over the ensemble."""
+    with torch.no_grad():
+        base = ctx.prob.losses(ctx.prob.theta, X, y)  # (n,)
+        return torch.stack([ctx.prob.losses(th, X, y) - base for th in members])  # (K, n)
+
+
+def gex_score(ctx: Ctx) -> Tensor:
+    """GEX self-influence (Kim et al. 2023): E_k[(l(z_i, theta_k) - l(z_i, theta*))^2] over the ensemble.
+
+    GEX reads influence as the covariance of loss deviations under parameters sampled around theta* (the Laplace
+    view of -g^T H^-1 g', without linearising the loss), and samples with a geometric ensemble.
+    Cost: ensemble_size x gex_steps mini-batch steps + ensemble_size forward passes.
+    """
+    D = _loss_deviations(ctx, _gex_ensemble(ctx), ctx.X, ctx.y)  # (K, n)
+    return (D**2).mean(0)
+
+
+def gex_pairwise(ctx: Ctx) -> Tensor:
+    """pairwise[q, i] = -E_k[dl(z_q) dl(z_i)]: co-moving losses mean i helps q (negative = helpful)."""
+    members = _gex_ensemble(ctx)
+    Dq = _loss_deviations(ctx, members, ctx.Xv, ctx.yv)  # (K, Q)
+    D = _loss_deviations(ctx, members, ctx.X, ctx.y)  # (K, n)
+    return -(Dq.T @ D) / len(members)  # (Q, n)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _rows(ctx: Ctx):
+    return [slice(s, min(s + 4096, ctx.n)) for s in range(0, ctx.n, 4096)]
+
+
+def _query_grads(ctx: Ctx, prob: Problem | None = None) -> Tensor:
+    """(Q, p) gradients of each query's loss."""
+    prob = prob or ctx.prob
+    return torch.cat([G for _, G in iter_grads(prob, ctx.Xv, ctx.yv, ctx.opt["chunk_size"])])
+
+
+def _checkpoint_problems(ctx: Ctx) -> Iterator[tuple[Problem, float]]:
+    """(Problem at checkpoint c, lr_c) for TracIn; the final model with lr 1 when no checkpoints are given."""
+    cps = ctx.opt["checkpoints"]
+    if not cps:
+        yield ctx.prob, 1.0
+        return
+    lrs = ctx.opt["lrs"]
+    if lrs is not None and len(lrs) != len(cps):
+        raise ValueError(f"lrs has {len(lrs)} entries but checkpoints has {len(cps)}; give one learning rate each")
+    model = copy.deepcopy(ctx.model)
+    for j, cp in enumerate(cps):
+        state, lr = (cp if isinstance(cp, tuple) else (cp, None))
+        lr = lrs[j] if lrs is not None else (1.0 if lr is None else lr)
+        model.load_state_dict(state)
+        yield make_problem(model, ctx.opt["params"], ctx.opt["loss"]), float(lr)
+
+
+# name -> (score function, pairwise function or None)
+REGISTRY: dict[str, tuple[Callable[[Ctx], Tensor], Callable[[Ctx], Tensor] | None]] = {
+    "loss": (loss_score, None),
+    "graddot": (graddot_score, graddot_pairwise),
+    "gradcos": (gradcos_score, gradcos_pairwise),
+    "tracin": (tracin_score, tracin_pairwise),
+    "if-exact": (if_exact_score, if_exact_pairwise),
+    "if-cg": (if_cg_score, if_cg_pairwise),
+    "if-lissa": (if_lissa_score, if_lissa_pairwise),
+    "datainf": (datainf_score, datainf_pairwise),
+    "self-if": (self_if_score, None),
+    "gex": (gex_score, gex_pairwise),
+}
+
+
+def register(name: str, score_fn: Callable[[Ctx], Tensor], pairwise_fn: Callable[[Ctx], Tensor] | None = None):
+    """Add a method to the registry (used by higher layers, e.g. ``ifkit.flat`` for "vm"/"fvm")."""
+    REGISTRY[name] = (score_fn, pairwise_fn)
+
+
+def methods() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _resolve(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(method, str) or method not in REGISTRY:
+        close = difflib.get_close_matches(str(method), REGISTRY, n=3)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown method {method!r}{hint}; available: {', '.join(REGISTRY)}")
+    unknown = [k for k in options if k not in DEFAULTS]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, DEFAULTS, n=1) for k in unknown}
+        fix = "; ".join(f"{k!r} -> did you mean {v[0]!r}?" if v else f"{k!r} is not an option" for k, v in hints.items())
+        raise TypeError(f"unknown option(s) for ifkit.{method}: {fix}. Options: {', '.join(DEFAULTS)}")
+    opt = {**DEFAULTS, **options, "_given": frozenset(options)}
+    if opt["damping"] is not None and opt["damping"] != "auto":
+        C.check_damping(opt["damping"])
+    return opt
+
+
+def _prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_name: str) -> Ctx:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    X, y = as_tensors(train, "train")
+    Xv, yv = as_tensors(other, other_name)
+    if opt["device"] is not None:
+        model = copy.deepcopy(model).to(opt["device"])
+        X, y, Xv, yv = (t.to(opt["device"]) for t in (X, y, Xv, yv))
+    if model.training and any(isinstance(m, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm))
+                              for m in model.modules()):
+        warnings.warn("model is in training mode with Dropout/BatchNorm: scoring an eval() copy (your model is "
+                      "left as it is). Call model.eval() to silence this.", stacklevel=3)
+        model = copy.deepcopy(model).eval()
+    dtype = next(model.parameters()).dtype
+    X = X.to(dtype) if X.is_floating_point() else X
+    Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
+    return Ctx(model, X, y, Xv, yv, opt)
+
+
+def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Tensor:
+    """Score every training point: (n_train,) predicted increase of the mean validation loss when the point is
+    up-weighted (self-influence methods: their harmfulness measure). HIGHER = MORE HARMFUL.
+
+    Args:
+        method: one of ``ifkit.METHODS``.
+        model: a torch.nn.Module at the trained parameters theta*; never modified.
+        train: (X, y) tensors or a Dataset of pairs.
+        val: (X_val, y_val), the clean validation set S_val.
+        **options: see ``ifkit.estimators.DEFAULTS`` (damping, iters, scale, checkpoints, params, ...).
+    """
+    opt = _resolve(method, options)
+    ctx = _prepare(model, train, val, opt, "val")
+    out = REGISTRY[method][0](ctx)
+    return _check_finite(out, method)
+
+
+def pairwise(method: str, model: torch.nn.Module, train, queries, **options: Any) -> Tensor:
+    """(n_queries, n_train) predicted change of each query's loss when each training point is up-weighted.
+
+    Negative = helpful (proponent), positive = harmful (opponent).
+    """
+    opt = _resolve(method, options)
+    fn = REGISTRY[method][1]
+    if fn is None:
+        has = [m for m, (_, p) in REGISTRY.items() if p is not None]
+        raise ValueError(f"method {method!r} is a self-influence score and has no pairwise form; use one of {has}")
+    ctx = _prepare(model, train, queries, opt, "queries")
+    return _check_finite(fn(ctx), method)
+
+
+def _check_finite(out: Tensor, method: str) -> Tensor:
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        idx = bad.nonzero()[:, -1].unique()[:10].tolist()
+        raise ValueError(f"{method} produced non-finite scores for training indices {idx}...: check the inputs and "
+                         "loss for NaN/inf, or increase damping")
+    return out.detach()

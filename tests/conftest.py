@@ -1,0 +1,47 @@
+"""Small float64 problems shared by the tests."""
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from ifkit import theory
+
+
+def digits(n_train: int, n_val: int, n_flip: int, seed: int = 0, dtype=torch.float64):
+    """Digits (64 features in [0, 1]) with the first n_flip training labels shifted by 3 classes."""
+    d = load_digits()
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(d.data), generator=gen)
+    X = torch.tensor(d.data / 16, dtype=dtype)[perm]
+    y = torch.tensor(d.target)[perm]
+    Xtr, ytr = X[:n_train], y[:n_train].clone()
+    flipped = torch.zeros(n_train, dtype=torch.bool)
+    flipped[:n_flip] = True
+    ytr[:n_flip] = (ytr[:n_flip] + 3) % 10
+    return Xtr, ytr, X[n_train : n_train + n_val], y[n_train : n_train + n_val], flipped
+
+
+WEIGHT_DECAY = 1e-2
+
+
+@pytest.fixture(scope="session")
+def logreg():
+    """L2-regularised logistic regression at its exact optimum: (model, train, val, flipped, weight_decay)."""
+    Xtr, ytr, Xv, yv, flipped = digits(300, 300, 60)
+    torch.manual_seed(0)
+    model = theory.fit_convex(torch.nn.Linear(64, 10).double(), (Xtr, ytr), WEIGHT_DECAY)
+    return model, (Xtr, ytr), (Xv, yv), flipped, WEIGHT_DECAY
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp():
+    """A tiny tanh MLP (float64) trained to near-memorisation of noisy digits: (model, train, val, flipped)."""
+    Xtr, ytr, Xv, yv, flipped = digits(200, 100, 40, seed=1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10)).double()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(Xtr), ytr).backward()
+        opt.step()
+    return model, (Xtr, ytr), (Xv, yv), flipped

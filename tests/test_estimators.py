@@ -1,0 +1,169 @@
+import copy
+
+import pytest
+import torch
+
+import ifkit
+from ifkit import metrics, theory
+from tolerances import CG, EXACT, LISSA, LOO_PEARSON, LOO_SIGN_AGREEMENT
+
+PAIRWISE = ["graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "gex"]
+# Methods whose score is the (linear) mean of their pairwise table over the validation queries.
+LINEAR = ["graddot", "tracin", "if-exact", "if-cg", "datainf"]
+
+
+def test_methods_listed():
+    for m in [
+        "loss",
+        "graddot",
+        "gradcos",
+        "tracin",
+        "if-exact",
+        "if-cg",
+        "if-lissa",
+        "datainf",
+        "self-if",
+        "gex",
+    ]:
+        assert m in ifkit.METHODS
+
+
+def test_if_exact_predicts_leave_one_out(logreg):
+    model, train, val, _, wd = logreg
+    n = len(train[0])
+    predicted = -ifkit.score("if-exact", model, train, val, damping=wd) / n  # eps = -1/n
+    actual = theory.upweight_val_change(model, train, val, weight_decay=wd)
+    assert metrics.correlation(predicted, actual)["pearson"] >= LOO_PEARSON
+    assert metrics.sign_agreement(predicted, actual) >= LOO_SIGN_AGREEMENT
+
+
+@pytest.mark.parametrize("method,tol", [("if-cg", CG), ("if-lissa", LISSA)])
+def test_fast_solvers_match_exact(logreg, method, tol):
+    model, train, val, _, _ = logreg
+    opts = dict(damping=0.1, tol=1e-10, iters=3000)  # well-conditioned: damping 0.1
+    exact = ifkit.score("if-exact", model, train, val, damping=0.1)
+    scale = exact.abs().max()
+    torch.testing.assert_close(ifkit.score(method, model, train, val, **opts) / scale, exact / scale, **tol)
+
+
+@pytest.mark.parametrize("method", ["if-cg", "if-lissa"])
+def test_fast_solvers_pairwise_match_exact(logreg, method):
+    model, train, val, _, _ = logreg
+    queries = (val[0][:4], val[1][:4])
+    exact = ifkit.pairwise("if-exact", model, train, queries, damping=0.1)
+    fast = ifkit.pairwise(method, model, train, queries, damping=0.1, tol=1e-10, iters=3000)
+    torch.testing.assert_close(fast / exact.abs().max(), exact / exact.abs().max(), **LISSA)
+
+
+@pytest.mark.parametrize("method", LINEAR)
+def test_score_is_mean_of_pairwise_over_validation(logreg, method):
+    model, train, val, _, wd = logreg
+    s = ifkit.score(method, model, train, val, damping=wd, tol=1e-13)
+    P = ifkit.pairwise(method, model, train, val, damping=wd, tol=1e-13)
+    torch.testing.assert_close(P.mean(0), s, **(CG if method == "if-cg" else EXACT))
+
+
+@pytest.mark.parametrize("method", sorted(ifkit.METHODS))
+def test_sign_convention_flipped_points_score_higher(logreg, method):
+    model, train, val, flipped, wd = logreg
+    if method in ("vm", "fvm"):
+        pytest.skip("VM/FVM are tested on a network in test_flat_influence.py")
+    s = ifkit.score(method, model, train, val, damping=wd)
+    assert s.shape == (len(train[0]),)
+    assert s[flipped].mean() > s[~flipped].mean()
+    assert metrics.auc(s, flipped) > 0.5
+
+
+@pytest.mark.parametrize("method", PAIRWISE)
+def test_duplicated_clean_point_helps_its_twin(logreg, method):
+    model, (X, y), _, flipped, wd = logreg
+    clean = (~flipped).nonzero()[:5, 0]  # five clean training points, each queried by its own copy
+    P = ifkit.pairwise(method, model, (X, y), (X[clean], y[clean]), damping=wd)
+    assert P.shape == (5, len(X))
+    assert (P[torch.arange(5), clean] < 0).all()
+
+
+def test_tracin_sums_checkpoints_weighted_by_learning_rate(logreg):
+    model, train, val, _, wd = logreg
+    cps = []
+    m = copy.deepcopy(model)
+    for lr in (0.5, 0.1):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        cps.append((copy.deepcopy(m.state_dict()), lr))
+    expected = sum(lr * ifkit.score("graddot", _load(model, sd), train, val) for sd, lr in cps)
+    torch.testing.assert_close(ifkit.score("tracin", model, train, val, checkpoints=cps), expected, **EXACT)
+    lrs_given = ifkit.score("tracin", model, train, val, checkpoints=[sd for sd, _ in cps], lrs=[0.5, 0.1])
+    torch.testing.assert_close(lrs_given, expected, **EXACT)
+
+
+def _load(model, sd):
+    m = copy.deepcopy(model)
+    m.load_state_dict(sd)
+    return m
+
+
+def test_self_if_exact_equals_cg(logreg):
+    model, train, val, _, wd = logreg
+    a = ifkit.score("self-if", model, train, val, damping=wd)
+    b = ifkit.score("self-if", model, train, val, damping=wd, curvature="cg", iters=500, tol=1e-12)
+    torch.testing.assert_close(b / a.max(), a / a.max(), **CG)
+    assert (a > 0).all()
+
+
+def test_datainf_default_damping_follows_kwon_et_al(logreg):
+    model, train, val, _, _ = logreg
+    auto = ifkit.score("datainf", model, train, val)
+    fixed = ifkit.score("datainf", model, train, val, damping=0.5)
+    assert not torch.allclose(auto, fixed)
+
+
+def test_gex_is_deterministic_and_seeded(logreg):
+    model, train, val, _, _ = logreg
+    a = ifkit.score("gex", model, train, val, seed=1, ensemble_size=3, gex_steps=20)
+    b = ifkit.score("gex", model, train, val, seed=1, ensemble_size=3, gex_steps=20)
+    c = ifkit.score("gex", model, train, val, seed=2, ensemble_size=3, gex_steps=20)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a >= 0).all()
+
+
+@pytest.mark.parametrize("method", ["loss", "graddot", "if-cg", "datainf", "gex", "tracin"])
+def test_model_is_never_modified(tiny_mlp, method):
+    model, train, val, _ = tiny_mlp
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    flags = [p.requires_grad for p in model.parameters()]
+    ifkit.score(method, model, train, val, gex_steps=5, ensemble_size=2)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert flags == [p.requires_grad for p in model.parameters()] and model.training
+
+
+def test_networks_work_with_param_subset(tiny_mlp):
+    model, train, val, flipped = tiny_mlp
+    s = ifkit.score("if-exact", model, train, val, params=["2.weight", "2.bias"], damping=1e-3)
+    assert metrics.auc(s, flipped) > 0.5
+
+
+def test_bad_inputs_are_named():
+    model = torch.nn.Linear(3, 2)
+    X, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="did you mean 'if-cg'"):
+        ifkit.score("if_cg", model, (X, y), (X, y))
+    with pytest.raises(TypeError, match="did you mean 'damping'"):
+        ifkit.score("if-cg", model, (X, y), (X, y), dampnig=0.1)
+    with pytest.raises(ValueError, match="damping"):
+        ifkit.score("if-cg", model, (X, y), (X, y), damping=-1)
+    with pytest.raises(ValueError, match="4 rows but targets have 3"):
+        ifkit.score("graddot", model, (X, y[:3]), (X, y))
+    with pytest.raises(ValueError, match="no pairwise form"):
+        ifkit.pairwise("loss", model, (X, y), (X, y))
+
+
+def test_dataset_inputs_are_accepted(logreg):
+    model, (X, y), val, _, wd = logreg
+    ds = torch.utils.data.TensorDataset(X, y)
+    torch.testing.assert_close(
+        ifkit.score("graddot", model, ds, val), ifkit.score("graddot", model, (X, y), val)
+    )
