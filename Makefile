@@ -1,0 +1,94 @@
+# ifkit: make setup | reproduce | test | lab | notebooks | figures | clean-notebooks | lint
+#
+# Everything runs from the project's own .venv. `setup` is idempotent and cheap when nothing changed:
+#   - .venv is created only if missing;
+#   - pip runs only when pyproject.toml or constraints.txt is newer than the stamp .venv/.installed;
+#   - the Debian data packages are installed only when their files are missing.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+IFKIT   := $(VENV)/bin/ifkit
+PYTEST  := $(PY) -m pytest
+# nbval over every notebook; --nbval-lax checks that cells run (and their asserts hold), not that outputs match.
+NBVAL   := MPLBACKEND=Agg $(PYTEST) -q --nbval-lax --nbval-current-env
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FORTUNE := /usr/share/games/fortunes/fortunes
+APT_PKGS := dataset-fashion-mnist fortunes
+
+.PHONY: help setup data reproduce test test-unit test-notebooks lab notebooks figures clean-notebooks lint
+
+help:
+	@echo "make setup            create .venv, install ifkit (CPU torch) and the Debian data packages"
+	@echo "make reproduce        run every experiment (full size) and draw the figures"
+	@echo "make test             unit tests + every notebook in FAST mode (what CI runs)"
+	@echo "make lab              open JupyterLab"
+	@echo "make notebooks        run every notebook at full size (slow)"
+	@echo "make figures          redraw figures/ from results/"
+	@echo "make clean-notebooks  strip outputs and execution counts from notebooks/*.ipynb"
+	@echo "make lint             ruff check ifkit tests"
+
+setup: $(STAMP) data
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# The constraints file pins the CPU build of torch; without it pip would resolve a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(VENV)/bin/pip install -c constraints.txt -e ".[notebooks,dev]"
+	touch $(STAMP)
+
+data:
+	@if [ -f $(FASHION) ] && [ -f $(FORTUNE) ]; then \
+		: ; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian packages: $(APT_PKGS)"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PKGS); \
+	else \
+		echo "Fashion-MNIST/fortunes are missing and this is not root; run:"; \
+		echo "    sudo apt-get update && sudo apt-get install -y $(APT_PKGS)"; \
+	fi
+
+reproduce: setup
+	$(IFKIT) reproduce all
+	$(IFKIT) figures
+
+# Run notebooks with nbval, FAST=$(1); pytest exits 5 when it collects nothing, so an empty notebooks/ is skipped.
+define run_notebooks
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		echo "IFKIT_FAST=$(1) $(NBVAL) notebooks/"; \
+		IFKIT_FAST=$(1) $(NBVAL) notebooks/; \
+	else \
+		echo "no notebooks in notebooks/"; \
+	fi
+endef
+
+# One recipe, so the unit tests always run before the notebooks (also under make -j).
+test: setup
+	$(PYTEST) -q tests/
+	$(call run_notebooks,1)
+
+test-unit: setup
+	$(PYTEST) -q tests/
+
+test-notebooks: setup
+	$(call run_notebooks,1)
+
+notebooks: setup
+	$(call run_notebooks,0)
+
+lab: setup
+	$(VENV)/bin/jupyter lab
+
+figures: setup
+	$(IFKIT) figures
+
+# Standard library only: works before `make setup`.
+clean-notebooks:
+	python3 scripts/strip_notebooks.py
+
+lint: setup
+	$(VENV)/bin/ruff check ifkit tests

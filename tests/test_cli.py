@@ -1,0 +1,143 @@
+"""The `ifkit` command: parsing, experiment dispatch, figures, bench."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ifkit import cli, experiments, figures
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """An isolated experiment registry holding one dummy experiment that records its calls."""
+    calls = []
+    monkeypatch.setattr(experiments, "EXPERIMENTS", {})
+    monkeypatch.setattr(experiments, "discover", lambda: experiments.EXPERIMENTS)
+
+    @experiments.register("dummy")
+    def dummy(fast: bool, seeds: int, out: Path) -> None:
+        calls.append(("dummy", fast, seeds, out))
+
+    @experiments.register("other")
+    def other(fast: bool, seeds: int, out: Path) -> None:
+        calls.append(("other", fast, seeds, out))
+
+    monkeypatch.delenv("IFKIT_FAST", raising=False)
+    return calls
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "reproduce" in out and "figures" in out and "bench" in out
+
+
+def test_console_script_help():
+    # The installed entry point, as a user runs it (falls back to `python -m` outside a venv install).
+    script = Path(sys.executable).with_name("ifkit")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "ifkit.cli"]
+    done = subprocess.run([*cmd, "reproduce", "--help"], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--seeds" in done.stdout
+
+
+def test_unknown_experiment_lists_available(registry, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", "nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'nope'" in err and "dummy" in err and "other" in err and "all" in err
+    assert registry == []
+
+
+def test_dispatch_with_arguments(registry, tmp_path):
+    assert cli.main(["reproduce", "dummy", "--fast", "--seeds", "4", "--out", str(tmp_path / "r")]) == 0
+    assert registry == [("dummy", True, 4, tmp_path / "r")]
+    assert (tmp_path / "r").is_dir()
+
+
+def test_default_seeds_and_env_fast(registry, tmp_path, monkeypatch):
+    cli.main(["reproduce", "dummy", "--out", str(tmp_path)])
+    monkeypatch.setenv("IFKIT_FAST", "1")
+    cli.main(["reproduce", "dummy", "--out", str(tmp_path)])
+    assert registry == [
+        ("dummy", False, cli.DEFAULT_SEEDS[False], tmp_path),
+        ("dummy", True, cli.DEFAULT_SEEDS[True], tmp_path),
+    ]
+
+
+def test_all_runs_every_experiment(registry, tmp_path):
+    assert cli.main(["reproduce", "all", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert registry == [("dummy", False, 2, tmp_path), ("other", False, 2, tmp_path)]
+
+
+def test_bad_seeds(registry):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", "dummy", "--seeds", "0"])
+    assert exc.value.code == 2
+
+
+def test_register_rejects_all_and_clashes(registry):
+    with pytest.raises(ValueError, match="reserved"):
+        experiments.register("all")(lambda fast, seeds, out: None)
+    with pytest.raises(ValueError, match="already registered"):
+        experiments.register("dummy")(lambda fast, seeds, out: None)
+
+
+def test_bench_missing_module_is_a_clear_error(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "ifkit.bench" else real(name)
+    )
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench"])
+    assert exc.value.code == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+def test_figures_runs_producers_and_skips_missing_inputs(monkeypatch, tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    monkeypatch.setattr(figures, "FIGURES", {})
+
+    @figures.register("toy", inputs=("toy.csv",))
+    def toy(df: pd.DataFrame):
+        fig, ax = plt.subplots()
+        ax.bar(df["method"], df["auc"], color=[figures.METHOD_PALETTE[m] for m in df["method"]])
+        return fig
+
+    @figures.register("later", inputs=("not_yet.csv",))
+    def later(df: pd.DataFrame):  # pragma: no cover - never called
+        raise AssertionError
+
+    results = tmp_path / "results"
+    results.mkdir()
+    pd.DataFrame({"method": ["vm", "fvm"], "auc": [0.9, 0.95]}).to_csv(results / "toy.csv", index=False)
+    assert cli.main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "toy.png").is_file()
+    assert not (tmp_path / "figs" / "later.png").exists()
+    assert "skip later" in capsys.readouterr().out
+
+
+def test_palette_covers_every_method_and_keeps_vm_fvm_distinct():
+    names = ["loss", "graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "ekfac"]
+    names += ["self-if", "gex", "vm", "fvm"]
+    assert set(names) <= set(figures.METHOD_PALETTE)
+    colours = [figures.METHOD_PALETTE[m] for m in names]
+    assert len(set(colours)) == len(colours)  # one colour per method
+    assert figures.palette(["vm", "unknown"])["unknown"] not in (
+        figures.METHOD_PALETTE["vm"],
+        figures.METHOD_PALETTE["fvm"],
+    )
