@@ -7,6 +7,7 @@ Higher score = more harmful (more likely mislabelled); pairwise negative = helpf
 """
 
 from . import estimators as _estimators
+from . import flat_influence as _flat_influence  # noqa: F401  (registers "vm" and "fvm")
 from .estimators import pairwise, score
 
 __version__ = "0.1.0"

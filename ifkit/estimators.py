@@ -31,8 +31,8 @@ from .func import (
     DEFAULT_CHUNK_SIZE,
     Problem,
     as_tensors,
-    hessian_exact,
     ggn_vp_fn,
+    hessian_exact,
     hvp_fn,
     iter_grads,
     make_problem,
@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = dict(
     flat_lr=None,
     rho=None,
     sigma=None,
+    flat_val=None,  # pairwise VM/FVM: the validation set to fine-tune on, when the queries are not S_val
 )
 
 
@@ -236,19 +237,29 @@ def if_exact_pairwise(ctx: Ctx) -> Tensor:
 
 
 def if_cg_score(ctx: Ctx) -> Tensor:
-    """Classic influence with conjugate gradient: ``iters`` HVPs over the training set + one gradient pass."""
-    return _influence_score(ctx, "cg")
+    """Classic influence with conjugate gradient: ``iters`` curvature products + one gradient pass.
+
+    CG needs a positive-definite operator, so the default curvature is the Gauss-Newton matrix (PSD; equal to
+    the Hessian for linear models such as logistic regression). ``curvature="cg"`` uses the true Hessian, which
+    is indefinite away from a minimum of a network's loss.
+    """
+    return _influence_score(ctx, "ggn-cg")
 
 
 def if_cg_pairwise(ctx: Ctx) -> Tensor:
-    return _influence_pairwise(ctx, "cg")
+    return _influence_pairwise(ctx, "ggn-cg")
 
 
 def _lissa_solve(ctx: Ctx, V: Tensor) -> Tensor:
-    """(H_tr + damping I)^-1 V by LiSSA; scale defaults to 1.5 x the measured top eigenvalue of H + damping."""
+    """(H_tr + damping I)^-1 V by LiSSA; scale defaults to 1.5 x the measured top eigenvalue of H + damping.
+
+    Curvature: the Gauss-Newton matrix by default (PSD, so the series converges for any damping >= 0);
+    ``curvature="cg"`` or ``"exact"`` uses Hessian-vector products, as in Koh & Liang 2017.
+    """
     prob, opt = ctx.prob, ctx.opt
     damping = ctx.damping()
-    full = hvp_fn(prob, ctx.X, ctx.y)
+    mv_fn = hvp_fn if opt["curvature"] in ("cg", "exact") else ggn_vp_fn
+    full = mv_fn(prob, ctx.X, ctx.y)
     scale = opt["scale"]
     if scale is None:
         lam_max = C.top_eigenvalue(full, prob.p, iters=30, seed=opt["seed"], dtype=prob.theta.dtype,
@@ -260,7 +271,7 @@ def _lissa_solve(ctx: Ctx, V: Tensor) -> Tensor:
         b = int(opt["lissa_batch"])
         # Same seed -> same mini-batches -> identical result; each iteration resamples (Agarwal et al. 2017).
         order = [torch.randint(0, ctx.n, (b,), generator=gen) for _ in range(opt["iters"] or 500)]
-        batch_mv = lambda t: hvp_fn(prob, ctx.X[order[t]], ctx.y[order[t]])  # noqa: E731
+        batch_mv = lambda t: mv_fn(prob, ctx.X[order[t]], ctx.y[order[t]])  # noqa: E731
     return C.lissa(full, V, damping, scale=scale, iters=opt["iters"] or 500, tol=opt["tol"], batch_matvecs=batch_mv)
 
 

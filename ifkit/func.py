@@ -115,7 +115,7 @@ class Problem:
     def mean_loss(self, theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
         return self.losses(theta, X, y).mean()
 
-    def with_theta(self, theta: Tensor) -> "Problem":
+    def with_theta(self, theta: Tensor) -> Problem:
         return Problem(self.model, self.names, self.shapes, theta.detach(), self.frozen, self.loss)
 
 

@@ -75,9 +75,13 @@ def minimise(
     return theta.detach()
 
 
-def objective_hessian(prob: Problem, X: Tensor, y: Tensor, weight_decay: float) -> Tensor:
-    """(p, p) Hessian of mean loss + weight_decay/2 ||theta||^2 at prob.theta."""
-    return hessian_exact(prob, X, y) + weight_decay * torch.eye(prob.p, dtype=prob.theta.dtype)
+def objective_hessian(prob: Problem, X: Tensor, y: Tensor, weight_decay: float, weights: Tensor | None = None) -> Tensor:
+    """(p, p) Hessian of sum_j w_j l(z_j, theta) + weight_decay/2 ||theta||^2 at prob.theta (w_j = 1/n default)."""
+    eye = weight_decay * torch.eye(prob.p, dtype=prob.theta.dtype, device=prob.theta.device)
+    if weights is None:
+        return hessian_exact(prob, X, y) + eye
+    f = lambda th: (weights * prob.losses(th, X, y)).sum()  # noqa: E731
+    return torch.func.jacrev(torch.func.grad(f))(prob.theta) + eye
 
 
 def upweight_val_change(

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from tolerances import CG, EXACT, HUTCHINSON_REL, LISSA
 
 from ifkit import curvature as C
-from tolerances import CG, EXACT, HUTCHINSON_REL, LISSA
 
 
 def _spd(p=12, cond=20.0, seed=0):

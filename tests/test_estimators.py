@@ -2,10 +2,10 @@ import copy
 
 import pytest
 import torch
+from tolerances import CG, EXACT, LISSA, LOO_PEARSON, LOO_SIGN_AGREEMENT
 
 import ifkit
 from ifkit import metrics, theory
-from tolerances import CG, EXACT, LISSA, LOO_PEARSON, LOO_SIGN_AGREEMENT
 
 PAIRWISE = ["graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "gex"]
 # Methods whose score is the (linear) mean of their pairwise table over the validation queries.

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from tolerances import EXACT, FLOAT32
 
 from ifkit import func
-from tolerances import EXACT, FLOAT32
 
 
 def _mlp(dtype=torch.float64):

@@ -1,0 +1,93 @@
+"""VM/FVM: the low-rank curvature is exact, the score is its formula, the pairwise form predicts retraining."""
+
+import copy
+
+import pytest
+import torch
+from conftest import digits
+from tolerances import EXACT, LOO_PEARSON, LOO_SIGN_AGREEMENT
+
+import ifkit
+from ifkit import flat_influence as FI
+from ifkit import func, metrics, theory
+from ifkit.estimators import DEFAULTS
+
+
+def _small_net():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 20), torch.nn.Tanh(), torch.nn.Linear(20, 4)).double()
+    g = torch.Generator().manual_seed(1)
+    return m, torch.randn(15, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (15,), generator=g)
+
+
+def test_lowrank_ggn_inverse_equals_dense():
+    m, Xv, yv = _small_net()
+    prob = func.make_problem(m)
+    inv = FI.ValInverse(prob, Xv, yv, dict(DEFAULTS, damping=0.05))
+    assert inv.lowrank  # 15 x 4 = 60 < p = 264
+    M = FI._dense(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
+    G = torch.randn(7, prob.p, dtype=torch.float64)
+    ref = torch.linalg.solve(M + 0.05 * torch.eye(prob.p, dtype=torch.float64), G.T).T
+    torch.testing.assert_close(inv.solve(G), ref, **EXACT)
+    torch.testing.assert_close(inv.quad(G), (G * ref).sum(1), **EXACT)
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "exact", "ggn-cg"])
+def test_vm_score_is_its_formula_at_theta_tilde(curvature):
+    m, Xv, yv = _small_net()
+    X, y = torch.randn(30, 8, dtype=torch.float64), torch.randint(0, 4, (30,))
+    damping = 1.0 if curvature == "exact" else 0.1  # the Hessian of an untrained net is indefinite
+    s = ifkit.score("vm", m, (X, y), (Xv, yv), flat_steps=0, damping=damping, curvature=curvature, tol=1e-12)
+    prob = func.make_problem(m)
+    M = func.hessian_exact(prob, Xv, yv) if curvature == "exact" else FI._dense(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
+    G = func.per_sample_grads(prob, X, y)
+    expected = (G * torch.linalg.solve(M + damping * torch.eye(prob.p, dtype=torch.float64), G.T).T).sum(1)
+    torch.testing.assert_close(s, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_vm_pairwise_predicts_retraining_at_the_validation_minimum():
+    """Convex check: theta~ is the exact minimiser of R_val + wd/2 ||theta||^2; up-weighting training point z
+    by eps in that objective and re-solving gives the true change of each query's loss. The first-order form
+    must agree, and its error must shrink with eps (it is the derivative at eps = 0)."""
+    Xtr, ytr, Xv, yv, _ = digits(40, 200, 8, seed=3)
+    wd = 1e-2
+    model = theory.fit_convex(torch.nn.Linear(64, 10).double(), (Xv, yv), wd)  # theta~
+    q = slice(0, 10)
+    pred = ifkit.pairwise("vm", model, (Xtr, ytr), (Xv[q], yv[q]), flat_val=(Xv, yv), flat_steps=0, damping=wd,
+                          curvature="exact")  # (10, 40)
+    prob = func.make_problem(model)
+    with torch.no_grad():
+        base = prob.losses(prob.theta, Xv[q], yv[q])
+    errors = []
+    for eps in (1e-3, 4e-3):
+        actual = torch.empty_like(pred)
+        for i in range(len(Xtr)):
+            X, y = torch.cat([Xv, Xtr[i : i + 1]]), torch.cat([yv, ytr[i : i + 1]])
+            w = torch.cat([torch.full((len(Xv),), 1 / len(Xv), dtype=torch.float64), torch.tensor([eps]).double()])
+            H = theory.objective_hessian(prob, X, y, wd, weights=w)  # Newton from theta~ with the weighted Hessian
+            theta = theory.minimise(prob, X, y, wd, weights=w, hessian=H, tol=1e-10)
+            with torch.no_grad():
+                actual[:, i] = (prob.losses(theta, Xv[q], yv[q]) - base) / eps
+        if eps == 1e-3:
+            assert metrics.correlation(pred.ravel(), actual.ravel())["pearson"] >= LOO_PEARSON
+            assert metrics.sign_agreement(pred.ravel(), actual.ravel()) >= LOO_SIGN_AGREEMENT
+        errors.append((pred - actual).norm().item())
+    assert errors[0] < errors[1] / 2  # O(eps) error: 4x eps gives ~4x error
+
+
+def test_vm_never_modifies_the_model():
+    m, Xv, yv = _small_net()
+    X, y = torch.randn(30, 8, dtype=torch.float64), torch.randint(0, 4, (30,))
+    before = copy.deepcopy(m.state_dict())
+    ifkit.score("fvm", m, (X, y), (Xv, yv), flat_steps=5)
+    ifkit.pairwise("vm", m, (X, y), (Xv, yv), flat_steps=5)
+    assert all(torch.equal(before[k], m.state_dict()[k]) for k in before)
+
+
+def test_fvm_is_deterministic_given_seed():
+    m, Xv, yv = _small_net()
+    X, y = torch.randn(30, 8, dtype=torch.float64), torch.randint(0, 4, (30,))
+    a = ifkit.score("fvm", m, (X, y), (Xv, yv), flat_steps=10, seed=3)
+    b = ifkit.score("fvm", m, (X, y), (Xv, yv), flat_steps=10, seed=3)
+    c = ifkit.score("fvm", m, (X, y), (Xv, yv), flat_steps=10, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
