@@ -31,11 +31,16 @@ import torch
 from torch import Tensor
 
 from . import curvature as C
+from . import kfac
 from .estimators import Ctx, _dense, _query_grads, register
 from .flat import flat_finetune
 from .func import Problem, ggn_vp_fn, hessian_exact, hvp_fn, make_problem
 
-# Measured defaults (digits tanh MLP memorising 30% noise; see notebooks/04 and the VM/FVM tests).
+# Defaults chosen by measurement: digits, 600 training points with 30% symmetric noise, 200 validation points,
+# a 64-64-10 tanh MLP that fits 99% of the noisy labels; detection AUC, mean of seeds 0 and 1 (VM / FVM):
+#   flat_steps   0: 0.875 / 0.875    20: 0.973 / 0.972    100: 0.991 / 0.991    300: 0.994 / 0.994
+#   damping 1e-3 / 1e-2 / 1e-1 at 100 steps: 0.990 / 0.991 / 0.991 (insensitive; the default is 0.01)
+# Most of the gain comes from the first few dozen steps on S_val; 100 steps take ~0.3 s here.
 VM_DEFAULTS = dict(flat_optimizer="sgd", flat_steps=100, flat_lr=0.01)
 FVM_DEFAULTS = dict(flat_optimizer="lpf", flat_steps=100, flat_lr=0.01, sigma=0.005, rho=0.05)
 
@@ -62,6 +67,8 @@ class ValInverse:
       When r >= p, a dense p x p eigendecomposition instead.
     * "exact": the dense Hessian of R_val (may be indefinite: damping must exceed its most negative eigenvalue).
     * "ggn-cg" / "cg": batched conjugate gradient with products over S_val (for models too big for the above).
+    * "ekfac" / "kfac": the block-diagonal (E)K-FAC Gauss-Newton of ``ifkit.kfac`` (Linear/Conv2d layers only);
+      approximate, but one factorisation serves every training point at O(p) per solve.
     """
 
     def __init__(self, prob: Problem, Xv: Tensor, yv: Tensor, opt: dict[str, Any]):
@@ -91,8 +98,11 @@ class ValInverse:
                                  "curvature='ggn'")
         elif self.kind in ("ggn-cg", "cg"):
             self.mv = ggn_vp_fn(prob, Xv, yv) if self.kind == "ggn-cg" else hvp_fn(prob, Xv, yv)
+        elif self.kind in kfac.KINDS:
+            self.kron = kfac.fit(prob, Xv, yv, kind=self.kind, seed=opt["seed"])
         else:
-            raise ValueError(f"unknown curvature {self.kind!r} for VM/FVM: use 'ggn', 'exact', 'ggn-cg' or 'cg'")
+            raise ValueError(f"unknown curvature {self.kind!r} for VM/FVM: use 'ggn', 'exact', 'ggn-cg', 'cg', "
+                             "'ekfac' or 'kfac'")
 
     def solve(self, G: Tensor) -> Tensor:
         """Rows of G (c, p) -> rows of (H~ + damping I)^-1 G^T, shape (c, p)."""
@@ -101,6 +111,8 @@ class ValInverse:
             return (G - (self.A.T @ torch.cholesky_solve(AG, self.L)).T) / self.damping
         if self.kind in ("ggn", "exact"):
             return ((G @ self.Q) / (self.evals + self.damping)) @ self.Q.T
+        if self.kind in kfac.KINDS:
+            return self.kron.solve(G.T, self.damping).T
         return C.conjugate_gradient(self.mv, G.T, self.damping, iters=self.opt["iters"] or 100, tol=self.opt["tol"]).T
 
     def quad(self, G: Tensor) -> Tensor:
