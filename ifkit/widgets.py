@@ -264,3 +264,444 @@ def plot_damping_effect(
 
 
 __all__ = ["plot_agreement", "plot_damping_effect", "plot_score_distributions", "plot_suspicious"]
+
+
+# --------------------------------------------------------------------------- notebook 03: sharpness and the bound
+def plot_sharpness_vs_radius(
+    gammas: ArrayLike,
+    ascent: ArrayLike,
+    one_step: ArrayLike,
+    grad_norm: float | None = None,
+    top_eig: float | None = None,
+    trace: float | None = None,
+    p: int | None = None,
+    gamma: float | None = None,
+) -> Figure:
+    """Four views of the validation sharpness R_val^gamma(theta) - R_val(theta) as the radius grows.
+
+    Measured: projected gradient ascent (``ifkit.theory.sharpness``) and SAM's one step. Second-order models
+    from the curvature: the worst direction, gamma ||g|| + gamma^2/2 lambda_max (when ``grad_norm`` and
+    ``top_eig`` are given), and a random direction on the sphere, gamma^2/2 tr(H)/p (when ``trace`` and ``p``
+    are given): the gap between the last two is how much "worst case" differs from "typical".
+
+    Args:
+        gammas: (k,) radii.
+        ascent, one_step: (k,) measured sharpness at each radius.
+        grad_norm: ||grad R_val(theta)||.
+        top_eig: largest Hessian eigenvalue of R_val at theta.
+        trace: tr of that Hessian; p: number of parameters.
+        gamma: a radius to mark (the slider of an ``interact``).
+
+    Returns:
+        A Figure with one axis.
+    """
+    g, a, o = (_np(t).astype(float) for t in (gammas, ascent, one_step))
+    if not (g.shape == a.shape == o.shape) or g.ndim != 1:
+        raise ValueError(f"gammas, ascent and one_step must be 1-D of one length, got {g.shape}, {a.shape}, {o.shape}")
+    fine = np.linspace(0, g.max(), 200)  # (200,) for the smooth model curves
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(6.2, 4.2), layout="constrained")
+        ax = fig.subplots()
+    ax.plot(g, a, marker="o", color="#d62728", label="projected gradient ascent")
+    ax.plot(g, o, marker="s", color="#1f77b4", label="SAM one step")
+    if grad_norm is not None and top_eig is not None:
+        ax.plot(fine, grad_norm * fine + 0.5 * top_eig * fine**2, ls="--", color="k",
+                label=r"$\gamma\|g\| + \frac{\gamma^2}{2}\lambda_{max}$")
+    if trace is not None and p:
+        ax.plot(fine, 0.5 * trace / p * fine**2, ls=":", color="#7f7f7f",
+                label=r"random direction $\frac{\gamma^2}{2}\,\mathrm{tr}(H)/p$")
+    if gamma is not None:
+        ax.axvline(gamma, color="k", lw=1, alpha=0.6)
+        ax.set_title(rf"$\gamma$ = {gamma:.3g}: ascent {np.interp(gamma, g, a):.3f}, one step {np.interp(gamma, g, o):.3f}")
+    ax.set_xlabel(r"radius $\gamma$")
+    ax.set_ylabel(r"sharpness $R_{val}^{\gamma}(\theta) - R_{val}(\theta)$")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_bound(table, gamma: float, mu: float | None = None) -> Figure:
+    """Theorem 3.2 at one radius: measured sign error against the bound exp(-2 mu^2 / R_val^gamma(theta)^2).
+
+    Left: one point per row of ``table`` at the radius nearest ``gamma`` (colour = method, marker =
+    trajectory); below the dashed y = x line the bound holds; the title gives Spearman's rank correlation.
+    Right: the bound as a function of R for this mu, with the rows' R_val^gamma marked on it.
+
+    Args:
+        table: a DataFrame with the columns of ``results/theory.csv`` (at least trajectory, gamma, method,
+            R_gamma, sign_error, mu), e.g. from ``ifkit.experiments.theory.measure``.
+        gamma: the radius to show (the nearest one in the table is used).
+        mu: the margin; default: the table's own ``mu`` (the median |I_true| of its reference model).
+
+    Returns:
+        A Figure with two axes.
+    """
+    from scipy.stats import spearmanr
+
+    from .theory import sign_error_bound
+
+    missing = {"trajectory", "gamma", "method", "R_gamma", "sign_error", "mu"} - set(table.columns)
+    if missing:
+        raise ValueError(f"table lacks the columns {sorted(missing)} (use the rows of results/theory.csv)")
+    radii = np.sort(table["gamma"].unique())
+    g = float(radii[np.abs(radii - gamma).argmin()])  # nearest measured radius
+    rows = table[table["gamma"] == g]
+    m = float(rows["mu"].median()) if mu is None else float(mu)
+    if not (m >= 0 and math.isfinite(m)):
+        raise ValueError(f"mu must be a finite margin >= 0, got {mu!r}")
+    bound = sign_error_bound(m, rows["R_gamma"].to_numpy(float))  # (k,)
+    err = rows["sign_error"].to_numpy(float)
+    ok = len(err) >= 3 and np.ptp(bound) > 0 and np.ptp(err) > 0
+    rho = float(spearmanr(bound, err)[0]) if ok else float("nan")
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(10.5, 4.2), layout="constrained")
+        ax_s, ax_b = fig.subplots(1, 2)
+    sns.scatterplot(x=bound, y=err, hue=rows["method"].to_numpy(), style=rows["trajectory"].to_numpy(),
+                    palette=palette(rows["method"].unique()), ax=ax_s, s=45)
+    ax_s.plot([0, 1], [0, 1], ls="--", lw=1, color="k", alpha=0.5)
+    ax_s.set_xlim(0, 1.02)
+    ax_s.set_xlabel(r"bound $\exp(-2\mu^2/R_{val}^{\gamma}(\theta)^2)$")
+    ax_s.set_ylabel("measured sign error")
+    ax_s.set_title(rf"$\gamma$ = {g:g}, $\mu$ = {m:.3g}: Spearman {rho:+.2f}, "
+                   f"{int((err <= bound).sum())}/{len(err)} under the bound", fontsize=10)
+    R = np.linspace(1e-3, max(1.0, 1.2 * float(rows["R_gamma"].max())), 300)
+    ax_b.plot(R, sign_error_bound(m, R), color="k")
+    ax_b.scatter(rows["R_gamma"], bound, c=[palette([x])[x] for x in rows["method"]], s=25, zorder=3)
+    ax_b.set_xlabel(r"$R_{val}^{\gamma}(\theta)$")
+    ax_b.set_ylabel("bound")
+    ax_b.set_ylim(0, 1.02)
+    ax_b.set_title(r"the bound rises with the worst validation risk in the ball", fontsize=10)
+    return fig
+
+
+__all__ += ["plot_bound", "plot_sharpness_vs_radius"]
+
+
+# ------------------------------------------------ notebooks 02 and 04: the error split, flat validation minima
+# Colours of the flat fine-tuning optimisers: plain SGD reaches VM's theta~, LPF-SGD and SAM reach FVM's. VM and
+# FVM keep their METHOD_PALETTE colours; SAM-FVM is a darker shade of FVM's red.
+FLAT_COLOURS: dict[str, str] = {"sgd": "#ff7f0e", "lpf": "#d62728", "sam": "#8c1c13", "adam": "#ffbb78"}
+# The three estimates of a validation-loss change in notebook 02, from classic influence (the if-exact blue) to
+# the second-order term that VM/FVM are built on (the VM orange).
+SPLIT_COLOURS: tuple[str, ...] = ("#1f77b4", "#17becf", "#ff7f0e")
+
+
+def _colour(name: str) -> str:
+    """A method's colour, also for variants such as "fvm (sam)" or "fvm-lpf" and for optimiser names."""
+    key = name.lower()
+    if key in FLAT_COLOURS:
+        return FLAT_COLOURS[key]
+    if key.startswith("fvm") and "sam" in key:
+        return FLAT_COLOURS["sam"]
+    from .figures import METHOD_PALETTE
+
+    for method in sorted(METHOD_PALETTE, key=len, reverse=True):  # longest prefix first: "if-cg" before "if"
+        if key == method or key.startswith((method + " ", method + "-", method + "(", method + "@")):
+            return METHOD_PALETTE[method]
+    return "#c7c7c7"
+
+
+def _is_control(name: str) -> bool:
+    """Controls evaluated at another point (e.g. "loss@theta~"): drawn dashed or hatched."""
+    return "@" in name
+
+
+def plot_parameter_change(dtheta_pred: ArrayLike, dtheta_true: ArrayLike, flipped: ArrayLike | None = None) -> Figure:
+    """Step 1 of influence: the predicted parameter change against the true one, one point per training point.
+
+    Left: the lengths ||d theta_pred|| against ||d theta_true|| (log-log; on the dashed diagonal the length is
+    exact). Right: a histogram of cos(d theta_pred, d theta_true): 1 = the direction is exact.
+
+    Args:
+        dtheta_pred: (m, p) predicted changes, e.g. the Newton step -eps H^-1 g_i.
+        dtheta_true: (m, p) measured changes theta_eps - theta* (retraining).
+        flipped: optional (m,) bool; flipped points are drawn in red.
+
+    Returns:
+        A Figure with two axes; the right title gives the median cosine and the median length ratio.
+    """
+    P, T = _np(dtheta_pred).astype(float), _np(dtheta_true).astype(float)
+    if P.ndim != 2 or P.shape != T.shape:
+        raise ValueError(f"dtheta_pred and dtheta_true must both be (m, p), got {P.shape} and {T.shape}")
+    n_pred, n_true = np.linalg.norm(P, axis=1), np.linalg.norm(T, axis=1)  # (m,)
+    if (n_true == 0).any() or (n_pred == 0).any():
+        raise ValueError("every parameter change must be nonzero (a zero row has no direction)")
+    cos = (P * T).sum(1) / (n_pred * n_true)  # (m,)
+    f = np.zeros(len(P), bool) if flipped is None else _np(flipped).astype(bool)
+    if f.shape != (len(P),):
+        raise ValueError(f"flipped has shape {f.shape}, expected ({len(P)},)")
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(9.5, 3.8), layout="constrained")
+        ax_n, ax_c = fig.subplots(1, 2)
+    for mask, colour, label in ((~f, CLEAN_COLOUR, "clean"), (f, FLIPPED_COLOUR, "flipped")):
+        if mask.any():
+            ax_n.scatter(n_true[mask], n_pred[mask], s=18, color=colour, label=label, alpha=0.8)
+    lo, hi = float(min(n_true.min(), n_pred.min())), float(max(n_true.max(), n_pred.max()))
+    ax_n.plot([lo, hi], [lo, hi], ls="--", lw=1, color="k", alpha=0.5)
+    ax_n.set_xscale("log")
+    ax_n.set_yscale("log")
+    ax_n.set_xlabel(r"$\|\Delta\theta_{true}\|$ (retraining)")
+    ax_n.set_ylabel(r"$\|\Delta\theta_{IF}\|$ (Newton step)")
+    ax_n.set_title(f"length: median ratio predicted/true {np.median(n_pred / n_true):.2f}")
+    if f.any():
+        ax_n.legend(fontsize=8)
+    # cosines are <= 1; a fixed range keeps the histogram defined when they are all (nearly) equal
+    sns.histplot(cos, bins=20, binrange=(min(float(cos.min()), 1 - 1e-3), 1.0), ax=ax_c, color=SPLIT_COLOURS[0])
+    ax_c.set_xlabel(r"$\cos(\Delta\theta_{IF}, \Delta\theta_{true})$")
+    ax_c.set_title(f"direction: median cosine {np.median(cos):.4f} (min {cos.min():.3f})")
+    fig.suptitle("Step 1: the parameter change")
+    return fig
+
+
+def plot_loss_change_split(
+    true: ArrayLike, estimates: Mapping[str, ArrayLike], flipped: ArrayLike | None = None, ncols: int = 3
+) -> Figure:
+    """Estimates of a validation-loss change against the true change, one scatter panel per estimate.
+
+    Meant for notebook 02's error split, e.g. {"(a) classic IF": ..., "(b) exact dtheta, 1st order": ...,
+    "(c) exact dtheta, 2nd order": ...}; panels are coloured in order by ``SPLIT_COLOURS``. Each title gives the
+    sign error (share of points whose estimate has the wrong sign: the paper's error measure), the Pearson r and
+    the relative error ||est - true|| / ||true||.
+
+    Args:
+        true: (m,) measured changes of the mean validation loss.
+        estimates: {label: (m,) estimated changes}.
+        flipped: optional (m,) bool; flipped points are drawn with a red edge.
+        ncols: panels per row.
+
+    Returns:
+        A Figure with one axis per estimate.
+    """
+    d = _np(true).astype(float)
+    if d.ndim != 1 or not len(estimates):
+        raise ValueError("true must be 1-D and estimates must hold at least one (m,) array")
+    f = np.zeros(len(d), bool) if flipped is None else _np(flipped).astype(bool)
+    if f.shape != d.shape:
+        raise ValueError(f"flipped has shape {f.shape} but true has shape {d.shape}")
+    rows, cols = _grid(len(estimates), ncols)
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(3.7 * cols, 3.5 * rows), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for k, (ax, (label, est)) in enumerate(zip(axes, estimates.items())):
+        e = _np(est).astype(float)
+        if e.shape != d.shape:
+            raise ValueError(f"estimates[{label!r}] has shape {e.shape} but true has shape {d.shape}")
+        colour = SPLIT_COLOURS[k % len(SPLIT_COLOURS)]
+        ax.scatter(d[~f], e[~f], s=18, color=colour, alpha=0.8, label="clean")
+        if f.any():
+            ax.scatter(d[f], e[f], s=18, color=colour, edgecolor=FLIPPED_COLOUR, linewidth=1.2, label="flipped")
+        lo, hi = float(min(d.min(), e.min())), float(max(d.max(), e.max()))
+        ax.plot([lo, hi], [lo, hi], ls="--", lw=1, color="k", alpha=0.5)
+        ax.axhline(0, lw=0.6, color="k", alpha=0.3)
+        ax.axvline(0, lw=0.6, color="k", alpha=0.3)
+        rel = np.linalg.norm(e - d) / max(np.linalg.norm(d), 1e-300)
+        ax.set_title(f"{label}\nsign error {100 * (1 - _sign_agreement(e, d)):.1f}%, r = {_pearson(d, e):.3f}, "
+                     f"rel. error {rel:.2f}", fontsize=9)
+        ax.set_xlabel(r"true $\Delta L_{val}$ (retraining)")
+        ax.set_ylabel("estimate")
+    if f.any():
+        axes[0].legend(fontsize=8)
+    for ax in axes[len(estimates):]:
+        fig.delaxes(ax)
+    fig.suptitle("Step 2: the change of the validation loss")
+    return fig
+
+
+def plot_taylor_terms(terms: Mapping[str, tuple[ArrayLike, ArrayLike]], flipped: ArrayLike | None = None,
+                      ncols: int = 3) -> Figure:
+    """Slope against curvature: |first-order term| vs |second-order term| of each point's loss change.
+
+    For a parameter move d theta the validation loss changes by g_val^T d theta + 1/2 d theta^T H_val d theta
+    + ... Above the diagonal the curvature term is the larger one, and the first-order estimate can have the
+    wrong sign; the shaded band (ratio within 10x of it) is where curvature is no longer negligible. One panel
+    per entry of ``terms`` (e.g. one model, or one place theta where the terms are evaluated).
+
+    Args:
+        terms: {label: ((m,) first-order terms, (m,) second-order terms)}.
+        flipped: optional (m,) bool, the same for every panel; flipped points are red.
+        ncols: panels per row.
+
+    Returns:
+        A Figure with one axis per entry; each title gives the median ratio |second| / |first| and the share of
+        points above the diagonal.
+    """
+    if not len(terms):
+        raise ValueError("terms must hold at least one (first, second) pair")
+    rows, cols = _grid(len(terms), ncols)
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(4.0 * cols, 3.7 * rows), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, (label, pair) in zip(axes, terms.items()):
+        first, second = (np.abs(_np(t).astype(float)) for t in pair)
+        if first.ndim != 1 or first.shape != second.shape:
+            raise ValueError(f"terms[{label!r}]: first and second must be 1-D of one length, got "
+                             f"{first.shape} and {second.shape}")
+        f = np.zeros(len(first), bool) if flipped is None else _np(flipped).astype(bool)
+        if f.shape != first.shape:
+            raise ValueError(f"flipped has shape {f.shape} but terms[{label!r}] has length {len(first)}")
+        tiny = np.finfo(float).tiny
+        x, y = np.maximum(first, tiny), np.maximum(second, tiny)
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        line = np.geomspace(lo, hi, 50)
+        ax.fill_between(line, line / 10, line, color="#ff7f0e", alpha=0.12, lw=0)
+        ax.plot(line, line, ls="--", lw=1, color="k", alpha=0.6)
+        for mask, colour, name in ((~f, CLEAN_COLOUR, "clean"), (f, FLIPPED_COLOUR, "flipped")):
+            if mask.any():
+                ax.scatter(x[mask], y[mask], s=16, color=colour, alpha=0.8, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ratio = y / x
+        ax.set_title(f"{label}\nmedian ratio {np.median(ratio):.3f}, above diagonal {100 * (ratio > 1).mean():.0f}%",
+                     fontsize=9)
+        ax.set_xlabel(r"|first order| $|g_{val}^\top\Delta\theta|$")
+        ax.set_ylabel(r"|second order| $\frac{1}{2}|\Delta\theta^\top H_{val}\Delta\theta|$")
+        if f.any():
+            ax.legend(fontsize=8)
+    for ax in axes[len(terms):]:
+        fig.delaxes(ax)
+    return fig
+
+
+def plot_flat_trajectories(
+    trajectories: Mapping[str, object], columns: Sequence[str] = ("val_loss", "sharpness", "grad_norm")
+) -> Figure:
+    """Flat fine-tuning on S_val: one panel per logged quantity, one line per optimiser.
+
+    Args:
+        trajectories: {name: DataFrame} with a ``step`` column and the ``columns`` (the ``trajectory`` of
+            ``ifkit.flat.flat_finetune``); names "sgd", "lpf", "sam" (or method names) pick their colours.
+        columns: the quantities to plot; "sharpness" and "grad_norm" are drawn on a log axis.
+
+    Returns:
+        A Figure with one axis per column.
+    """
+    if not len(trajectories) or not len(columns):
+        raise ValueError("give at least one trajectory and one column")
+    labels = {"val_loss": "validation loss", "val_acc": "validation accuracy",
+              "sharpness": "one-step sharpness (SAM, radius rho)", "grad_norm": r"$\|\nabla R_{val}\|$"}
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(3.7 * len(columns), 3.4), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(columns))).ravel()
+    for name, df in trajectories.items():
+        missing = {"step", *columns} - set(df.columns)  # type: ignore[attr-defined]
+        if missing:
+            raise ValueError(f"trajectories[{name!r}] lacks the columns {sorted(missing)}")
+        for ax, col in zip(axes, columns):
+            ax.plot(df["step"], df[col], marker="o", ms=3, color=_colour(name), label=name)  # type: ignore[index]
+    for ax, col in zip(axes, columns):
+        ax.set_xlabel("fine-tuning step on $S_{val}$")
+        ax.set_ylabel(labels.get(col, col))
+        if col in ("sharpness", "grad_norm"):
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Fine-tuning on the validation set")
+    return fig
+
+
+def plot_influence_along_finetuning(curves, reference_step: int | None = None) -> Figure:
+    """The paper's Fig. 3: influence computed at each snapshot of the fine-tuning on S_val.
+
+    Left: detection AUC per method against the fine-tuning step. Right: the mean |score| of CLEAN training points,
+    relative to its value at the first step (log axis): classic influence shrinks with the validation gradient.
+    VM/FVM are drawn on top; controls (names with "@", e.g. "loss@snapshot") are dashed.
+
+    Args:
+        curves: a DataFrame with columns ``step``, ``method``, ``auc`` and ``clean_abs`` (mean |score| over the
+            clean training points), one row per (step, method).
+        reference_step: a step to mark with a vertical line (e.g. the slider of an ``interact``).
+
+    Returns:
+        A Figure with two axes.
+    """
+    missing = {"step", "method", "auc", "clean_abs"} - set(curves.columns)
+    if missing:
+        raise ValueError(f"curves lacks the columns {sorted(missing)}")
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(10, 3.8), layout="constrained")
+        ax_a, ax_s = fig.subplots(1, 2)
+    for method, df in curves.groupby("method", sort=False):
+        df = df.sort_values("step")
+        rel = df["clean_abs"].to_numpy(float) / float(df["clean_abs"].iloc[0])
+        name = str(method)
+        style = dict(marker="o", ms=3, color=_colour(name), label=name, ls="--" if _is_control(name) else "-",
+                     zorder=3 if name.lower().startswith(("vm", "fvm")) else 2)  # the paper's methods on top
+        ax_a.plot(df["step"], df["auc"], **style)
+        ax_s.plot(df["step"], rel, **style)
+    for ax in (ax_a, ax_s):
+        ax.set_xlabel("fine-tuning step on $S_{val}$")
+        if reference_step is not None:
+            ax.axvline(reference_step, color="k", lw=1, alpha=0.6)
+    ax_a.set_ylabel("detection AUC")
+    ax_a.set_title("finding the flipped labels")
+    ax_a.legend(fontsize=8)
+    ax_s.set_yscale("log")
+    ax_s.set_ylabel("mean |score| of clean points / step 0")
+    ax_s.set_title("clean-sample influence")
+    return fig
+
+
+def plot_method_aucs(table, x: str = "method", y: str = "auc", title: str | None = None) -> Figure:
+    """Detection AUC per method as bars (mean over rows, e.g. seeds, with the spread as error bars).
+
+    Args:
+        table: a DataFrame with one row per (method, seed) measurement and columns ``x`` and ``y``.
+        x: the column naming the method; bars keep the order of first appearance.
+        y: the value column.
+        title: figure title (default: none).
+
+    Controls (names with "@", e.g. "loss@theta~") are hatched.
+
+    Returns:
+        A Figure with one axis; its y-range starts at 0.5 (chance).
+    """
+    missing = {x, y} - set(table.columns)
+    if missing:
+        raise ValueError(f"table lacks the columns {sorted(missing)}")
+    order = list(dict.fromkeys(table[x]))
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(max(4.0, 0.7 * len(order) + 1.5), 3.8), layout="constrained")
+        ax = fig.subplots()
+    sns.barplot(data=table, x=x, y=y, hue=x, order=order, hue_order=order, palette={m: _colour(m) for m in order},
+                errorbar=("pi", 100) if table.groupby(x)[y].size().max() > 1 else None, saturation=1,
+                legend=False, ax=ax)
+    for patch, m in zip(ax.patches, order):
+        if _is_control(m):
+            patch.set_hatch("//")
+            patch.set_edgecolor("white")
+    means = table.groupby(x, sort=False)[y].mean()
+    for i, m in enumerate(order):
+        ax.text(i, float(means[m]) + 0.005, f"{means[m]:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0.5, 1.02)
+    ax.set_xlabel("")
+    ax.set_ylabel("detection AUC" if y == "auc" else y)
+    ax.tick_params(axis="x", rotation=45)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_snapshot_scores(scores_by_step: Mapping[int, Mapping[str, ArrayLike]], flipped: ArrayLike, step: int,
+                         bins: int = 30) -> Figure:
+    """Score histograms (flipped vs clean) of each method at one snapshot of the fine-tuning on S_val.
+
+    A thin selector over ``plot_score_distributions`` for an ``interact`` over the snapshot step.
+
+    Args:
+        scores_by_step: {step: {method: (n,) scores}} computed at each snapshot.
+        flipped: (n,) bool mask of corrupted labels.
+        step: which snapshot to show (a key of ``scores_by_step``).
+        bins: histogram bins.
+
+    Returns:
+        A Figure with one axis per method.
+    """
+    if step not in scores_by_step:
+        raise ValueError(f"no scores at step {step}; available steps: {sorted(scores_by_step)}")
+    fig = plot_score_distributions(scores_by_step[step], flipped, ncols=len(scores_by_step[step]), bins=bins)
+    fig.suptitle(f"Scores at fine-tuning step {step}: flipped (red) vs clean (grey)")
+    return fig
+
+
+__all__ += ["plot_flat_trajectories", "plot_influence_along_finetuning", "plot_loss_change_split",
+            "plot_method_aucs", "plot_parameter_change", "plot_snapshot_scores", "plot_taylor_terms"]
