@@ -6,6 +6,7 @@
 Higher score = more harmful (more likely mislabelled); pairwise negative = helpful.
 """
 
+from . import ekfac_influence as _ekfac_influence  # noqa: F401  (registers "ekfac")
 from . import estimators as _estimators
 from . import flat_influence as _flat_influence  # noqa: F401  (registers "vm" and "fvm")
 from .estimators import pairwise, score

@@ -158,15 +158,20 @@ def iter_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = DEFAULT_CH
     """Stream per-sample gradients: yields ``(rows, G)`` with G of shape (len(rows), p).
 
     One ``vmap(grad(.))`` call per chunk: the per-example graph is batched, so a chunk costs about one batched
-    backward pass, and at most ``chunk_size * p`` gradient entries are alive at once.
+    backward pass, and at most ``chunk_size * p`` gradient entries are alive at once. We differentiate w.r.t.
+    the parameter tensors (views of theta) and concatenate once: differentiating w.r.t. the flat theta would
+    make every slice's backward zero-fill and add a whole (chunk, p) block, 3x slower for a 2-layer MLP.
     """
+    parts = [t.view(s) for t, s in zip(prob.theta.split([math.prod(s) for s in prob.shapes]), prob.shapes)]
 
-    def loss_one(theta: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        return prob.losses(theta, x.unsqueeze(0), t.unsqueeze(0)).squeeze(0)
+    def loss_one(parts: list[Tensor], x: Tensor, t: Tensor) -> Tensor:
+        out = functional_call(prob.model, {**prob.frozen, **dict(zip(prob.names, parts))}, (x.unsqueeze(0),))
+        return prob.loss(out, t.unsqueeze(0)).squeeze(0)
 
     g_one = vmap(grad(loss_one), in_dims=(None, 0, 0))
     for rows in chunks(len(X), chunk_size):
-        yield rows, g_one(prob.theta, X[rows], y[rows]).detach()  # (chunk, p)
+        gs = g_one(parts, X[rows], y[rows])  # one (chunk, *shape) tensor per parameter
+        yield rows, torch.cat([g.detach().reshape(len(g), -1) for g in gs], 1)  # (chunk, p)
 
 
 def per_sample_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
