@@ -1,0 +1,248 @@
+"""``ifkit bench``: time and memory of per-sample gradients and of every scoring method versus n_train.
+
+Two parts, one tidy CSV (results/bench.csv, one row per measurement):
+
+* part "throughput": per-sample gradients (``func.iter_grads``, vmap(grad) in chunks of 256) against a plain
+  batched forward+backward of the same model on the same batches of 256, timed alternately in one process
+  (median of ``repeats``); ``ratio`` = per-sample seconds / batched seconds. Models: a 784-128-10 MLP
+  (101,770 parameters) and ``ifkit.models.SmallCNN`` (20,490), 10,000 examples (FAST: 2,000).
+* part "methods": seconds and peak memory of ``ifkit.score(method, ...)`` for each method at n_train =
+  2k, 8k, 32k (FAST: 500, 1k, 2k), on Fashion-MNIST-shaped synthetic data (1x28x28 in [0, 1], 10 classes)
+  with the untrained 784-128-10 tanh MLP, a fixed S_val of 100 points, and each method's default options
+  (TracIn: 3 checkpoints). Each (method, n_train) runs in a fresh subprocess, so ``peak_mb`` (ru_maxrss) is its
+  own; ``base_mb`` is the process's peak before scoring (Python + torch + data), ``extra_mb`` the difference.
+
+Columns: part, model, method, n_train, n_params, seconds (median), peak_mb, base_mb, extra_mb, repeats,
+seconds_min, seconds_max, examples_per_s, ratio, fast, note. A rerun keeps the rows already in the CSV
+(delete it to measure again); the file is rewritten atomically after every measurement.
+
+Run: ``IFKIT_FAST=1 ifkit bench`` (~15 min on 2 free cores, most of it if-cg / if-lissa) or ``ifkit bench``
+(hours: if-lissa's default 500 Gauss-Newton products plus 30 power iterations over all 32k points dominate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+METHODS = ("loss", "graddot", "tracin", "if-cg", "if-lissa", "datainf", "ekfac", "vm", "fvm")
+COLUMNS = ["part", "model", "method", "n_train", "n_params", "seconds", "peak_mb", "base_mb", "extra_mb", "repeats",
+           "seconds_min", "seconds_max", "examples_per_s", "ratio", "fast", "note"]
+N_VAL = 100  # S_val size; VM/FVM's exact low-rank GGN needs n_val * 10 * p < budget (~130 points at p = 100k)
+BATCH = 256
+
+
+def fast_from_env() -> bool:
+    return os.environ.get("IFKIT_FAST", "0") not in ("", "0")
+
+
+def config(fast: bool) -> dict[str, Any]:
+    """Sizes of the two parts; FAST is what CI runs."""
+    return dict(
+        sizes=(500, 1_000, 2_000) if fast else (2_000, 8_000, 32_000),
+        throughput_n=2_000 if fast else 10_000,
+        repeats=3,
+        timeout_s=600 if fast else 3_600,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workers: run in a fresh interpreter (python -m ifkit.bench JSON) and print one JSON line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _model(name: str, hidden: tuple[int, ...]):
+    from ifkit.models import MLP, SmallCNN
+
+    return MLP(784, hidden, 10) if name == "mlp" else SmallCNN()
+
+
+def _data(n: int, seed: int):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, 1, 28, 28, generator=gen)  # (n, 1, 28, 28): Fashion-MNIST's shape and range
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return X, y
+
+
+def _throughput(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from ifkit import func
+
+    torch.manual_seed(0)
+    model = _model(job["model"], tuple(job["hidden"]))
+    X, y = _data(job["n"], 0)
+    prob = func.make_problem(model)
+    v = torch.randn(prob.p)
+    base = _peak_mb()
+
+    def per_sample() -> None:
+        for _, G in func.iter_grads(prob, X, y, BATCH):
+            G @ v  # (chunk,): every score reduces each chunk like this
+
+    def batched() -> None:
+        for rows in func.chunks(len(X), BATCH):
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
+
+    per_sample(), batched()  # warm-up (vmap tracing, allocator)
+    ts, tb = [], []
+    for _ in range(job["repeats"]):
+        t0 = time.perf_counter()
+        per_sample()
+        ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        batched()
+        tb.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return dict(n_params=prob.p, per_sample=ts, batched=tb, base_mb=base, peak_mb=_peak_mb())
+
+
+def _method(job: dict[str, Any]) -> dict[str, Any]:
+    import copy
+    import warnings
+
+    import torch
+
+    import ifkit
+
+    torch.manual_seed(0)
+    model = _model("mlp", tuple(job["hidden"]))
+    X, y = _data(job["n"], 1)
+    Xv, yv = _data(job["n_val"], 2)
+    opts: dict[str, Any] = {}
+    if job["method"] == "tracin":
+        cps, m = [], copy.deepcopy(model)
+        for _ in range(3):
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+            cps.append(copy.deepcopy(m.state_dict()))
+        opts["checkpoints"] = cps
+    base = _peak_mb()
+    times = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CG's "iters reached" on an untrained model: we time the default budget
+        for _ in range(job["repeats"]):
+            t0 = time.perf_counter()
+            s = ifkit.score(job["method"], model, (X, y), (Xv, yv), **opts)
+            times.append(time.perf_counter() - t0)
+    assert s.shape == (job["n"],)
+    return dict(n_params=sum(p.numel() for p in model.parameters()), times=times, base_mb=base, peak_mb=_peak_mb())
+
+
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    return _throughput(job) if job["part"] == "throughput" else _method(job)
+
+
+def _run_isolated(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run one job in a fresh interpreter; {'error': ...} if it fails or times out."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "ifkit.bench", json.dumps(job)], capture_output=True, text=True,
+                             timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timeout after {timeout_s:.0f} s")
+    if out.returncode != 0:
+        return dict(error=(out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1][:200])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _rows(job: dict[str, Any], res: dict[str, Any], fast: bool) -> list[dict[str, Any]]:
+    common = dict(part=job["part"], n_train=job["n"], repeats=job["repeats"], fast=fast)
+    if "error" in res:
+        name = job.get("method") or job["model"]
+        return [dict(common, model=job.get("model", "mlp"), method=name, note=res["error"])]
+    mem = dict(peak_mb=res["peak_mb"], base_mb=res["base_mb"], extra_mb=res["peak_mb"] - res["base_mb"],
+               n_params=res["n_params"])
+    if job["part"] == "throughput":
+        ratio = statistics.median(s / b for s, b in zip(res["per_sample"], res["batched"]))
+        rows = []
+        for method, ts in (("per-sample-grad", res["per_sample"]), ("batched-backward", res["batched"])):
+            med = statistics.median(ts)
+            rows.append(dict(common, **mem, model=job["model"], method=method, seconds=med, seconds_min=min(ts),
+                             seconds_max=max(ts), examples_per_s=job["n"] / med, ratio=ratio))
+        return rows
+    ts = res["times"]
+    med = statistics.median(ts)
+    return [dict(common, **mem, model="mlp", method=job["method"], seconds=med, seconds_min=min(ts),
+                 seconds_max=max(ts), examples_per_s=job["n"] / med)]
+
+
+def _write(rows: list[dict[str, Any]], out: Path) -> None:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    tmp = out.with_suffix(".tmp.csv")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)  # atomic: a reader never sees a half-written file
+
+
+def jobs(fast: bool, sizes=None, methods=METHODS, throughput_models=("mlp", "cnn"), throughput_n=None,
+         repeats=None, hidden=(128,), n_val=N_VAL) -> list[dict[str, Any]]:
+    cfg = config(fast)
+    r = repeats or cfg["repeats"]
+    out = [dict(part="throughput", model=m, n=throughput_n or cfg["throughput_n"], repeats=r, hidden=list(hidden))
+           for m in throughput_models]
+    out += [dict(part="methods", method=m, n=n, repeats=r, hidden=list(hidden), n_val=n_val)
+            for n in (sizes or cfg["sizes"]) for m in methods]
+    return out
+
+
+def main(out: str | Path = "results/bench.csv", fast: bool | None = None, resume: bool = True,
+         progress: bool = True, **job_options: Any) -> int:
+    """Run the benchmark and write the tidy CSV ``out``; returns 0, or 1 if any measurement failed.
+
+    ``job_options`` (sizes, methods, throughput_models, throughput_n, repeats, hidden, n_val) shrink the run,
+    e.g. for tests.
+    """
+    from tqdm.auto import tqdm
+
+    fast = fast_from_env() if fast is None else fast
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    if resume and out.is_file():
+        old = pd.read_csv(out)
+        rows = old[old["seconds"].notna()].to_dict("records")  # failed rows are retried
+    done = {(r["part"], r["model"] if r["part"] == "throughput" else r["method"], r["n_train"]) for r in rows}
+    todo = [j for j in jobs(fast, **job_options) if (j["part"], j.get("model") or j["method"], j["n"]) not in done]
+    failed = 0
+    bar = tqdm(todo, desc="bench", disable=not progress)
+    for job in bar:
+        bar.set_postfix_str(f"{job.get('model') or job['method']} n={job['n']:,}")
+        res = _run_isolated(job, config(fast)["timeout_s"])
+        failed += "error" in res
+        rows += _rows(job, res, fast)
+        _write(rows, out)
+    if not todo:
+        _write(rows, out)
+    summary = pd.DataFrame(rows, columns=COLUMNS)
+    if progress and len(summary):
+        print(summary[["part", "model", "method", "n_train", "seconds", "peak_mb", "ratio", "note"]]
+              .to_string(index=False, float_format=lambda x: f"{x:,.3g}"))
+    return int(failed > 0)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
+        print(json.dumps(_worker(json.loads(sys.argv[1]))))
+    else:
+        sys.exit(main(*(sys.argv[1:2] or ["results/bench.csv"])))

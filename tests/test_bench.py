@@ -1,0 +1,26 @@
+"""``ifkit bench`` in a tiny mode: the CSV schema, one fresh process per measurement, and the figure."""
+
+import pandas as pd
+
+from ifkit import bench, figures
+
+
+def test_tiny_bench_writes_the_schema(tmp_path):
+    out = tmp_path / "bench.csv"
+    code = bench.main(out, fast=True, progress=False, sizes=(64,), methods=("loss", "ekfac"),
+                      throughput_models=("mlp",), throughput_n=64, repeats=1, hidden=(8,), n_val=16)
+    assert code == 0
+    df = pd.read_csv(out)
+    assert {"method", "n_train", "n_params", "seconds", "peak_mb"} <= set(df.columns)
+    assert list(df.columns) == bench.COLUMNS
+    assert set(df["method"]) == {"per-sample-grad", "batched-backward", "loss", "ekfac"}
+    assert df["seconds"].notna().all() and (df["seconds"] > 0).all() and (df["peak_mb"] > 0).all()
+    assert (df.loc[df["part"] == "methods", "n_params"] == 784 * 8 + 8 + 8 * 10 + 10).all()
+    thr = df[df["part"] == "throughput"]
+    assert thr["ratio"].nunique() == 1 and thr["ratio"].iloc[0] > 0  # one ratio, measured in one run
+    # a rerun resumes: nothing left to measure, the file is unchanged
+    assert bench.main(out, fast=True, progress=False, sizes=(64,), methods=("loss", "ekfac"),
+                      throughput_models=("mlp",), throughput_n=64, repeats=1, hidden=(8,), n_val=16) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out), df)
+    fig = figures.FIGURES["bench"].fn(df)
+    assert len(fig.axes) >= 3
