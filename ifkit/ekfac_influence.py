@@ -30,14 +30,14 @@ def ekfac_score(ctx: Ctx) -> Tensor:
     """score_i = -g_val^T (F_ekfac + damping I)^-1 g_i; higher = more harmful."""
     F = _curvature(ctx)
     v = F.solve(mean_grad(ctx.prob, ctx.Xv, ctx.yv), ctx.damping())  # (p,)
-    return ctx.apply(lambda G: -(G @ v))
+    return -ctx.dots(v)
 
 
 def ekfac_pairwise(ctx: Ctx) -> Tensor:
     """pairwise[q, i] = -g_q^T (F_ekfac + damping I)^-1 g_i; negative = helpful."""
     F = _curvature(ctx)
     V = F.solve(_query_grads(ctx).T, ctx.damping())  # (p, Q)
-    return ctx.apply(lambda G: -(G @ V)).T  # (Q, n)
+    return -ctx.dots(V).T  # (Q, n)
 
 
 register("ekfac", ekfac_score, ekfac_pairwise)

@@ -32,6 +32,7 @@ from .func import (
     Problem,
     as_tensors,
     ggn_vp_fn,
+    grad_dots,
     hessian_exact,
     hvp_fn,
     iter_grads,
@@ -103,6 +104,12 @@ class Ctx:
         n_chunks = math.ceil(self.n / self.opt["chunk_size"])
         yield from tqdm(it, total=n_chunks, desc=desc, disable=not self.opt["progress"], leave=False)
 
+    def dots(self, V: Tensor, prob: Problem | None = None) -> Tensor:
+        """G @ V over the training set, (n,) or (n, k), by forward-mode JVPs (no per-sample gradients formed)."""
+        if self.opt["cache_grads"] and (prob is None or prob is self.prob):
+            return self.apply(lambda G: G @ V)
+        return grad_dots(prob or self.prob, self.X, self.y, V)
+
     def apply(self, fn: Callable[[Tensor], Tensor], prob: Problem | None = None) -> Tensor:
         """Concatenate fn(G_chunk) over the training set: (n, ...)."""
         return torch.cat([fn(G) for _, G in self.grads(prob)])
@@ -166,13 +173,13 @@ def loss_score(ctx: Ctx) -> Tensor:
 def graddot_score(ctx: Ctx) -> Tensor:
     """Gradient dot product: score_i = -g_val^T g_i  (H replaced by I). Cost: one gradient pass."""
     g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)  # (p,)
-    return ctx.apply(lambda G: -(G @ g_val))
+    return -ctx.dots(g_val)
 
 
 def graddot_pairwise(ctx: Ctx) -> Tensor:
     """pairwise[q, i] = -g_q^T g_i."""
     Gq = _query_grads(ctx)  # (Q, p)
-    return ctx.apply(lambda G: -(G @ Gq.T)).T  # (Q, n)
+    return -ctx.dots(Gq.T).T  # (Q, n)
 
 
 def gradcos_score(ctx: Ctx) -> Tensor:
@@ -197,7 +204,7 @@ def tracin_score(ctx: Ctx) -> Tensor:
     total = torch.zeros(ctx.n, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
     for prob, lr in _checkpoint_problems(ctx):
         g_val = mean_grad(prob, ctx.Xv, ctx.yv)
-        total -= lr * ctx.apply(lambda G: G @ g_val, prob)
+        total -= lr * ctx.dots(g_val, prob)
     return total
 
 
@@ -206,7 +213,7 @@ def tracin_pairwise(ctx: Ctx) -> Tensor:
     total = torch.zeros(len(ctx.Xv), ctx.n, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
     for prob, lr in _checkpoint_problems(ctx):
         Gq = _query_grads(ctx, prob)
-        total -= lr * ctx.apply(lambda G: G @ Gq.T, prob).T
+        total -= lr * ctx.dots(Gq.T, prob).T
     return total
 
 
@@ -217,14 +224,14 @@ def _influence_score(ctx: Ctx, default_curvature: str) -> Tensor:
     """
     g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)  # (p,)
     v = inverse_hvp(ctx.prob, ctx.X, ctx.y, g_val, ctx.opt, default_curvature)  # (p,) = (H + lam I)^-1 g_val
-    return ctx.apply(lambda G: -(G @ v))
+    return -ctx.dots(v)
 
 
 def _influence_pairwise(ctx: Ctx, default_curvature: str) -> Tensor:
     """pairwise[q, i] = -g_q^T (H_tr + damping I)^-1 g_i; one batched solve for all queries."""
     Gq = _query_grads(ctx)  # (Q, p)
     V = inverse_hvp(ctx.prob, ctx.X, ctx.y, Gq.T, ctx.opt, default_curvature)  # (p, Q)
-    return ctx.apply(lambda G: -(G @ V)).T  # (Q, n)
+    return -ctx.dots(V).T  # (Q, n)
 
 
 def if_exact_score(ctx: Ctx) -> Tensor:
@@ -282,13 +289,13 @@ def if_lissa_score(ctx: Ctx) -> Tensor:
     """
     g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)
     v = _lissa_solve(ctx, g_val)  # (p,)
-    return ctx.apply(lambda G: -(G @ v))
+    return -ctx.dots(v)
 
 
 def if_lissa_pairwise(ctx: Ctx) -> Tensor:
     Gq = _query_grads(ctx)
     V = _lissa_solve(ctx, Gq.T)  # (p, Q)
-    return ctx.apply(lambda G: -(G @ V)).T
+    return -ctx.dots(V).T
 
 
 def _blocks(prob: Problem) -> list[slice]:
@@ -329,13 +336,13 @@ def datainf_score(ctx: Ctx) -> Tensor:
     """DataInf (Kwon et al. 2024): score_i = -g_i^T (DataInf inverse) g_val. Cost: three gradient passes, no HVP."""
     g_val = mean_grad(ctx.prob, ctx.Xv, ctx.yv)
     v = _datainf_apply(ctx, g_val.unsqueeze(1)).squeeze(1)  # (p,)
-    return ctx.apply(lambda G: -(G @ v))
+    return -ctx.dots(v)
 
 
 def datainf_pairwise(ctx: Ctx) -> Tensor:
     Gq = _query_grads(ctx)
     V = _datainf_apply(ctx, Gq.T.contiguous())  # (p, Q)
-    return ctx.apply(lambda G: -(G @ V)).T
+    return -ctx.dots(V).T
 
 
 def self_if_score(ctx: Ctx) -> Tensor:

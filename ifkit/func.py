@@ -174,6 +174,24 @@ def iter_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = DEFAULT_CH
         yield rows, torch.cat([g.detach().reshape(len(g), -1) for g in gs], 1)  # (chunk, p)
 
 
+def grad_dots(prob: Problem, X: Tensor, y: Tensor, V: Tensor, chunk_size: int = 2048) -> Tensor:
+    """G @ V without forming the per-sample gradients G: (n,) for V (p,), (n, k) for V (p, k).
+
+    g_i^T v is the directional derivative d/dt l(z_i, theta + t v) at t = 0, so ONE forward-mode JVP of the
+    vector of per-sample losses gives it for every example at once, at about the cost of a forward pass --
+    no (chunk, p) gradient block is ever written. This is what every linear score (graddot, TracIn, CG, LiSSA,
+    DataInf's last pass) needs; columns of V are vmapped.
+    """
+
+    def dot_one(v: Tensor, Xc: Tensor, yc: Tensor) -> Tensor:
+        return jvp(lambda th: prob.losses(th, Xc, yc), (prob.theta,), (v,))[1]  # (c,)
+
+    k = 1 if V.dim() == 1 else V.shape[1]
+    step = max(1, chunk_size // k)  # activations grow with k tangents: keep chunk * k bounded
+    fn = dot_one if V.dim() == 1 else vmap(dot_one, in_dims=(1, None, None), out_dims=1)
+    return torch.cat([fn(V, X[rows], y[rows]).detach() for rows in chunks(len(X), step)])
+
+
 def per_sample_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
     """All per-sample gradients as one (n, p) matrix (holds n*p floats: use ``iter_grads`` for big n)."""
     return torch.cat([G for _, G in iter_grads(prob, X, y, chunk_size)])  # (n, p)

@@ -107,3 +107,11 @@ def test_sequence_loss_is_mean_token_cross_entropy():
     tokens = torch.randint(0, 6, (2, 4))
     expected = torch.stack([torch.nn.functional.cross_entropy(logits[i], tokens[i]) for i in range(2)])
     torch.testing.assert_close(func.cross_entropy(logits, tokens), expected)
+
+
+@pytest.mark.parametrize("k", [None, 3])
+def test_grad_dots_equal_per_sample_grads_times_v(k):
+    model, (X, y) = _mlp(), _data(n=9)
+    prob = func.make_problem(model)
+    V = torch.randn(prob.p, dtype=torch.float64) if k is None else torch.randn(prob.p, k, dtype=torch.float64)
+    torch.testing.assert_close(func.grad_dots(prob, X, y, V, chunk_size=4), func.per_sample_grads(prob, X, y) @ V, **EXACT)
