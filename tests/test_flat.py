@@ -16,17 +16,7 @@ from ifkit.train import train
 EXACT = {"rtol": 1e-12, "atol": 1e-14}  # float64, same formula evaluated in a different order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: one intra-op thread is as fast, and immune to a busy machine.
-
-    (With 2 threads on 2 cores, any other busy process makes every parallel op wait for a descheduled thread;
-    we measured this file 5-10x slower that way.)
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ------------------------------------------------------------------------------------------ tiny problems

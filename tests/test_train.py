@@ -12,18 +12,7 @@ from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 from ifkit.models import MLP, LogisticRegression
 from ifkit.train import evaluate, full_batch_grad_norm, train, train_full_batch_lbfgs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: one intra-op thread is as fast, and immune to a busy machine.
-
-    (With 2 threads on 2 cores, any other busy process makes every parallel op wait for a descheduled thread;
-    we measured this file 5-10x slower that way.)
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @functools.cache
