@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ifkit.func import LossFn, resolve_loss
+from ifkit.func import LossFn, param_names, resolve_loss
 from ifkit.train import labelled_tensors
 
 Closure = Callable[[], Tensor]
@@ -410,17 +410,7 @@ def flat_finetune(
     if device is not None:
         tuned_model = tuned_model.to(device)
     named = dict(tuned_model.named_parameters())
-    if params is None:
-        names = [n for n, p in named.items() if p.requires_grad]
-    else:
-        names = list(params)
-        missing = [n for n in names if n not in named]
-        if missing:
-            raise ValueError(
-                f"params= names parameters the model does not have: {missing}; its names: {list(named)}"
-            )
-    if not names:
-        raise ValueError("nothing to fine-tune: the model has no trainable parameters; pass params=[...]")
+    names = param_names(tuned_model, params)
     for n, p in named.items():  # only on the copy: the caller's flags are untouched
         p.requires_grad_(n in names)
         p.grad = None

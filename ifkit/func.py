@@ -119,13 +119,11 @@ class Problem:
         return Problem(self.model, self.names, self.shapes, theta.detach(), self.frozen, self.loss)
 
 
-def make_problem(
-    model: torch.nn.Module, params: Sequence[str] | None = None, loss: str | LossFn = "cross_entropy"
-) -> Problem:
-    """Read theta from ``model`` (optionally only the parameters named in ``params``).
+def param_names(model: torch.nn.Module, params: Sequence[str] | None = None) -> list[str]:
+    """The parameters to differentiate: ``params`` checked against the model, or all trainable ones.
 
     Raises:
-        ValueError: if ``params`` names a parameter the model does not have (the message lists the close ones).
+        ValueError: for a name the model does not have (with the closest names) or an empty selection.
     """
     named = dict(model.named_parameters())
     if params is None:
@@ -143,6 +141,19 @@ def make_problem(
             )
     if not names:
         raise ValueError("no parameters to differentiate: the model has no trainable parameters; pass params=[...]")
+    return names
+
+
+def make_problem(
+    model: torch.nn.Module, params: Sequence[str] | None = None, loss: str | LossFn = "cross_entropy"
+) -> Problem:
+    """Read theta from ``model`` (optionally only the parameters named in ``params``).
+
+    Raises:
+        ValueError: if ``params`` names a parameter the model does not have (the message lists the close ones).
+    """
+    named = dict(model.named_parameters())
+    names = param_names(model, params)
     theta = torch.cat([named[n].detach().reshape(-1) for n in names]).clone()  # (p,)
     frozen = {n: t.detach() for n, t in named.items() if n not in names}
     frozen.update({n: b.detach() for n, b in model.named_buffers()})
