@@ -39,6 +39,7 @@ from .func import (
     make_problem,
     mean_grad,
 )
+from .validate import validate
 
 # Every option any method understands, with its default. Unknown names are refused with a suggestion.
 DEFAULTS: dict[str, Any] = dict(
@@ -503,9 +504,11 @@ def _prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_na
         warnings.warn("model is in training mode with Dropout/BatchNorm: scoring an eval() copy (your model is "
                       "left as it is). Call model.eval() to silence this.", stacklevel=3)
         model = copy.deepcopy(model).eval()
-    dtype = next(model.parameters()).dtype
+    p0 = next(model.parameters(), None)
+    dtype = p0.dtype if p0 is not None else X.dtype
     X = X.to(dtype) if X.is_floating_point() else X
     Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
+    validate(model, (X, y), (Xv, yv), opt, other_name)  # ifkit/validate.py: raises early, naming the fix
     return Ctx(model, X, y, Xv, yv, opt)
 
 
