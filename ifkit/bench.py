@@ -2,9 +2,13 @@
 
 Two parts, one tidy CSV (results/bench.csv, one row per measurement):
 
-* part "throughput": per-sample gradients (``func.iter_grads``, vmap(grad) in chunks of 256) against a plain
-  batched forward+backward of the same model on the same batches of 256, timed alternately in one process
-  (median of ``repeats``); ``ratio`` = per-sample seconds / batched seconds. Models: a 784-128-10 MLP
+* part "throughput": three ways to get the n training dot products G @ v that every linear score needs, timed
+  round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``func.iter_grads``,
+  vmap(grad) in chunks of 256, each (256, p) block times v), "jvp-dots" (``func.grad_dots``: one forward-mode
+  JVP per chunk of 2048, no gradient block is formed; what graddot, TracIn, CG, LiSSA, DataInf's last pass and
+  EK-FAC use) and "batched-backward" (a plain forward+backward of the mean loss on batches of 256: the cost of
+  one training epoch, the yardstick). ``ratio`` = the method's seconds / batched seconds, the median over
+  repeats of the ratio within each repeat (batched-backward's own ratio is 1). Models: a 784-128-10 MLP
   (101,770 parameters) and ``ifkit.models.SmallCNN`` (20,490), 10,000 examples (FAST: 2,000).
 * part "methods": seconds and peak memory of ``ifkit.score(method, ...)`` for each method at n_train =
   2k, 8k, 32k (FAST: 500, 1k, 2k), on Fashion-MNIST-shaped synthetic data (1x28x28 in [0, 1], 10 classes)
@@ -16,8 +20,9 @@ Columns: part, model, method, n_train, n_params, seconds (median), peak_mb, base
 seconds_min, seconds_max, examples_per_s, ratio, fast, note. A rerun keeps the rows already in the CSV
 (delete it to measure again); the file is rewritten atomically after every measurement.
 
-Run: ``IFKIT_FAST=1 ifkit bench`` (~15 min on 2 free cores, most of it if-cg / if-lissa) or ``ifkit bench``
-(hours: if-lissa's default 500 Gauss-Newton products plus 30 power iterations over all 32k points dominate).
+Run: ``IFKIT_FAST=1 ifkit bench`` (~5 min on 2 free cores, half of it if-lissa, VM and FVM) or ``ifkit bench``
+(hours: if-lissa's default 500 Gauss-Newton products plus 30 power iterations over all n_train points dominate;
+40 s per call at 8k, so ~3 min per call, 3 repeats, at 32k).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ COLUMNS = ["part", "model", "method", "n_train", "n_params", "seconds", "peak_mb
            "seconds_min", "seconds_max", "examples_per_s", "ratio", "fast", "note"]
 N_VAL = 100  # S_val size; VM/FVM's exact low-rank GGN needs n_val * 10 * p < budget (~130 points at p = 100k)
 BATCH = 256
+THROUGHPUT_METHODS = {"per-sample-grad": "per_sample", "jvp-dots": "jvp_dots", "batched-backward": "batched"}
 
 
 def fast_from_env() -> bool:
@@ -50,7 +56,7 @@ def config(fast: bool) -> dict[str, Any]:
     return dict(
         sizes=(500, 1_000, 2_000) if fast else (2_000, 8_000, 32_000),
         throughput_n=2_000 if fast else 10_000,
-        repeats=3,
+        repeats=3,  # the throughput part always takes at least 3 (ratios are medians)
         timeout_s=600 if fast else 3_600,
     )
 
@@ -95,22 +101,25 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
         for _, G in func.iter_grads(prob, X, y, BATCH):
             G @ v  # (chunk,): every score reduces each chunk like this
 
+    def jvp_dots() -> None:
+        func.grad_dots(prob, X, y, v)  # (n,): the same numbers as per_sample's, no (chunk, p) block
+
     def batched() -> None:
         for rows in func.chunks(len(X), BATCH):
             model.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
 
-    per_sample(), batched()  # warm-up (vmap tracing, allocator)
-    ts, tb = [], []
-    for _ in range(job["repeats"]):
-        t0 = time.perf_counter()
-        per_sample()
-        ts.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        batched()
-        tb.append(time.perf_counter() - t0)
+    fns = dict(per_sample=per_sample, jvp_dots=jvp_dots, batched=batched)
+    for fn in fns.values():
+        fn()  # warm-up (vmap tracing, allocator)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(max(3, job["repeats"])):  # round-robin: a slow spell of the machine hits every method alike
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
-    return dict(n_params=prob.p, per_sample=ts, batched=tb, base_mb=base, peak_mb=_peak_mb())
+    return dict(n_params=prob.p, **times, base_mb=base, peak_mb=_peak_mb())
 
 
 def _method(job: dict[str, Any]) -> dict[str, Any]:
@@ -175,12 +184,13 @@ def _rows(job: dict[str, Any], res: dict[str, Any], fast: bool) -> list[dict[str
     mem = dict(peak_mb=res["peak_mb"], base_mb=res["base_mb"], extra_mb=res["peak_mb"] - res["base_mb"],
                n_params=res["n_params"])
     if job["part"] == "throughput":
-        ratio = statistics.median(s / b for s, b in zip(res["per_sample"], res["batched"]))
         rows = []
-        for method, ts in (("per-sample-grad", res["per_sample"]), ("batched-backward", res["batched"])):
+        for method, key in THROUGHPUT_METHODS.items():
+            ts = res[key]
             med = statistics.median(ts)
+            ratio = statistics.median(t / b for t, b in zip(ts, res["batched"]))  # within each repeat
             rows.append(dict(common, **mem, model=job["model"], method=method, seconds=med, seconds_min=min(ts),
-                             seconds_max=max(ts), examples_per_s=job["n"] / med, ratio=ratio))
+                             seconds_max=max(ts), examples_per_s=job["n"] / med, ratio=ratio, repeats=len(ts)))
         return rows
     ts = res["times"]
     med = statistics.median(ts)
