@@ -29,10 +29,15 @@ DEFAULT_CHUNK_SIZE = 256
 
 
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample cross-entropy; sequence outputs (n, T, V) give the mean token loss per sequence."""
+    """Per-sample cross-entropy; sequence outputs (n, T, V) give the mean token loss per sequence.
+
+    Token targets equal to -100 (cross_entropy's ignore_index: padding, or the prompt of a prompt/answer pair)
+    are left out of the mean, so a sequence's loss is the mean over the tokens it is trained on.
+    """
     if outputs.dim() == 3:  # language model: (n, T, V) logits, (n, T) token ids
         tok = torch.nn.functional.cross_entropy(outputs.transpose(1, 2), targets, reduction="none")  # (n, T)
-        return tok.mean(dim=1)
+        counted = (targets != -100).sum(dim=1).clamp(min=1)  # (n,) tokens that carry a loss
+        return tok.sum(dim=1) / counted
     return torch.nn.functional.cross_entropy(outputs, targets, reduction="none")  # (n,)
 
 

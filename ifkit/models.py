@@ -1,4 +1,4 @@
-"""Small models for the kit: logistic regression, a tanh MLP and a small CNN.
+"""Small models for the kit: logistic regression, a tanh MLP, a small CNN, and LoRA adapters for Linear layers.
 
 All three are plain ``nn.Module``s built only from Linear / Conv2d / pooling and elementwise activations:
 no BatchNorm (its batch statistics couple the examples of a batch, so per-sample gradients would not be
@@ -13,9 +13,12 @@ Initialisation is PyTorch's default, so ``torch.manual_seed(s)`` before construc
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -143,9 +146,88 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).flatten(1))  # (n, n_classes)
 
 
+class LoRALinear(nn.Module):
+    """A frozen Linear layer plus a trainable low-rank update (Hu et al., 2021, "LoRA").
+
+        y = base(x) + (alpha / rank) * x A^T B^T          A: (rank, in_features), B: (out_features, rank)
+
+    B starts at zero, so wrapping does not change the model's outputs; A starts like a Linear weight (uniform
+    with fan-in scaling). Only ``lora_A`` and ``lora_B`` are trainable: influence over ``params=lora_names(model)``
+    (or the default, all trainable parameters) is influence over the adapters, as in DataInf and the paper's
+    generation experiments. The cost is rank * (in + out) parameters instead of in * out.
+
+    Note: with B = 0 the gradient with respect to A is zero, so compute influence after fine-tuning the adapters.
+
+    Args:
+        base: the Linear layer to adapt (kept as ``self.base``, its parameters frozen).
+        rank: the rank r of the update.
+        alpha: scale numerator (default: ``rank``, i.e. a scale of 1).
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float | None = None) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.rank = rank
+        self.scale = (alpha if alpha is not None else rank) / rank
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        update = (x @ self.lora_A.T) @ self.lora_B.T  # (..., rank) -> (..., out_features)
+        return self.base(x) + self.scale * update
+
+    def merged_weight(self) -> Tensor:
+        """W + scale * B A: the plain Linear weight with the adapter folded in."""
+        return self.base.weight + self.scale * self.lora_B @ self.lora_A  # (out, in)
+
+
+def add_lora(model: nn.Module, targets: Sequence[str] = ("*",), rank: int = 4, alpha: float | None = None) -> list[str]:
+    """Wrap the Linear layers of ``model`` whose module names match ``targets`` with ``LoRALinear``, in place.
+
+    Every other parameter of the model is frozen (``requires_grad=False``), so training and influence see only
+    the adapters.
+
+    Args:
+        model: the module to adapt (modified in place; ``copy.deepcopy`` it first to keep the original).
+        targets: shell-style patterns over module names (``named_modules``), e.g. ``("blocks.*.attn.*",)``.
+        rank, alpha: as for ``LoRALinear``.
+
+    Returns:
+        The names of the adapter parameters (pass them as ``params=`` to ``ifkit.score``/``pairwise``).
+
+    Raises:
+        ValueError: if no Linear layer matches ``targets`` (the message lists the Linear layers there are).
+    """
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and name]
+    chosen = [(name, m) for name, m in linears if any(fnmatch.fnmatch(name, pat) for pat in targets)]
+    if not chosen:
+        raise ValueError(f"no Linear layer matches targets={list(targets)}; the Linear layers are "
+                         f"{[n for n, _ in linears]}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, layer in chosen:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, LoRALinear(layer, rank=rank, alpha=alpha))
+    return lora_names(model)
+
+
+def lora_names(model: nn.Module) -> list[str]:
+    """Names of the LoRA adapter parameters of ``model`` (``...lora_A``, ``...lora_B``), in model order."""
+    return [n for n, _ in model.named_parameters() if n.endswith((".lora_A", ".lora_B"))]
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters (only those with ``requires_grad`` when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["MLP", "LogisticRegression", "SmallCNN", "count_params"]
+__all__ = ["MLP", "LoRALinear", "LogisticRegression", "SmallCNN", "add_lora", "count_params", "lora_names"]

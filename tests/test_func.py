@@ -115,3 +115,16 @@ def test_grad_dots_equal_per_sample_grads_times_v(k):
     prob = func.make_problem(model)
     V = torch.randn(prob.p, dtype=torch.float64) if k is None else torch.randn(prob.p, k, dtype=torch.float64)
     torch.testing.assert_close(func.grad_dots(prob, X, y, V, chunk_size=4), func.per_sample_grads(prob, X, y) @ V, **EXACT)
+
+
+def test_sequence_cross_entropy_averages_over_the_tokens_that_count():
+    from ifkit.func import cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)  # (n, T, V)
+    targets = torch.randint(0, 7, (2, 5))
+    targets[0, :3] = -100  # a prompt of 3 tokens carries no loss
+    got = cross_entropy(logits, targets)
+    tok = torch.nn.functional.cross_entropy(logits[0, 3:], targets[0, 3:])
+    torch.testing.assert_close(got[0], tok)
+    torch.testing.assert_close(got[1], torch.nn.functional.cross_entropy(logits[1], targets[1]))

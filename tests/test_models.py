@@ -98,3 +98,65 @@ def test_vmap_per_sample_grads_match_loop(build):
         F.cross_entropy(model(X[i : i + 1]), y[i : i + 1]).backward()
         for k, p in model.named_parameters():
             torch.testing.assert_close(G[k][i], p.grad)
+
+
+# ---------------------------------------------------------------- LoRA
+def test_lora_starts_as_the_base_model_and_trains_only_adapters():
+    import copy
+
+    from ifkit.models import LoRALinear, add_lora, count_params, lora_names
+
+    torch.manual_seed(0)
+    base = MLP(64, (32, 16), 10)
+    model = copy.deepcopy(base)
+    names = add_lora(model, targets=("net.0", "net.2"), rank=3)
+    assert names == ["net.0.lora_A", "net.0.lora_B", "net.2.lora_A", "net.2.lora_B"] == lora_names(model)
+    assert isinstance(model.net[0], LoRALinear) and not isinstance(model.net[4], LoRALinear)
+    assert count_params(model, trainable_only=True) == 3 * (64 + 32) + 3 * (32 + 16)
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(model(x), base(x), rtol=0, atol=0)  # B = 0: unchanged outputs
+    # one optimiser step moves only the adapters
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(x).pow(2).sum().backward()
+    opt.step()
+    model(x).pow(2).sum().backward()  # B != 0 now, so A gets a gradient too
+    assert model.net[0].lora_A.grad.abs().sum() > 0
+    torch.testing.assert_close(model.net[0].base.weight, base.net[0].weight, rtol=0, atol=0)
+
+
+def test_lora_merged_weight_matches_the_forward():
+    from ifkit.models import LoRALinear
+
+    torch.manual_seed(1)
+    layer = LoRALinear(torch.nn.Linear(6, 4), rank=2, alpha=4.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(3, 6)
+    expected = x @ layer.merged_weight().T + layer.base.bias
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_lora_influence_is_over_the_adapters_only():
+    import ifkit
+    from ifkit.models import add_lora
+    from conftest import digits
+
+    Xtr, ytr, Xv, yv, _ = digits(40, 20, 5, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = MLP(64, (16,), 10)
+    names = add_lora(model, targets=("net.*",), rank=2)
+    with torch.no_grad():
+        for n in names:
+            if n.endswith("lora_B"):
+                model.get_parameter(n).normal_(0, 0.1)
+    train, val = (Xtr, ytr), (Xv, yv)
+    full = ifkit.score("graddot", model, train, val)
+    explicit = ifkit.score("graddot", model, train, val, params=names)
+    torch.testing.assert_close(full, explicit)  # the default is the trainable parameters = the adapters
+
+
+def test_add_lora_with_no_match_names_the_linear_layers():
+    from ifkit.models import add_lora
+
+    with pytest.raises(ValueError, match="net.0"):
+        add_lora(MLP(8, (4,), 2), targets=("attn.*",))

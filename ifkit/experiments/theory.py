@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from ifkit.data import make_split
 from ifkit.experiments import register
 from ifkit.func import Problem, make_problem, per_sample_grads
 from ifkit.models import LogisticRegression
+from ifkit.results import ResultsTable
 
 KEY = ["seed", "n_train", "checkpoint", "gamma", "method"]
 FILENAME = "theory.csv"
@@ -176,20 +176,6 @@ def _rows_at(model, truth: Truth, train, val, idx, mu: float, cfg: Config, seed:
     return rows
 
 
-def write_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write ``df`` to ``path`` through a temporary file and ``os.replace``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _done_keys(df: pd.DataFrame) -> set[tuple]:
-    if df.empty:
-        return set()
-    return {(int(s), int(n), str(c), float(g), str(m)) for s, n, c, g, m in df[KEY].itertuples(index=False)}
-
-
 def measure(cfg: Config, seeds: Iterable[int], path: str | Path, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the experiment for ``seeds`` and return the rows of this configuration.
 
@@ -210,15 +196,14 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, progress: bool 
 
 
 def _measure(cfg: Config, seeds: list[int], path: Path, progress: bool) -> pd.DataFrame:
-    table = pd.read_csv(path) if path.is_file() else pd.DataFrame()
-    done = _done_keys(table)
+    table = ResultsTable(path, KEY, required=["sign_error", "bound", "val_loss"])
     for seed in seeds:
         plan = [("training", f"train-step-{t:04d}", t, cfg.weight_decay) for t in cfg.train_steps]
         plan += [("l2-path", f"l2-{wd:.0e}", -1, wd) for wd in cfg.l2_path]
         todo = {}
         for _, label, _, _ in plan:
             missing = {(g, m) for g in cfg.gammas for m in cfg.methods
-                       if (seed, cfg.n_train, label, float(g), m) not in done}
+                       if not table.has(seed=seed, n_train=cfg.n_train, checkpoint=label, gamma=g, method=m)}
             if missing:
                 todo[label] = missing
         if not todo:
@@ -258,11 +243,11 @@ def _measure(cfg: Config, seeds: list[int], path: Path, progress: bool) -> pd.Da
                     "n_val": cfg.n_val, "n_loo": cfg.n_loo, "noise_rate": cfg.noise_rate}
             rows = _rows_at(model, truth(wd if traj == "l2-path" else cfg.weight_decay), train, val, idx, mu, cfg,
                             seed, base, todo[label])
-            table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
-            write_atomic(table, path)
-    if table.empty:
-        return table
-    mine = table[(table["n_train"] == cfg.n_train) & table["seed"].isin(seeds)]
+            table.add(rows)
+    df = table.frame
+    if df.empty:
+        return df
+    mine = df[(df["n_train"] == cfg.n_train) & df["seed"].isin(seeds)]
     return mine.reset_index(drop=True)
 
 
@@ -311,4 +296,4 @@ def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     return df
 
 
-__all__ = ["FAST", "FULL", "Config", "measure", "rank_correlations", "run", "write_atomic"]
+__all__ = ["FAST", "FULL", "Config", "measure", "rank_correlations", "run"]
