@@ -137,9 +137,10 @@ def test_lora_merged_weight_matches_the_forward():
 
 
 def test_lora_influence_is_over_the_adapters_only():
+    from conftest import digits
+
     import ifkit
     from ifkit.models import add_lora
-    from conftest import digits
 
     Xtr, ytr, Xv, yv, _ = digits(40, 20, 5, dtype=torch.float32)
     torch.manual_seed(0)
