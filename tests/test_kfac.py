@@ -149,3 +149,20 @@ def test_vm_curvature_ekfac_uses_the_validation_factors(tiny_mlp):
     torch.testing.assert_close(inv.quad(G), (G * expected).sum(1), **EXACT)
     s = ifkit.score("vm", model, (X, y), (Xv, yv), curvature="ekfac", flat_steps=20)
     assert (s >= 0).all() and metrics.auc(s, flipped) > 0.5
+
+
+def test_self_influence_with_ekfac_matches_its_dense_form():
+    """self-if with curvature="ekfac" = g_i^T (F + damping I)^-1 g_i with F the dense EK-FAC matrix."""
+    import ifkit
+    from ifkit import kfac
+    from ifkit.func import make_problem, per_sample_grads
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()
+    X, y = torch.randn(30, 5, dtype=torch.float64), torch.randint(0, 3, (30,))
+    got = ifkit.score("self-if", model, (X, y), (X[:5], y[:5]), curvature="ekfac", damping=0.1)
+    prob = make_problem(model)
+    F = kfac.fit(prob, X, y, kind="ekfac").dense()  # (p, p)
+    G = per_sample_grads(prob, X, y)  # (n, p)
+    want = (G * torch.linalg.solve(F + 0.1 * torch.eye(prob.p, dtype=F.dtype), G.T).T).sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)

@@ -1,0 +1,289 @@
+"""Mislabel detection on real images (the paper's Sec. 5.1 / Table 1), with the baselines a practitioner tries first.
+
+``ifkit reproduce detection`` writes ``results/detection.csv`` (one row per dataset, noise, rate, seed, method:
+auc, ap, recall_at_10pct, seconds, plus the state of the model) and ``results/detection_dynamics.csv`` (the
+paper's Fig. 2 and Fig. 3: AUC over training checkpoints and over flat fine-tuning steps).
+
+Protocol (per noise model, rate and seed):
+
+1. A class-balanced Fashion-MNIST subset (``Config``), images average-pooled to ``image_size``; labels of the
+   training set flipped (symmetric, asymmetric between confusable classes, or hard = the most likely wrong class
+   of an out-of-fold logistic regression); a clean validation set S_val and the official test images.
+2. A tanh MLP trained with Adam long enough to memorise most flipped labels (``fit_flipped`` in the rows): the
+   regime where classic influence fails (NOTES.md Sec. 2).
+3. Every method scores every training point, higher = more likely mislabelled (``ifkit.score``), and we measure
+   ROC AUC / AP / recall of the flips among the top 10% with sklearn (``ifkit.metrics``).
+
+Besides the influence family (loss, graddot, tracin, if-lissa, if-cg, datainf, self-if, gex) and the paper's
+methods (vm; fvm with LPF-SGD; fvm-sam with SAM), three kinds of reference rows keep the table honest:
+
+* ``loss-early``: the training loss under the early-stopped model (the epoch of best validation accuracy), and
+  ``vm-early``: VM computed from that model instead of the memorising one;
+* ``cleanlab``: confident learning (cleanlab's label-quality score; score = 1 - quality) on K-fold out-of-fold
+  probabilities of the same architecture trained for the early-stopping number of epochs;
+* ``loss@theta~`` and ``gradnorm@theta~``: the training loss and the gradient norm at VM's fine-tuned model
+  theta~ (no Hessian) -- what the curvature in VM adds is the gap between these and ``vm``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import ifkit
+from ifkit import metrics
+from ifkit.data import Split, make_split
+from ifkit.experiments import register
+from ifkit.flat import flat_finetune
+from ifkit.flat_influence import VM_DEFAULTS
+from ifkit.func import make_problem, per_sample_grads
+from ifkit.models import MLP
+from ifkit.results import ResultsTable
+from ifkit.train import TrainResult, evaluate, train
+
+FILENAME = "detection.csv"
+DYNAMICS = "detection_dynamics.csv"
+KEY = ["dataset", "noise", "rate", "seed", "method", "n_val"]
+REQUIRED = ["auc", "ap", "recall_at_10pct"]
+
+INFLUENCE = ("loss", "graddot", "tracin", "if-lissa", "if-cg", "ekfac", "datainf", "self-if", "gex", "vm", "fvm",
+             "fvm-sam")
+REFERENCE = ("loss-early", "vm-early", "cleanlab", "loss@theta~", "gradnorm@theta~")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes, model and grids of one run (``FAST`` for CI, ``FULL`` for the reported numbers)."""
+
+    dataset: str
+    n_train: int
+    n_val: int
+    n_test: int | None
+    image_size: int  # images are average-pooled to this side (28 = full Fashion-MNIST; digits are 8)
+    hidden: tuple[int, ...]
+    epochs: int
+    lr: float
+    settings: tuple[tuple[str, float], ...]  # (noise, rate)
+    methods: tuple[str, ...] = INFLUENCE + REFERENCE
+    batch_size: int = 128
+    n_checkpoints: int = 5  # TracIn checkpoints (evenly spaced over training)
+    cv_folds: int = 5  # cleanlab's out-of-fold probabilities
+    dynamics_every: int = 0  # epochs between Fig. 2 checkpoints (0: no dynamics)
+    flat_grid: tuple[int, ...] = ()  # Fig. 3: fine-tuning steps at which to score
+    progress: bool = True
+
+
+FAST = Config("digits", n_train=600, n_val=200, n_test=None, image_size=8, hidden=(64,), epochs=150, lr=1e-2,
+              settings=(("symmetric", 0.3),), n_checkpoints=3, cv_folds=3, dynamics_every=30,
+              flat_grid=(0, 20, 100))
+# Measured (40% symmetric, seed 0): this 196-64-10 tanh MLP (13,258 parameters) fits 99.4% of the flipped labels
+# after 300 epochs (test accuracy 0.52, down from 0.69 at its best epoch), and one seed of every method takes
+# about a minute on one core. A 196-256-10 MLP trained for 200 epochs at lr 2e-3 fitted only 48% of them.
+FULL = Config("fashion", n_train=2000, n_val=300, n_test=2000, image_size=14, hidden=(64,), epochs=300, lr=1e-2,
+              settings=(("symmetric", 0.2), ("symmetric", 0.4), ("asymmetric", 0.4), ("hard", 0.4)),
+              dynamics_every=25, flat_grid=(0, 5, 20, 50, 100, 200))
+
+
+# ----------------------------------------------------------------------------------------------- the setting
+@dataclass
+class Setting:
+    """One (dataset, noise, rate, seed): the split, preprocessed tensors, and the memorising model."""
+
+    cfg: Config
+    split: Split
+    train: tuple[Tensor, Tensor]
+    val: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+    run: TrainResult
+    early: nn.Module  # the checkpoint of best validation accuracy
+    early_epoch: int
+
+    @property
+    def flipped(self) -> Tensor:
+        return self.split.flipped
+
+
+def pool(X: Tensor, side: int) -> Tensor:
+    """(n, 1, H, W) images average-pooled to (n, 1, side, side); digits (n, 64) pass through unchanged."""
+    if X.dim() != 4 or X.shape[-1] == side:
+        return X
+    return F.adaptive_avg_pool2d(X, side)  # (n, 1, side, side)
+
+
+def n_features(cfg: Config) -> int:
+    return 64 if cfg.dataset == "digits" else cfg.image_size**2
+
+
+def build_model(cfg: Config, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return MLP(n_features(cfg), cfg.hidden, 10)
+
+
+def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None = None) -> Setting:
+    """Draw the split, train the memorising model (checkpoints for TracIn and Fig. 2), pick the early stop."""
+    split = make_split(cfg.dataset, n_train=cfg.n_train, n_val=n_val or cfg.n_val, n_test=cfg.n_test,
+                       noise=noise, rate=rate, seed=seed)
+    tr = (pool(split.X_train, cfg.image_size), split.y_train)
+    va = (pool(split.X_val, cfg.image_size), split.y_val)
+    te = (pool(split.X_test, cfg.image_size), split.y_test)
+    every = cfg.dynamics_every or cfg.epochs // max(cfg.n_checkpoints, 1)
+    n_ckpt = max(cfg.epochs // every, cfg.n_checkpoints)
+    run = train(build_model(cfg, seed), tr, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
+                n_checkpoints=n_ckpt, val=va, progress=False)
+    # Early stopping among the saved checkpoints (what a practitioner keeps): best validation accuracy.
+    epochs = checkpoint_epochs(cfg.epochs, len(run.checkpoints))
+    accs = [float(run.history.loc[run.history.epoch == e, "val_acc"].iloc[0]) for e in epochs]
+    best = int(np.argmax(accs))
+    early = copy.deepcopy(run.model)
+    early.load_state_dict(run.checkpoints[best][0])
+    return Setting(cfg, split, tr, va, te, run, early, epochs[best])
+
+
+def checkpoint_epochs(epochs: int, n: int) -> list[int]:
+    """The epochs at which ``ifkit.train.train`` saved its ``n`` checkpoints (evenly spaced, last = final)."""
+    from ifkit.train import _checkpoint_epochs
+
+    return sorted(_checkpoint_epochs(epochs, n))
+
+
+def tracin_checkpoints(s: Setting) -> list:
+    """The last ``n_checkpoints`` of the run, evenly spread (TracIn sums over checkpoints along training)."""
+    ck = s.run.checkpoints
+    k = s.cfg.n_checkpoints
+    idx = np.unique(np.linspace(0, len(ck) - 1, k).round().astype(int))
+    return [ck[i] for i in idx]
+
+
+# ----------------------------------------------------------------------------------------------- scores
+def cleanlab_scores(s: Setting, seed: int) -> Tensor:
+    """1 - cleanlab's label quality on K-fold out-of-fold probabilities (same architecture, early-stop epochs)."""
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.model_selection import StratifiedKFold
+
+    X, y = s.train
+    probs = np.zeros((len(y), 10))
+    folds = StratifiedKFold(n_splits=s.cfg.cv_folds, shuffle=True, random_state=seed)
+    for k, (fit, held) in enumerate(folds.split(np.zeros(len(y)), y.numpy())):
+        fit, held = torch.from_numpy(fit), torch.from_numpy(held)
+        run = train(build_model(s.cfg, seed + 1000 * (k + 1)), (X[fit], y[fit]), epochs=s.early_epoch,
+                    lr=s.cfg.lr, batch_size=s.cfg.batch_size, seed=seed + k, progress=False)
+        with torch.no_grad():
+            probs[held.numpy()] = torch.softmax(run.model(X[held]), dim=1).numpy()
+    quality = get_label_quality_scores(y.numpy(), probs)  # (n,) in [0, 1], low = likely mislabelled
+    return torch.from_numpy(1.0 - quality)
+
+
+def theta_tilde(s: Setting, seed: int) -> nn.Module:
+    """VM's fine-tuned model theta~ (same defaults as ``ifkit.score("vm", ...)``)."""
+    return flat_finetune(s.run.model, s.val, seed=seed, progress=False, **VM_DEFAULTS).model
+
+
+def score_method(method: str, s: Setting, seed: int, cache: dict) -> Tensor:
+    """Higher = more likely mislabelled, for every name in ``INFLUENCE + REFERENCE``."""
+    model, tr, va = s.run.model, s.train, s.val
+    if method == "tracin":
+        return ifkit.score("tracin", model, tr, va, checkpoints=tracin_checkpoints(s))
+    if method == "fvm-sam":
+        return ifkit.score("fvm", model, tr, va, flat_optimizer="sam", seed=seed)
+    if method in ("gex", "if-lissa", "fvm", "vm"):
+        return ifkit.score(method, model, tr, va, seed=seed)
+    if method == "self-if":
+        # the Hessian of a memorising network is indefinite (CG meets negative curvature) and a dense
+        # Gauss-Newton is p x p: EK-FAC factors once and costs O(p) per point
+        return ifkit.score("self-if", model, tr, va, curvature="ekfac")
+    if method in INFLUENCE:
+        return ifkit.score(method, model, tr, va)
+    if method == "loss-early":
+        return ifkit.score("loss", s.early, tr, va)
+    if method == "vm-early":  # VM from the early-stopped model instead of the memorising one
+        return ifkit.score("vm", s.early, tr, va, seed=seed)
+    if method == "cleanlab":
+        return cleanlab_scores(s, seed)
+    if "tilde" not in cache:
+        cache["tilde"] = theta_tilde(s, seed)
+    if method == "loss@theta~":
+        return ifkit.score("loss", cache["tilde"], tr, va)
+    if method == "gradnorm@theta~":
+        return per_sample_grads(make_problem(cache["tilde"]), *tr).norm(dim=1)  # (n,) ||g~_z||
+    raise ValueError(f"unknown detection method {method!r}: choose from {INFLUENCE + REFERENCE}")
+
+
+def model_state(s: Setting) -> dict:
+    """What the rows record about the model where influence is computed (memorisation, accuracy)."""
+    m, X, y = s.run.model, *s.train
+    with torch.no_grad():
+        pred = m(X).argmax(1)
+    flipped = s.flipped
+    return {
+        "fit_flipped": float((pred[flipped] == y[flipped]).float().mean()),
+        "train_acc": float((pred == y).float().mean()),
+        "val_acc": evaluate(m, *s.val)[1],
+        "test_acc": evaluate(m, *s.test)[1],
+        "early_epoch": s.early_epoch,
+        "early_test_acc": evaluate(s.early, *s.test)[1],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- measuring
+def measure(cfg: Config, seeds: Iterable[int], path: str | Path, methods: Iterable[str] | None = None,
+            n_val: int | None = None, settings: Iterable[tuple[str, float]] | None = None) -> pd.DataFrame:
+    """Run (or resume) detection for every setting x seed x method; returns this configuration's rows."""
+    methods = tuple(methods or cfg.methods)
+    n_val = n_val or cfg.n_val
+    table = ResultsTable(path, KEY, required=REQUIRED)
+    plan = [(noise, rate, seed) for noise, rate in (settings or cfg.settings) for seed in seeds]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is fastest on a shared 2-core machine (measured)
+    try:
+        for noise, rate, seed in tqdm(plan, desc="detection", disable=not cfg.progress):
+            key = dict(dataset=cfg.dataset, noise=noise, rate=rate, seed=seed, n_val=n_val)
+            todo = [m for m in methods if not table.has(**key, method=m)]
+            if not todo:
+                continue
+            s = prepare(cfg, noise, rate, seed, n_val=n_val)
+            state, cache, rows = model_state(s), {}, []
+            for method in tqdm(todo, desc=f"{noise} {rate} seed {seed}", leave=False, disable=not cfg.progress):
+                start = time.perf_counter()
+                scores = score_method(method, s, seed, cache)
+                seconds = time.perf_counter() - start
+                rows.append({**key, "method": method, **metrics.detection_report(scores, s.flipped),
+                             "seconds": seconds, "n_train": cfg.n_train, **state})
+                table.add(rows[-1:])  # one atomic write per finished method: an interrupted run loses little
+    finally:
+        torch.set_num_threads(threads)
+    df = table.frame
+    if df.empty:
+        return df
+    mine = df[(df.dataset == cfg.dataset) & (df.n_val == n_val) & df.seed.isin(list(seeds))
+              & df.method.isin(methods)]
+    return mine.reset_index(drop=True)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean +- std over seeds of AUC per (noise, rate) x method, methods ordered by mean AUC."""
+    g = df.groupby(["noise", "rate", "method"]).auc.agg(["mean", "std", "count"]).reset_index()
+    return g.sort_values(["noise", "rate", "mean"], ascending=[True, True, False])
+
+
+@register("detection")
+def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
+    """``ifkit reproduce detection``: the table, then the dynamics of Fig. 2 / Fig. 3."""
+    cfg = FAST if fast else FULL
+    df = measure(cfg, range(seeds), Path(out) / FILENAME)
+    with pd.option_context("display.width", 140, "display.max_rows", 200):
+        print(summary(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return df
+
+
+__all__ = ["FAST", "FULL", "INFLUENCE", "REFERENCE", "Config", "Setting", "measure", "prepare", "run",
+           "score_method", "summary"]
