@@ -9,6 +9,7 @@ import torch
 from ifkit import metrics
 from ifkit.experiments import detection as D
 from ifkit.experiments import relabel as R
+from ifkit.train import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,9 +25,15 @@ def setting():
 def test_prepare_trains_and_picks_the_early_stop(setting):
     s = setting
     assert s.train[0].shape == (200, 1, 8, 8) and int(s.flipped.sum()) == 60
-    assert s.early_epoch in D.checkpoint_epochs(TINY.epochs, len(s.run.checkpoints))
-    best = s.run.history.set_index("epoch").loc[D.checkpoint_epochs(TINY.epochs, len(s.run.checkpoints)), "val_acc"]
-    assert best.loc[s.early_epoch] == best.max()
+    epochs = D.checkpoint_epochs(TINY.epochs, len(s.run.checkpoints))
+    assert s.early_epoch in epochs
+    accs = []
+    for state, _ in s.run.checkpoints:
+        s.early.load_state_dict(state)
+        accs.append(evaluate(s.early, *s.val)[1])
+    s.early.load_state_dict(s.run.checkpoints[epochs.index(s.early_epoch)][0])
+    assert accs[epochs.index(s.early_epoch)] == max(accs)
+    assert D.prepare(TINY, "symmetric", 0.3, seed=0, n_val=30).run is s.run  # one training run, any n_val
 
 
 @pytest.mark.parametrize("method", D.INFLUENCE + D.REFERENCE)
@@ -59,3 +66,37 @@ def test_relabel_new_labels_and_rows(setting, tmp_path):
     assert df.retrain_test_acc.between(0, 1).all()
     vm = df[df.method == "vm"].iloc[0]
     assert 0 <= vm.relabel_acc <= 1 and 0 <= vm.agree_theta_tilde <= 1
+
+
+def test_dynamics_rows_for_fig2_and_fig3(tmp_path):
+    from ifkit.results import ResultsTable
+
+    table = ResultsTable(tmp_path / "dyn.csv", D.DYN_KEY, required=["auc"])
+    D.dynamics(TINY, "symmetric", 0.3, 0, table)
+    df = table.frame
+    train_rows, flat_rows = df[df.kind == "training"], df[df.kind == "flat"]
+    assert sorted(train_rows.step.unique()) == D.checkpoint_epochs(TINY.epochs, 2)
+    assert set(train_rows.method) == set(D.DYN_METHODS) and train_rows.fit_flipped.between(0, 1).all()
+    assert sorted(flat_rows.step.unique()) == list(TINY.flat_grid) and set(flat_rows.method) == set(D.FLAT_METHODS)
+    # at t = 0 steps VM is computed at theta* itself; with steps the validation accuracy rises
+    acc = flat_rows.groupby("step").val_acc.first()
+    assert acc.loc[20] >= acc.loc[0]
+    n = len(df)
+    D.dynamics(TINY, "symmetric", 0.3, 0, table)  # resumes: nothing new
+    assert len(table.frame) == n
+
+
+def test_ablation_rows_and_the_paired_gap(tmp_path):
+    from ifkit.experiments import ablation as A
+
+    factors = (A.Factor("n_val", (30, 60), "symmetric", 0.3, ("vm", "fvm"), seeds=2),
+               A.Factor("damping", (1e-3, 1e-1), "symmetric", 0.3, ("vm",), seeds=1))
+    cfg = A.Config(TINY, factors=factors, progress=False)
+    df = A.measure(cfg, None, tmp_path / "ablation.csv")
+    assert len(df) == 2 * 2 * 2 + 2 * 1
+    gap = A.paired_gap(df)
+    assert list(gap.value) == [30, 60] and (gap.n == 2).all() and gap.wins.between(0, 2).all()
+    # the gap is FVM - VM paired by seed
+    one = df[(df.factor == "n_val") & (df.value == 30)].pivot(index="seed", columns="method", values="auc")
+    assert gap.loc[0, "mean"] == pytest.approx((one.fvm - one.vm).mean())
+    assert len(A.measure(cfg, None, tmp_path / "ablation.csv")) == len(df)  # resumed, nothing recomputed

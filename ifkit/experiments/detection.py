@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +129,12 @@ def build_model(cfg: Config, seed: int) -> nn.Module:
     return MLP(n_features(cfg), cfg.hidden, 10)
 
 
+# Trained runs by (config, noise, rate, seed): detection, relabel and the ablations of one process share them
+# (a run is ~1 MB of checkpoints). The training set and its noise do not depend on n_val (make_split draws the
+# training indices first), so neither does the run; the validation accuracies are computed per split.
+_RUNS: dict[tuple, TrainResult] = {}
+
+
 def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None = None) -> Setting:
     """Draw the split, train the memorising model (checkpoints for TracIn and Fig. 2), pick the early stop."""
     split = make_split(cfg.dataset, n_train=cfg.n_train, n_val=n_val or cfg.n_val, n_test=cfg.n_test,
@@ -138,13 +144,19 @@ def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None =
     te = (pool(split.X_test, cfg.image_size), split.y_test)
     every = cfg.dynamics_every or cfg.epochs // max(cfg.n_checkpoints, 1)
     n_ckpt = max(cfg.epochs // every, cfg.n_checkpoints)
-    run = train(build_model(cfg, seed), tr, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
-                n_checkpoints=n_ckpt, val=va, progress=False)
+    key = (replace(cfg, progress=True, settings=(), methods=(), n_val=0), noise, rate, seed)
+    if key not in _RUNS:
+        _RUNS[key] = train(build_model(cfg, seed), tr, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                           seed=seed, n_checkpoints=n_ckpt, progress=False)
+    run = _RUNS[key]
     # Early stopping among the saved checkpoints (what a practitioner keeps): best validation accuracy.
     epochs = checkpoint_epochs(cfg.epochs, len(run.checkpoints))
-    accs = [float(run.history.loc[run.history.epoch == e, "val_acc"].iloc[0]) for e in epochs]
-    best = int(np.argmax(accs))
     early = copy.deepcopy(run.model)
+    accs = []
+    for state, _ in run.checkpoints:
+        early.load_state_dict(state)
+        accs.append(evaluate(early, *va)[1])
+    best = int(np.argmax(accs))
     early.load_state_dict(run.checkpoints[best][0])
     return Setting(cfg, split, tr, va, te, run, early, epochs[best])
 
@@ -275,6 +287,59 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return g.sort_values(["noise", "rate", "mean"], ascending=[True, True, False])
 
 
+# ----------------------------------------------------------------------------------------------- Fig. 2 / 3
+DYN_KEY = ["dataset", "noise", "rate", "seed", "kind", "step", "method"]
+DYN_METHODS = ("loss", "if-cg", "vm")  # along training (Fig. 2)
+FLAT_METHODS = ("if-cg", "vm", "fvm")  # along flat fine-tuning (Fig. 3)
+
+
+def _clean_spread(scores: Tensor, flipped: Tensor) -> dict[str, float]:
+    """How spread out the scores of CLEAN points are, relative to all scores (Fig. 3's shrinking distribution)."""
+    clean = scores[~flipped]
+    return {"clean_std": float(clean.std()), "clean_abs_median": float(clean.abs().median()),
+            "noisy_abs_median": float(scores[flipped].abs().median())}
+
+
+def dynamics(cfg: Config, noise: str, rate: float, seed: int, table: ResultsTable) -> None:
+    """Rows of Fig. 2 (AUC over training checkpoints vs validation accuracy) and Fig. 3 (AUC along flat
+    fine-tuning steps on S_val: classic IF at theta_t, VM/FVM with t steps) for one setting and seed."""
+    key = dict(dataset=cfg.dataset, noise=noise, rate=rate, seed=seed)
+    s = prepare(cfg, noise, rate, seed)
+    X, y = s.train
+    epochs = checkpoint_epochs(cfg.epochs, len(s.run.checkpoints))
+    model = copy.deepcopy(s.run.model)
+    for epoch, (state, _) in zip(epochs, s.run.checkpoints):
+        todo = [m for m in DYN_METHODS if not table.has(**key, kind="training", step=epoch, method=m)]
+        if not todo:
+            continue
+        model.load_state_dict(state)
+        with torch.no_grad():
+            pred = model(X).argmax(1)
+        state_row = {"val_acc": evaluate(model, *s.val)[1], "fit_flipped": float((pred == y)[s.flipped].float().mean())}
+        rows = []
+        for m in todo:
+            sc = ifkit.score(m, model, s.train, s.val, **({"seed": seed} if m == "vm" else {}))
+            rows.append({**key, "kind": "training", "step": epoch, "method": m, "auc": metrics.auc(sc, s.flipped),
+                         **state_row, **_clean_spread(sc, s.flipped)})
+        table.add(rows)
+    for t in cfg.flat_grid:
+        todo = [m for m in FLAT_METHODS if not table.has(**key, kind="flat", step=t, method=m)]
+        if not todo:
+            continue
+        tuned = flat_finetune(s.run.model, s.val, flat_steps=t, seed=seed, progress=False,
+                              **{k: v for k, v in VM_DEFAULTS.items() if k != "flat_steps"}).model
+        state_row = {"val_acc": evaluate(tuned, *s.val)[1]}
+        rows = []
+        for m in todo:
+            if m == "if-cg":  # classic influence at theta_t (training curvature, mean validation gradient)
+                sc = ifkit.score("if-cg", tuned, s.train, s.val)
+            else:  # VM / FVM with t fine-tuning steps
+                sc = ifkit.score(m, s.run.model, s.train, s.val, flat_steps=t, seed=seed)
+            rows.append({**key, "kind": "flat", "step": t, "method": m, "auc": metrics.auc(sc, s.flipped),
+                         **state_row, **_clean_spread(sc, s.flipped)})
+        table.add(rows)
+
+
 @register("detection")
 def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     """``ifkit reproduce detection``: the table, then the dynamics of Fig. 2 / Fig. 3."""
@@ -282,8 +347,19 @@ def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     df = measure(cfg, range(seeds), Path(out) / FILENAME)
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(summary(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    # Fig. 2 / Fig. 3 on the first 40%-noise setting (the regime of the paper's figures), one seed in full mode
+    # (an illustration; the per-seed tables above carry the error bars)
+    noise, rate = next(((n, r) for n, r in cfg.settings if r >= 0.3), cfg.settings[0])
+    table = ResultsTable(Path(out) / DYNAMICS, DYN_KEY, required=["auc"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for seed in tqdm(range(1 if not fast else seeds), desc="dynamics", disable=not cfg.progress):
+            dynamics(cfg, noise, rate, seed, table)
+    finally:
+        torch.set_num_threads(threads)
     return df
 
 
-__all__ = ["FAST", "FULL", "INFLUENCE", "REFERENCE", "Config", "Setting", "measure", "prepare", "run",
+__all__ = ["FAST", "FULL", "INFLUENCE", "REFERENCE", "Config", "Setting", "dynamics", "measure", "prepare", "run",
            "score_method", "summary"]
