@@ -137,3 +137,50 @@ def test_same_seed_gives_bit_identical_scores(small, method):
     torch.manual_seed(123)  # the global RNG must not matter: only seed= does
     b = ifkit.score(method, model, train, val, **FAST)
     assert torch.equal(a, b), f"{method}: two runs with the same seed differ"
+
+
+@pytest.mark.filterwarnings("ignore:conjugate gradient stopped")
+@pytest.mark.parametrize("method", [m for m in ifkit.METHODS if m not in ("loss", "self-if")])
+def test_same_seed_gives_bit_identical_pairwise(small, method):
+    _, train, val = small
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    extra = {"flat_val": val} if method in ("vm", "fvm") else {}
+    a = ifkit.pairwise(method, model, train, val, **FAST, **extra)
+    torch.manual_seed(123)
+    b = ifkit.pairwise(method, model, train, val, **FAST, **extra)
+    assert a.shape == (5, 12) and torch.equal(a, b), f"{method}: two pairwise runs with the same seed differ"
+
+
+PAIRWISE = [m for m in ifkit.METHODS if m not in ("loss", "self-if")]  # self-influence has no pairwise form
+
+
+class _WithBuffer(torch.nn.Module):
+    """A tiny MLP with a buffer and one frozen parameter: everything a method could accidentally change."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        self.register_buffer("shift", torch.full((4,), 0.1))
+        self.net[0].bias.requires_grad_(False)
+
+    def forward(self, x):
+        return self.net(x - self.shift)
+
+
+@pytest.mark.filterwarnings("ignore:conjugate gradient stopped")
+@pytest.mark.parametrize("method", ifkit.METHODS)
+def test_no_method_modifies_the_model(small, method):
+    """Parameters, buffers, requires_grad flags, train/eval mode and .grad are exactly as before, for both entry
+    points of every method."""
+    _, train, val = small
+    torch.manual_seed(2)
+    model = _WithBuffer().double().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    ifkit.score(method, model, train, val, **FAST)
+    if method in PAIRWISE:
+        ifkit.pairwise(method, model, train, val, **FAST, **({"flat_val": val} if method in ("vm", "fvm") else {}))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), method
+    assert flags == [p.requires_grad for p in model.parameters()] and model.training
+    assert all(p.grad is None for p in model.parameters())
