@@ -53,7 +53,7 @@ data:
 	fi
 
 reproduce: setup
-	$(IFKIT) reproduce all
+	$(IFKIT) reproduce all --jobs 2
 	$(IFKIT) figures
 
 # Run notebooks with nbval, FAST=$(1); pytest exits 5 when it collects nothing, so an empty notebooks/ is skipped.

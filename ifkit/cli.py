@@ -3,6 +3,7 @@
     ifkit reproduce EXPERIMENT [--fast] [--seeds N] [--out results/]   # a registered name, or "all"
     ifkit figures [--results results/] [--out figures/]
     ifkit bench [--out results/bench.csv]
+    torchrun --nproc-per-node N -m ifkit.cli score-shards --model m.pt --data d.pt --method fvm --out s.csv
 
 ``IFKIT_FAST=1`` in the environment has the same effect as ``--fast`` (CI sets it).
 """
@@ -16,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 # Seeds when --seeds is not given: one quick seed for CI, several for the reported numbers.
@@ -35,10 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     rep = sub.add_parser("reproduce", help="run an experiment and write its tidy CSV to --out")
-    rep.add_argument("experiment", metavar="EXPERIMENT", help='a registered experiment name, or "all"')
+    rep.add_argument("experiment", metavar="EXPERIMENT",
+                     help='a registered experiment name, several separated by commas, or "all"')
     rep.add_argument("--fast", action="store_true", help="small sizes for CI (also set by IFKIT_FAST=1)")
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 1 fast, 3 full)")
     rep.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results/)")
+    rep.add_argument("--jobs", type=int, default=1,
+                     help="worker processes for several experiments (make reproduce uses 2: one per core)")
     rep.set_defaults(subparser=rep)  # so usage errors print this subcommand's usage
 
     fig = sub.add_parser("figures", help="draw every figure whose results exist")
@@ -50,7 +55,63 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time and memory of each method versus problem size")
     bench.add_argument("--out", type=Path, default=Path("results/bench.csv"), help="CSV to write")
     bench.set_defaults(subparser=bench)
+
+    sh = sub.add_parser(
+        "score-shards",
+        help="score a saved model's training set, sharded over torchrun ranks",
+        description="Run ifkit.score on a saved model and data set. Under torchrun each rank scores a shard of the "
+        "training set and rank 0 writes the scores in the original order; without torchrun it runs in one "
+        "process. Example: torchrun --nproc-per-node 2 -m ifkit.cli score-shards --model model.pt "
+        "--data data.pt --method fvm --out scores.csv",
+    )
+    sh.add_argument("--model", type=Path, required=True,
+                    help="a whole module saved with torch.save(model) (unpickled: load trusted files only)")
+    sh.add_argument("--data", type=Path, required=True,
+                    help="a torch.save'd dict of tensors with keys " + ", ".join(DATA_KEYS))
+    sh.add_argument("--method", required=True, help="an ifkit method, e.g. fvm, if-cg, graddot, datainf")
+    sh.add_argument("--out", type=Path, required=True,
+                    help="scores file: .pt (a float tensor of shape (n_train,)) or .csv (columns index,score)")
+    sh.add_argument("--damping", type=float, default=None, help="damping (default: the method's)")
+    sh.add_argument("--iters", type=int, default=None, help="CG iterations / LiSSA depth")
+    sh.add_argument("--tol", type=float, default=None, help="CG / LiSSA relative tolerance")
+    sh.add_argument("--curvature", default=None, help='e.g. "exact", "ggn", "cg", "ggn-cg"')
+    sh.add_argument("--params", default=None, help="comma-separated parameter names to differentiate")
+    sh.add_argument("--flat-steps", type=int, default=None, help="VM/FVM fine-tuning steps on S_val")
+    sh.add_argument("--chunk-size", type=int, default=None, help="training rows per gradient chunk")
+    sh.add_argument("--seed", type=int, default=None, help="seed of the stochastic methods")
+    sh.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto",
+                    help="process-group backend (auto: nccl when CUDA is available, else gloo)")
+    sh.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds a rank waits in a collective before failing (default 600)")
+    sh.set_defaults(subparser=sh)
     return parser
+
+
+DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
+
+
+# Experiments that must share one process: detection/relabel/ablation reuse the same trained networks (an
+# in-process cache), gen-text/gen-image write the same results/generation.csv (one writer at a time).
+TOGETHER = (("detection", "relabel", "ablation"), ("gen-text", "gen-image"))
+# Rough full-mode minutes on one core (measured), to balance --jobs workers; unknown names count 5.
+MINUTES = {"detection": 14, "relabel": 8, "ablation": 6, "theory": 4, "gen-text": 5, "gen-image": 4}
+
+
+def plan_jobs(names: Sequence[str], jobs: int) -> list[list[str]]:
+    """Split experiments over ``jobs`` worker processes: TOGETHER groups stay whole, then longest first onto
+    the least loaded worker. Order inside a worker follows ``names``."""
+    units, seen = [], set()
+    for group in TOGETHER:
+        members = [n for n in names if n in group]
+        if members:
+            units.append(members)
+            seen.update(members)
+    units += [[n] for n in names if n not in seen]
+    units.sort(key=lambda u: -sum(MINUTES.get(n, 5) for n in u))
+    workers: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(units))))]
+    for unit in units:
+        min(workers, key=lambda w: sum(MINUTES.get(n, 5) for n in w)).extend(unit)
+    return [sorted(w, key=list(names).index) for w in workers if w]
 
 
 def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -58,27 +119,54 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
     registry = discover()
     available = sorted(registry)
-    if args.experiment != "all" and args.experiment not in registry:
+    wanted = list(registry) if args.experiment == "all" else args.experiment.split(",")
+    unknown = [n for n in wanted if n not in registry]
+    if unknown:
         parser.error(
-            f"unknown experiment {args.experiment!r}; available: {', '.join(available + ['all'])}"
+            f"unknown experiment {unknown[0]!r}; available: {', '.join(available + ['all'])}"
             if available
-            else f"unknown experiment {args.experiment!r}; no experiments are registered yet"
+            else f"unknown experiment {unknown[0]!r}; no experiments are registered yet"
         )
     if args.seeds is not None and args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     fast = args.fast or fast_from_env()
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[fast]
-    names = list(registry) if args.experiment == "all" else [args.experiment]
+    names = wanted
     if not names:
         print("no experiments are registered yet: nothing to reproduce", file=sys.stderr)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    plan = plan_jobs(names, args.jobs)
+    if len(plan) > 1:
+        return _reproduce_parallel(plan, fast, seeds, args.out)
     for name in names:
         print(f"== {name} (fast={fast}, seeds={seeds}, out={args.out})", flush=True)
         start = time.perf_counter()
         run(name, fast, seeds, args.out)
         print(f"== {name} done in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
+
+
+def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int, out: Path) -> int:
+    """One ``ifkit reproduce a,b`` subprocess per worker (each single-threaded inside); fail if any fails."""
+    import subprocess
+
+    start = time.perf_counter()
+    procs = []
+    for names in plan:
+        cmd = [sys.executable, "-m", "ifkit.cli", "reproduce", ",".join(names), "--seeds", str(seeds),
+               "--out", str(out), "--jobs", "1"] + (["--fast"] if fast else [])
+        print(f"== worker {len(procs) + 1}: {', '.join(names)}", flush=True)
+        procs.append((names, subprocess.Popen(cmd)))
+    failed = [(names, p.wait()) for names, p in procs]
+    failed = [(names, rc) for names, rc in failed if rc != 0]
+    print(f"== all workers done in {time.perf_counter() - start:.1f} s", flush=True)
+    for names, rc in failed:
+        print(f"worker running {', '.join(names)} failed with exit code {rc}; rerun it alone with "
+              f"`ifkit reproduce {','.join(names)}` (finished rows are kept)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _figures(args: argparse.Namespace) -> int:
@@ -98,6 +186,75 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """ifkit.score under torchrun (or in one process): rank 0 writes the gathered scores atomically."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    import ifkit
+
+    if args.method not in ifkit.METHODS:
+        parser.error(f"unknown method {args.method!r}; available: {', '.join(ifkit.METHODS)}")
+    if args.out.suffix not in (".pt", ".csv"):
+        parser.error(f"--out must end in .pt or .csv, got {str(args.out)!r}")
+    data = torch.load(args.data, weights_only=True)
+    missing = [k for k in DATA_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        parser.error(f"--data {args.data} must hold a dict with keys {', '.join(DATA_KEYS)}; "
+                     f"missing: {', '.join(missing)}")
+    options = dict(damping=args.damping, iters=args.iters, tol=args.tol, curvature=args.curvature,
+                   flat_steps=args.flat_steps, chunk_size=args.chunk_size, seed=args.seed,
+                   params=args.params.split(",") if args.params else None)
+    options = {k: v for k, v in options.items() if v is not None}  # unset: the method's own default
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
+    backend = args.backend if args.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
+
+    # record(): under torchrun a failing rank's traceback is written where the launcher reports it as the
+    # root cause, and the launcher stops the other ranks (the process-group timeout covers a rank that hangs).
+    @record
+    def run() -> None:
+        if launched:
+            if backend == "nccl":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                options["device"] = f"cuda:{local}"
+            dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
+        try:
+            model = torch.load(args.model, weights_only=False, map_location="cpu")
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError(f"--model {args.model} holds a {type(model).__name__}, not a torch.nn.Module: save "
+                                "the whole model with torch.save(model, path)")
+            start = time.perf_counter()
+            scores = ifkit.score(args.method, model, train=(data["X_train"], data["y_train"]),
+                                 val=(data["X_val"], data["y_val"]), **options).cpu()
+            rank, size = (dist.get_rank(), dist.get_world_size()) if launched else (0, 1)
+            if rank == 0:
+                _write_scores(scores, args.out)
+                print(f"{args.method}: {len(scores)} scores on {size} rank(s) in "
+                      f"{time.perf_counter() - start:.1f} s -> {args.out}", flush=True)
+        finally:
+            if launched:
+                dist.destroy_process_group()
+
+    run()
+    return 0
+
+
+def _write_scores(scores, out: Path) -> None:
+    """Write scores to out (.pt tensor or .csv index,score) through a temp file + rename: never half a file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    if out.suffix == ".pt":
+        import torch
+
+        torch.save(scores, tmp)
+    else:
+        rows = "".join(f"{i},{s!r}\n" for i, s in enumerate(scores.tolist()))  # repr: round-trips exactly
+        tmp.write_text("index,score\n" + rows)
+    os.replace(tmp, out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ifkit`` console script.
 
@@ -113,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reproduce(args.subparser, args)
     if args.command == "figures":
         return _figures(args)
+    if args.command == "score-shards":
+        return _score_shards(args.subparser, args)
     return _bench(args.subparser, args)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import curvature as C
+from . import distributed as D
 from .func import (
     DEFAULT_CHUNK_SIZE,
     Problem,
@@ -70,6 +71,13 @@ DEFAULTS: dict[str, Any] = dict(
     rho=None,
     sigma=None,
     flat_val=None,  # pairwise VM/FVM: the validation set to fine-tune on, when the queries are not S_val
+    # None: under an initialised torch.distributed process group, each rank does the per-training-point pass
+    # on its shard and the results are gathered (ifkit/distributed.py); False: always the whole set here
+    distributed=None,
+    # (X, y) points to score INSTEAD of the training points, with every training-set quantity (curvature,
+    # TracIn checkpoints, GEX ensemble, DataInf's damping) still from train=: e.g. each flagged point under
+    # every candidate label, for relabeling. None: score the training points.
+    candidates=None,
 )
 
 
@@ -84,42 +92,62 @@ class Ctx:
     yv: Tensor
     opt: dict[str, Any]
     prob: Problem = field(init=False)
+    world: D.World | None = field(default=None, init=False)
+    Xs: Tensor = field(init=False)  # the points scored: the training set, or the candidates= option
+    ys: Tensor = field(init=False)
     _G: Tensor | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.prob = make_problem(self.model, self.opt["params"], self.opt["loss"])
+        self.Xs, self.ys = self.opt["candidates"] if self.opt["candidates"] is not None else (self.X, self.y)
+        # The one distributed hook: dots/apply (every method's final per-training-point pass) run on this
+        # rank's shard and gather; everything else, curvature over the training set included, stays whole.
+        self.world = D.world(self.opt["distributed"], self.X, self.y)
 
     @property
     def n(self) -> int:
+        """Number of training points (the curvature's n)."""
         return len(self.X)
 
-    def grads(self, prob: Problem | None = None, desc: str = "gradients") -> Iterator[tuple[slice, Tensor]]:
-        """Stream (rows, G_chunk) of training gradients at ``prob`` (default theta); cached when asked."""
+    @property
+    def n_scored(self) -> int:
+        """Number of points scored: n, or the number of candidates."""
+        return len(self.Xs)
+
+    def grads(self, prob: Problem | None = None, desc: str = "gradients",
+              rows: slice = slice(None), scored: bool = False) -> Iterator[tuple[slice, Tensor]]:
+        """Stream (rows, G_chunk) of training gradients (``scored``: of the points scored) at ``prob`` (default
+        theta) over ``rows`` (default all; slices are relative to them); cached when asked."""
         prob = prob or self.prob
-        if self.opt["cache_grads"] and prob is self.prob:
+        X, y = (self.Xs, self.ys) if scored else (self.X, self.y)
+        if self.opt["cache_grads"] and prob is self.prob and X is self.X:
             if self._G is None:
                 self._G = torch.cat([G for _, G in iter_grads(prob, self.X, self.y, self.opt["chunk_size"])])
-            yield slice(0, self.n), self._G
+            G = self._G[rows]
+            yield slice(0, len(G)), G
             return
-        it = iter_grads(prob, self.X, self.y, self.opt["chunk_size"])
-        n_chunks = math.ceil(self.n / self.opt["chunk_size"])
+        X, y = X[rows], y[rows]
+        it = iter_grads(prob, X, y, self.opt["chunk_size"])
+        n_chunks = math.ceil(len(X) / self.opt["chunk_size"])
         yield from tqdm(it, total=n_chunks, desc=desc, disable=not self.opt["progress"], leave=False)
 
     def dots(self, V: Tensor, prob: Problem | None = None) -> Tensor:
-        """G @ V over the training set, (n,) or (n, k), by forward-mode JVPs (no per-sample gradients formed)."""
+        """G @ V over the points scored, (n,) or (n, k), by forward-mode JVPs (no per-sample gradients formed)."""
         if (self.opt["cache_grads"] and (prob is None or prob is self.prob)) or self._has_conv:
             # Forward-mode through conv layers is slow on CPU: measured on SmallCNN (2k examples), JVP dots
             # took 3.2x a batched backward vs 1.6x for streaming per-sample gradients (MLP: 1.3x vs 76x).
             return self.apply(lambda G: G @ V, prob)
-        return grad_dots(prob or self.prob, self.X, self.y, V)
+        return D.map_rows(lambda r: grad_dots(prob or self.prob, self.Xs[r], self.ys[r], V), self.n_scored,
+                          self.world)
 
     @property
     def _has_conv(self) -> bool:
         return any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.model.modules())
 
     def apply(self, fn: Callable[[Tensor], Tensor], prob: Problem | None = None) -> Tensor:
-        """Concatenate fn(G_chunk) over the training set: (n, ...)."""
-        return torch.cat([fn(G) for _, G in self.grads(prob)])
+        """Concatenate fn(G_chunk) over the points scored (the training set unless candidates=): (n, ...)."""
+        return D.map_rows(lambda r: torch.cat([fn(G) for _, G in self.grads(prob, rows=r, scored=True)]),
+                          self.n_scored, self.world)
 
     def damping(self) -> float:
         return C.check_damping(self.opt["damping"])
@@ -134,7 +162,8 @@ def inverse_hvp(prob: Problem, X: Tensor, y: Tensor, V: Tensor, opt: dict[str, A
     """(H + damping I)^-1 V for the Hessian (or Gauss-Newton) of the mean loss over (X, y) at ``prob.theta``.
 
     ``curvature``: "exact" (full Hessian + Cholesky), "ggn" (exact Gauss-Newton + Cholesky), "cg" (Hessian CG),
-    "ggn-cg" (Gauss-Newton CG). V is (p,) or (p, k).
+    "ggn-cg" (Gauss-Newton CG), "ekfac"/"kfac" (Kronecker-factored Gauss-Newton, Linear/Conv2d layers only).
+    V is (p,) or (p, k).
     """
     curv = opt["curvature"] or default
     damping = C.check_damping(opt["damping"])
@@ -146,7 +175,12 @@ def inverse_hvp(prob: Problem, X: Tensor, y: Tensor, V: Tensor, opt: dict[str, A
     if curv in ("cg", "ggn-cg"):
         mv = hvp_fn(prob, X, y) if curv == "cg" else ggn_vp_fn(prob, X, y)
         return C.conjugate_gradient(mv, V, damping, iters=opt["iters"] or 100, tol=opt["tol"])
-    raise ValueError(f"unknown curvature {curv!r}: use 'exact', 'ggn', 'cg' or 'ggn-cg'")
+    if curv in ("ekfac", "kfac"):  # block-diagonal Kronecker Gauss-Newton: approximate, O(p) per solve
+        from . import kfac  # imported here: only this branch needs it
+
+        F = kfac.fit(prob, X, y, kind=curv, chunk_size=opt["chunk_size"], seed=opt["seed"], progress=opt["progress"])
+        return F.solve(V, damping)
+    raise ValueError(f"unknown curvature {curv!r}: use 'exact', 'ggn', 'cg', 'ggn-cg', 'ekfac' or 'kfac'")
 
 
 def _dense(mv: Callable[[Tensor], Tensor], prob: Problem, budget_mb: float) -> Tensor:
@@ -156,7 +190,10 @@ def _dense(mv: Callable[[Tensor], Tensor], prob: Problem, budget_mb: float) -> T
             f"a dense {prob.p:,} x {prob.p:,} curvature matrix needs {need_mb:,.0f} MB (> budget_mb={budget_mb:,.0f}):"
             " use curvature='cg' or 'ggn-cg', restrict params=, or raise budget_mb"
         )
-    M = mv(torch.eye(prob.p, dtype=prob.theta.dtype, device=prob.theta.device))  # (p, p)
+    eye = torch.eye(prob.p, dtype=prob.theta.dtype, device=prob.theta.device)
+    # Blocks of 256 columns: the vmapped product holds a copy of the activations per column, so all p columns
+    # at once took 4 GB for a 1.6k-parameter LoRA generator with 272 outputs on 200 examples (blocks: < 1 GB).
+    M = torch.cat([mv(eye[:, s : s + 256]) for s in range(0, prob.p, 256)], dim=1)  # (p, p)
     return (M + M.T) / 2
 
 
@@ -174,7 +211,7 @@ def _auto_exact(prob: Problem, opt: dict[str, Any], exact: str = "exact", cg: st
 def loss_score(ctx: Ctx) -> Tensor:
     """Training loss of each point at theta: the simplest self-influence baseline. Cost: one forward pass."""
     with torch.no_grad():
-        return torch.cat([ctx.prob.losses(ctx.prob.theta, ctx.X[r], ctx.y[r]) for r in _rows(ctx)])  # (n,)
+        return torch.cat([ctx.prob.losses(ctx.prob.theta, ctx.Xs[r], ctx.ys[r]) for r in _rows(ctx)])  # (n,)
 
 
 def graddot_score(ctx: Ctx) -> Tensor:
@@ -208,7 +245,7 @@ def tracin_score(ctx: Ctx) -> Tensor:
 
     Cost: one gradient pass per checkpoint. Without ``checkpoints=`` only the final model is used (= graddot).
     """
-    total = torch.zeros(ctx.n, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
+    total = torch.zeros(ctx.n_scored, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
     for prob, lr in _checkpoint_problems(ctx):
         g_val = mean_grad(prob, ctx.Xv, ctx.yv)
         total -= lr * ctx.dots(g_val, prob)
@@ -217,7 +254,7 @@ def tracin_score(ctx: Ctx) -> Tensor:
 
 def tracin_pairwise(ctx: Ctx) -> Tensor:
     """pairwise[q, i] = -sum_c lr_c g_q(theta_c)^T g_i(theta_c)."""
-    total = torch.zeros(len(ctx.Xv), ctx.n, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
+    total = torch.zeros(len(ctx.Xv), ctx.n_scored, dtype=ctx.prob.theta.dtype, device=ctx.prob.theta.device)
     for prob, lr in _checkpoint_problems(ctx):
         Gq = _query_grads(ctx, prob)
         total -= lr * ctx.dots(Gq.T, prob).T
@@ -357,7 +394,9 @@ def self_if_score(ctx: Ctx) -> Tensor:
 
     How much point i's own loss would drop if it were up-weighted: large for points the model can only fit by
     bending around them. Exact curvature: one eigendecomposition, then per chunk ||diag(1/sqrt(lam+d)) Q^T g||^2;
-    with CG, one batched solve per chunk of training points (cost ~ n/chunk * iters HVPs).
+    with CG, one batched solve per chunk of training points (cost ~ n/chunk * iters HVPs); with
+    curvature="ekfac" (or "kfac"), one Kronecker factorisation and O(p) per point -- the choice for models whose
+    dense curvature is too big and whose Hessian is indefinite (memorising networks).
     """
     curv = ctx.opt["curvature"] or _auto_exact(ctx.prob, ctx.opt, "exact", "cg")
     if curv in ("exact", "ggn"):
@@ -371,6 +410,12 @@ def self_if_score(ctx: Ctx) -> Tensor:
                 f"use damping > {-evals[0].item():.3g} or curvature='ggn'"
             )
         return ctx.apply(lambda G: ((G @ Q) ** 2 / w).sum(1))
+    if curv in ("ekfac", "kfac"):  # factor once, then O(p) per training point
+        from . import kfac
+
+        F = kfac.fit(ctx.prob, ctx.X, ctx.y, kind=curv, chunk_size=ctx.opt["chunk_size"], seed=ctx.opt["seed"],
+                     progress=ctx.opt["progress"])
+        return ctx.apply(lambda G: (G * F.solve(G.T, ctx.damping()).T).sum(1))
     return ctx.apply(lambda G: (G * inverse_hvp(ctx.prob, ctx.X, ctx.y, G.T, ctx.opt, curv).T).sum(1))
 
 
@@ -408,7 +453,7 @@ def gex_score(ctx: Ctx) -> Tensor:
     view of -g^T H^-1 g', without linearising the loss), and samples with a geometric ensemble.
     Cost: ensemble_size x gex_steps mini-batch steps + ensemble_size forward passes.
     """
-    D = _loss_deviations(ctx, _gex_ensemble(ctx), ctx.X, ctx.y)  # (K, n)
+    D = _loss_deviations(ctx, _gex_ensemble(ctx), ctx.Xs, ctx.ys)  # (K, n)
     return (D**2).mean(0)
 
 
@@ -416,7 +461,7 @@ def gex_pairwise(ctx: Ctx) -> Tensor:
     """pairwise[q, i] = -E_k[dl(z_q) dl(z_i)]: co-moving losses mean i helps q (negative = helpful)."""
     members = _gex_ensemble(ctx)
     Dq = _loss_deviations(ctx, members, ctx.Xv, ctx.yv)  # (K, Q)
-    D = _loss_deviations(ctx, members, ctx.X, ctx.y)  # (K, n)
+    D = _loss_deviations(ctx, members, ctx.Xs, ctx.ys)  # (K, n)
     return -(Dq.T @ D) / len(members)  # (Q, n)
 
 
@@ -426,7 +471,7 @@ def gex_pairwise(ctx: Ctx) -> Tensor:
 
 
 def _rows(ctx: Ctx):
-    return [slice(s, min(s + 4096, ctx.n)) for s in range(0, ctx.n, 4096)]
+    return [slice(s, min(s + 4096, ctx.n_scored)) for s in range(0, ctx.n_scored, 4096)]
 
 
 def _query_grads(ctx: Ctx, prob: Problem | None = None) -> Tensor:
@@ -515,6 +560,11 @@ def _prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_na
     X = X.to(dtype) if X.is_floating_point() else X
     Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
     validate(model, (X, y), (Xv, yv), opt, other_name)  # ifkit/validate.py: raises early, naming the fix
+    if opt["candidates"] is not None:
+        Xc, yc = as_tensors(opt["candidates"], "candidates")
+        Xc = Xc.to(device=X.device, dtype=dtype) if Xc.is_floating_point() else Xc.to(X.device)
+        validate(model, (X, y), (Xc, yc.to(X.device)), {**opt, "candidates": None}, "candidates")
+        opt = {**opt, "candidates": (Xc, yc.to(X.device))}
     return Ctx(model, X, y, Xv, yv, opt)
 
 
@@ -528,6 +578,10 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
         train: (X, y) tensors or a Dataset of pairs.
         val: (X_val, y_val), the clean validation set S_val.
         **options: see ``ifkit.estimators.DEFAULTS`` (damping, iters, scale, checkpoints, params, ...).
+
+    Under an initialised torch.distributed process group (e.g. torchrun), call it on every rank with the same
+    arguments: each rank scores a shard of the training set and every rank returns the full, identical result
+    (``distributed=False`` opts out; ``ifkit/distributed.py`` has the details).
     """
     opt = _resolve(method, options)
     ctx = _prepare(model, train, val, opt, "val")

@@ -141,3 +141,38 @@ def test_palette_covers_every_method_and_keeps_vm_fvm_distinct():
         figures.METHOD_PALETTE["vm"],
         figures.METHOD_PALETTE["fvm"],
     )
+
+
+def test_comma_separated_experiments_run_in_order(registry, tmp_path):
+    assert cli.main(["reproduce", "other,dummy", "--out", str(tmp_path)]) == 0
+    assert [c[0] for c in registry] == ["other", "dummy"]
+
+
+def test_plan_jobs_keeps_shared_experiments_together_and_balances():
+    names = ["ablation", "detection", "gen-image", "gen-text", "relabel", "theory"]
+    plan = cli.plan_jobs(names, 2)
+    assert len(plan) == 2 and sorted(sum(plan, [])) == sorted(names)
+    where = {n: i for i, w in enumerate(plan) for n in w}
+    assert where["detection"] == where["relabel"] == where["ablation"]
+    assert where["gen-text"] == where["gen-image"]
+    assert where["theory"] != where["detection"]  # the other worker takes the lighter experiments
+    assert cli.plan_jobs(names, 1) == [names]
+    assert cli.plan_jobs(["theory"], 4) == [["theory"]]
+
+
+def test_parallel_workers_run_as_subprocesses(tmp_path, monkeypatch):
+    """--jobs 2 starts one `ifkit reproduce a,b` per worker; a failing worker fails the whole run."""
+    started = []
+
+    class FakePopen:
+        def __init__(self, cmd):
+            started.append(cmd)
+            self.rc = 3 if "broken" in cmd[4] else 0
+
+        def wait(self):
+            return self.rc
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    assert cli._reproduce_parallel([["theory"], ["detection", "relabel"]], True, 1, tmp_path) == 0
+    assert [c[4] for c in started] == ["theory", "detection,relabel"] and all("--fast" in c for c in started)
+    assert cli._reproduce_parallel([["broken"], ["theory"]], False, 2, tmp_path) == 1

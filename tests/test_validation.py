@@ -184,3 +184,25 @@ def test_no_method_modifies_the_model(small, method):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), method
     assert flags == [p.requires_grad for p in model.parameters()] and model.training
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:conjugate gradient stopped")
+@pytest.mark.parametrize("method", ifkit.METHODS)
+def test_candidates_score_other_points_with_the_training_curvature(small, method):
+    """candidates= a subset of the training points gives exactly their entries of the full score (every
+    training-set quantity still comes from train=); relabeled candidates get their own scores."""
+    _, train, val = small
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    full = ifkit.score(method, model, train, val, **FAST)
+    idx = torch.tensor([0, 5, 7])
+    sub = ifkit.score(method, model, train, val, candidates=(train[0][idx], train[1][idx]), **FAST)
+    torch.testing.assert_close(sub, full[idx], rtol=1e-10, atol=1e-12)
+    other = ifkit.score(method, model, train, val, candidates=(train[0][idx], (train[1][idx] + 1) % 3), **FAST)
+    assert other.shape == (3,) and not torch.equal(other, sub)
+
+
+def test_candidates_are_validated(small):
+    model, train, val = small
+    with pytest.raises(ValueError, match="candidates"):
+        ifkit.score("graddot", model, train, val, candidates=(train[0][:2], torch.tensor([0, 7])))

@@ -57,10 +57,10 @@ class Config:
 
 
 FULL = Config(D.FULL, factors=(
-    Factor("n_val", (60, 120, 300), "asymmetric", 0.4, ("vm", "fvm", "loss@theta~", "if-cg"), seeds=6),
+    Factor("n_val", (60, 120, 300), "asymmetric", 0.4, ("vm", "fvm", "loss@theta~"), seeds=6),
     Factor("flat_steps", (0, 20, 100, 400), "symmetric", 0.4, ("vm", "fvm"), seeds=3),
-    Factor("damping", (1e-3, 1e-2, 1e-1), "symmetric", 0.4, ("vm", "fvm"), seeds=3),
-    Factor("hidden", (16, 32, 64), "symmetric", 0.4, ("vm", "fvm", "if-cg", "tracin"), seeds=3),
+    Factor("damping", (1e-3, 1e-2, 1e-1), "symmetric", 0.4, ("vm",), seeds=3),
+    Factor("hidden", (16, 32, 64), "symmetric", 0.4, ("vm", "if-cg"), seeds=3),
 ))
 FAST = Config(D.FAST, factors=(
     Factor("n_val", (60, 200), "symmetric", 0.3, ("vm", "fvm"), seeds=2),
