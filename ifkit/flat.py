@@ -288,7 +288,7 @@ def sam_sharpness(
     perturbed. The model is not modified (the perturbed point is evaluated with ``functional_call``).
 
     Returns:
-        dict with ``loss`` = R(theta), ``acc``, ``sharpness`` and ``grad_norm`` = ||g||.
+        dict with ``loss`` = R(theta), ``acc`` (NaN unless the targets are class ids), ``sharpness`` and ``grad_norm`` = ||g||.
     """
     X, y = labelled_tensors(data, "data", loss)
     loss_fn = resolve_loss(loss)
@@ -315,7 +315,10 @@ def sam_sharpness(
             scale = rho / g_norm if g_norm > 0 else 0.0  # at a stationary point there is no ascent direction
             theta_up = {n: t.detach() + scale * g for (n, t), g in zip(theta.items(), grads)}
             R_up = loss_fn(torch.func.functional_call(model, theta_up, (X,)), y).mean()
-            acc = (out.argmax(-1) == y).float().mean().item()
+            # Accuracy only means something for class-id targets; a custom loss may take any targets
+            # (e.g. images for a generator), where comparing shapes would fail.
+            is_class = not y.is_floating_point() and y.shape == out.shape[:-1]
+            acc = (out.argmax(-1) == y).float().mean().item() if is_class else math.nan
     finally:
         model.train(was_training)
     return {"loss": R.item(), "acc": acc, "sharpness": (R_up - R).item(), "grad_norm": g_norm.item()}

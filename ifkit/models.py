@@ -230,4 +230,198 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["MLP", "LoRALinear", "LogisticRegression", "SmallCNN", "add_lora", "count_params", "lora_names"]
+class ConditionalVAE(nn.Module):
+    """A tiny conditional VAE for (n, 1, H, W) images in [0, 1], from Linear layers only (so LoRA applies).
+
+        encoder  q(z | x, c):  [x | c] -> Linear -> act -> Linear -> [mu | logvar]       (n, 2 * latent)
+        decoder  p(x | z, c):  [z | c] -> Linear -> act -> Linear -> pixel logits      (n, H * W)
+        z = mu + exp(logvar / 2) * eps,   eps ~ N(0, I)
+        c = [onehot(class) | onehot(style)]     (the style part only when n_styles > 0)
+
+    The condition c plays the part of a text-to-image model's prompt: "a <class>" or, with style tokens,
+    "a <class> in style <s>" (style 0 can stand for "plain", the pretraining images). The noise eps is an INPUT:
+    ``forward`` takes packed rows X = [x | c | eps] (``pack``) and returns [pixel logits | mu | logvar], so with
+    eps fixed per example the per-sample negative ELBO (``ConditionalVAE.negative_elbo(outputs, x.flatten(1))``)
+    is a deterministic function of the parameters -- what per-sample gradients and influence need. Pass it as
+    ``loss=`` to ``ifkit.score``/``ifkit.pairwise``.
+
+    Parameter names: ``enc.0``, ``enc.2``, ``dec.0``, ``dec.2`` (all Linear; ``add_lora`` wraps every one).
+
+    Args:
+        image_size: side of the square grey images (8 for digits, 16 for downsampled Fashion-MNIST).
+        n_classes: number of class labels.
+        latent: dimension of z.
+        hidden: width of the hidden layer of encoder and decoder.
+        activation: as for ``MLP`` (default "tanh": smooth, so second-order influence is well defined).
+        n_styles: number of style tokens in the condition (0: class only).
+    """
+
+    def __init__(self, image_size: int = 16, n_classes: int = 10, latent: int = 8, hidden: int = 128,
+                 activation: str = "tanh", n_styles: int = 0) -> None:
+        super().__init__()
+        self.image_size, self.n_classes, self.n_styles, self.latent = image_size, n_classes, n_styles, latent
+        self.n_pixels = image_size * image_size
+        n_cond = n_classes + n_styles
+        self.enc = nn.Sequential(nn.Linear(self.n_pixels + n_cond, hidden), _activation(activation),
+                                 nn.Linear(hidden, 2 * latent))
+        self.dec = nn.Sequential(nn.Linear(latent + n_cond, hidden), _activation(activation),
+                                 nn.Linear(hidden, self.n_pixels))
+
+    def condition(self, labels: Tensor, styles: Tensor | None = None) -> Tensor:
+        """The condition c = [onehot(class) | onehot(style)], (n, n_classes + n_styles); styles default to 0."""
+        c = nn.functional.one_hot(labels.long(), self.n_classes)
+        if self.n_styles:
+            styles = torch.zeros_like(labels) if styles is None else styles
+            c = torch.cat([c, nn.functional.one_hot(styles.long(), self.n_styles)], dim=1)
+        return c.float()
+
+    def pack(self, images: Tensor, labels: Tensor, eps: Tensor | None = None, styles: Tensor | None = None) -> Tensor:
+        """Rows [x | c | eps] of shape (n, H*W + n_cond + latent); eps = 0 (the posterior mean) when None."""
+        x = images.reshape(len(images), -1)  # (n, H*W)
+        if x.shape[1] != self.n_pixels:
+            raise ValueError(f"ConditionalVAE was built for {self.image_size}x{self.image_size} images but got "
+                             f"{tuple(images.shape[1:])}: pass image_size= when building it")
+        c = self.condition(labels, styles).to(x)
+        eps = torch.zeros(len(x), self.latent, dtype=x.dtype, device=x.device) if eps is None else eps
+        return torch.cat([x, c, eps.to(x)], dim=1)
+
+    def forward(self, X: Tensor) -> Tensor:
+        D, C = self.n_pixels, self.n_classes + self.n_styles
+        x, c, eps = X[:, :D], X[:, D : D + C], X[:, D + C :]
+        mu, logvar = self.enc(torch.cat([x, c], dim=1)).chunk(2, dim=1)  # (n, latent) each
+        z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation with the given noise
+        logits = self.dec(torch.cat([z, c], dim=1))  # (n, H*W)
+        return torch.cat([logits, mu, logvar], dim=1)  # (n, H*W + 2 latent)
+
+    @staticmethod
+    def negative_elbo(outputs: Tensor, targets: Tensor) -> Tensor:
+        """(n,) negative ELBO per pixel: [Bernoulli cross-entropy of the pixels + KL(q(z|x,c) || N(0, I))] / (H*W).
+
+        Args:
+            outputs: (n, H*W + 2 latent) from ``forward``.
+            targets: (n, H*W) the images, flattened, in [0, 1].
+        """
+        D = targets.shape[1]
+        logits, mu, logvar = outputs[:, :D], *outputs[:, D:].chunk(2, dim=1)
+        recon = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(1)  # (n,)
+        kl = 0.5 * (mu**2 + logvar.exp() - logvar - 1).sum(1)  # (n,)
+        return (recon + kl) / D
+
+    def decode(self, z: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor:
+        """Images (n, 1, H, W): pixel probabilities of p(x | z, c)."""
+        logits = self.dec(torch.cat([z, self.condition(labels, styles).to(z)], dim=1))
+        return torch.sigmoid(logits).view(len(z), 1, self.image_size, self.image_size)
+
+    @torch.no_grad()
+    def sample(self, labels: Tensor, styles: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Generate one image per condition: z ~ N(0, I), then the decoder's pixel probabilities (n, 1, H, W)."""
+        p = next(self.parameters())
+        z = torch.randn(len(labels), self.latent, generator=generator).to(p)
+        return self.decode(z, labels.to(p.device), None if styles is None else styles.to(p.device))
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, labels: Tensor, styles: Tensor | None = None) -> Tensor:
+        """Decode the posterior mean of each image: (n, 1, H, W)."""
+        mu = self(self.pack(images, labels, styles=styles))[:, self.n_pixels : self.n_pixels + self.latent]
+        return self.decode(mu, labels, styles)
+
+
+class TinyLM(nn.Module):
+    """A tiny decoder-only transformer language model (GPT-style, pre-LayerNorm), for the generation tasks.
+
+        tokens (n, T) -> embed + position -> [LN -> causal attention -> + ; LN -> MLP -> +] * n_layers
+                      -> LN -> head -> logits (n, T, vocab_size)
+
+    Built only from Embedding, Linear and LayerNorm (per token, so per-sample gradients under ``vmap`` stay
+    exact), with no dropout. Attention is written out (scores, causal mask, softmax) rather than calling a fused
+    kernel, so ``torch.func`` transforms (vmap, jvp, grad) go through it. Each attention layer has four separate
+    Linear maps ``blocks.{i}.attn.{q,k,v,o}`` and each MLP ``blocks.{i}.mlp.{fc1,fc2}``: ``add_lora`` targets
+    them by name, e.g. ``add_lora(model, ("blocks.*.attn.q", "blocks.*.attn.v"), rank=2)``.
+
+    With vocabulary 200 and the other defaults (d_model 64, 2 layers, d_ff 256, 32 positions) that is about 146k
+    parameters. Initialisation is PyTorch's default, so ``torch.manual_seed(s)`` before construction fixes it.
+
+    Args:
+        vocab_size: number of token ids.
+        d_model: width of the residual stream.
+        n_layers: number of transformer blocks.
+        n_heads: attention heads (must divide d_model).
+        d_ff: hidden width of the MLPs.
+        max_len: the longest sequence (learned position embeddings).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, n_heads: int = 4, d_ff: int = 256,
+                 max_len: int = 32) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        self.max_len = max_len
+        self.tok = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Embedding(max_len, d_model)
+        self.blocks = nn.ModuleList(_Block(d_model, n_heads, d_ff) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        T = x.shape[-1]
+        if T > self.max_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_len={self.max_len}: build TinyLM with a "
+                             "larger max_len")
+        h = self.tok(x) + self.pos(torch.arange(T, device=x.device))  # (n, T, d)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.ln_f(h))  # (n, T, vocab)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, steps: int) -> Tensor:
+        """Greedy decoding: append ``steps`` argmax tokens to each prompt (n, P); returns (n, P + steps)."""
+        out = prompt
+        for _ in range(steps):
+            nxt = self(out[:, -self.max_len:])[:, -1].argmax(-1, keepdim=True)  # (n, 1)
+            out = torch.cat([out, nxt], 1)
+        return out
+
+
+class _Attention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def forward(self, h: Tensor) -> Tensor:
+        *lead, T, d = h.shape
+        dh = d // self.n_heads
+        split = lambda t: t.reshape(*lead, T, self.n_heads, dh).transpose(-3, -2)  # noqa: E731  (..., H, T, dh)
+        q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dh)  # (..., H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+        att = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        return self.o((att @ v).transpose(-3, -2).reshape(*lead, T, d))  # (..., T, d)
+
+
+class _MLP(nn.Module):
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(h)))
+
+
+class _Block(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = _Attention(d_model, n_heads)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = _MLP(d_model, d_ff)
+
+    def forward(self, h: Tensor) -> Tensor:
+        h = h + self.attn(self.ln1(h))
+        return h + self.mlp(self.ln2(h))
+
+
+__all__ = ["MLP", "ConditionalVAE", "LoRALinear", "LogisticRegression", "SmallCNN", "TinyLM", "add_lora",
+           "count_params", "lora_names"]

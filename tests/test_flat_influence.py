@@ -91,3 +91,21 @@ def test_fvm_is_deterministic_given_seed():
     b = ifkit.score("fvm", m, (X, y), (Xv, yv), flat_steps=10, seed=3)
     c = ifkit.score("fvm", m, (X, y), (Xv, yv), flat_steps=10, seed=4)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("method", ["vm", "fvm"])
+def test_vm_with_a_custom_loss_and_non_class_targets(method):
+    """Regression: VM/FVM crashed on a custom loss whose targets are not class ids (the fine-tuning log compared
+    argmax(outputs) with the targets). Here: a regression net with (n, 3) float targets and a squared error."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    X, Y = torch.randn(20, 5, dtype=torch.float64), torch.randn(20, 3, dtype=torch.float64)
+    Xv, Yv = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+    mse = lambda out, t: ((out - t) ** 2).sum(1)  # noqa: E731  (n,) per-sample losses
+    P = ifkit.pairwise(method, m, (X, Y), (Xv[:3], Yv[:3]), loss=mse, flat_val=(Xv, Yv), flat_steps=5,
+                       curvature="ggn")
+    assert P.shape == (3, 20) and torch.isfinite(P).all()
+    # the dense Gauss-Newton (built in column blocks) agrees with exact CG solves of the same curvature
+    Q = ifkit.pairwise(method, m, (X, Y), (Xv[:3], Yv[:3]), loss=mse, flat_val=(Xv, Yv), flat_steps=5,
+                       curvature="ggn-cg", iters=200, tol=1e-12)
+    torch.testing.assert_close(P, Q, rtol=1e-6, atol=1e-8)

@@ -1,0 +1,518 @@
+"""Influential-data identification for an image generator: which training images taught it a query's style?
+
+DataInf's protocol (Kwon et al. 2024, Sec. 4.3; the paper's generation experiment), scaled to a CPU:
+
+1. A small generator is pretrained on PLAIN images: a conditional VAE (``ifkit.models.ConditionalVAE``, Linear
+   layers only) on Fashion-MNIST downsampled to 16x16 (FAST: scikit-learn's 8x8 digits). The condition is the
+   class label -- the "prompt"; it says nothing about the style.
+2. LoRA adapters (``ifkit.models.add_lora``, only the adapters trainable) are fine-tuned on a mixture of
+   "styles": deterministic transformations of fresh images (inverted, outlined, blurred, striped, ...),
+   ``n_train_per_style`` training and ``n_val_per_style`` validation images per style (paper: 200 + 50).
+3. For every validation image (the query), ``ifkit.pairwise`` ranks the training images over the LoRA
+   parameters only; most helpful = most negative first. Ground truth: a training image is relevant when it has
+   the query's style. Per query: ROC AUC (score = -pairwise, same style = positive) and the recall of same-style
+   images among the top k (k = the number of same-style training images); both averaged over queries.
+
+The per-sample loss is the VAE's negative ELBO per pixel at a FIXED noise eps per example (eps is part of the
+packed input, ``ConditionalVAE.pack``), so it is a deterministic function of the adapters -- the analogue of
+DataInf's diffusion loss at fixed timesteps and noise. Training (pretraining and LoRA) draws fresh noise every
+step, as a VAE is normally trained.
+
+Curvature for VM/FVM: the targets are images, not class ids, so ``ifkit.flat_influence.ValInverse`` cannot use
+its low-rank (Woodbury) Gauss-Newton path (that needs one class id per example, and r = n_val x 272 outputs
+would exceed p anyway). We pass ``curvature="ggn"``: the dense Gauss-Newton matrix of the validation loss over
+the p LoRA parameters, PSD because the negative ELBO is convex in the model's outputs (pixel logits, mu,
+logvar), and exact, since p is small (a few thousand). The Hessian itself ("exact") can be indefinite here.
+
+Outputs (``out/``):
+
+* ``generation.csv``: task="style", seed, method, auc, recall + n_train, n_queries, seconds, mode (key: task,
+  seed, method; the text generation experiment writes its own tasks into the same file).
+* ``generation_image_examples.csv``: for a few queries per seed, the top-5 training indices of each method, with
+  what is needed to rebuild the images (``build_data(CONFIGS[mode], seed)``) for the figure.
+* ``generation_image_styles.csv``: did the generator learn the styles? Per seed and style: the validation
+  negative ELBO before and after LoRA, and how often a small style classifier trained on real styled images
+  recognises the style in the model's reconstructions (before/after) and in prior samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import ifkit
+from ifkit.data import balanced_indices, load_digits, load_fashion_mnist
+from ifkit.experiments import register
+from ifkit.models import MLP, ConditionalVAE, add_lora, lora_names
+from ifkit.results import ResultsTable
+
+TASK = "style"
+FILENAME = "generation.csv"
+EXAMPLES_FILENAME = "generation_image_examples.csv"
+STYLES_FILENAME = "generation_image_styles.csv"
+KEY = ["task", "seed", "method"]
+REQUIRED = ["auc", "recall"]
+TOP = 5  # training images kept per query and method for the figure
+
+
+# ------------------------------------------------------------------------------------------------ styles
+def _invert(x: Tensor) -> Tensor:
+    return 1 - x
+
+
+def _outline(x: Tensor) -> Tensor:
+    """Morphological gradient (3x3 dilation - erosion): the edges of the shape, rescaled to a maximum of 1."""
+    edge = F.max_pool2d(x, 3, 1, 1) + F.max_pool2d(-x, 3, 1, 1)  # dilation - erosion, (n, 1, H, W)
+    return edge / edge.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+
+
+def _blur(x: Tensor) -> Tensor:
+    """Two passes of the 3x3 binomial filter (edges replicated)."""
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype)
+    k = (k[:, None] * k[None, :] / 16).view(1, 1, 3, 3)
+    for _ in range(2):
+        x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k)
+    return x
+
+
+def _stripes(x: Tensor) -> Tensor:
+    """Every other row dimmed to 20%."""
+    rows = torch.arange(x.shape[-2]) % 2 == 0
+    return x * torch.where(rows, 1.0, 0.2).to(x.dtype).view(1, 1, -1, 1)
+
+
+def _checker(x: Tensor) -> Tensor:
+    """A checkerboard of 2x2 blocks, every other block dimmed to 20%."""
+    i = torch.arange(x.shape[-2]).view(-1, 1) // 2
+    j = torch.arange(x.shape[-1]).view(1, -1) // 2
+    return x * torch.where((i + j) % 2 == 0, 1.0, 0.2).to(x.dtype)
+
+
+def _flip(x: Tensor) -> Tensor:
+    return x.flip(-2)  # upside down
+
+
+STYLES: dict[str, Callable[[Tensor], Tensor]] = {
+    "inverted": _invert,
+    "outlined": _outline,
+    "blurred": _blur,
+    "striped": _stripes,
+    "checker": _checker,
+    "flipped": _flip,
+}
+
+
+def stylize(images: Tensor, style: str) -> Tensor:
+    """Apply one style to (n, 1, H, W) images in [0, 1]; deterministic, same shape, values in [0, 1]."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
+    return STYLES[style](images).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one run (``FAST`` for CI, ``FULL`` for the reported numbers)."""
+
+    dataset: str  # "fashion" (downsampled to image_size) or "digits" (8x8)
+    image_size: int
+    styles: tuple[str, ...]
+    n_train_per_style: int
+    n_val_per_style: int
+    n_pretrain: int  # plain images for pretraining
+    pretrain_epochs: int
+    lora_epochs: int
+    lora_rank: int = 2
+    lora_lr: float = 1e-2
+    hidden: int = 64
+    latent: int = 8
+    n_checkpoints: int = 5  # TracIn checkpoints along the LoRA fine-tuning
+    methods: tuple[str, ...] = ("graddot", "tracin", "datainf", "if-lissa", "vm", "fvm")
+    lissa_iters: int = 100
+    lissa_batch: int = 32  # mini-batch curvature products: full-batch LiSSA over all queries was ~25x slower
+    n_examples: int = 2  # queries per style kept in the examples file (for the figure)
+    n_samples: int = 50  # prior samples per style classified for the style check
+    style_prompt: bool = True  # the condition names the style ("a <class> in style <s>"), as trigger words do
+
+    @property
+    def n_train(self) -> int:
+        return len(self.styles) * self.n_train_per_style
+
+    @property
+    def n_val(self) -> int:
+        return len(self.styles) * self.n_val_per_style
+
+
+FULL = Config(dataset="fashion", image_size=16, styles=("inverted", "striped", "flipped"),
+              n_train_per_style=200, n_val_per_style=50, n_pretrain=4000, pretrain_epochs=15, lora_epochs=30)
+FAST = Config(dataset="digits", image_size=8, styles=("inverted", "outlined", "flipped"), n_train_per_style=40,
+              n_val_per_style=10, n_pretrain=1000, pretrain_epochs=20, lora_epochs=30, hidden=32)
+CONFIGS = {"full": FULL, "fast": FAST}
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass
+class StyleData:
+    """Plain images for pretraining and the styled LoRA training / validation sets.
+
+    Attributes:
+        pretrain: (images (m, 1, H, W), class labels (m,)) plain images.
+        X_train, c_train, s_train: styled training images, their class labels (the prompt) and style ids.
+        X_val, c_val, s_val: the same for validation (the queries).
+        styles: style names; ``s_*`` index into it.
+    """
+
+    pretrain: tuple[Tensor, Tensor]
+    X_train: Tensor
+    c_train: Tensor
+    s_train: Tensor
+    X_val: Tensor
+    c_val: Tensor
+    s_val: Tensor
+    styles: tuple[str, ...]
+
+
+def _raw_images(cfg: Config, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """n class-balanced plain images at cfg.image_size, in random order."""
+    if cfg.dataset == "fashion":
+        X, y = load_fashion_mnist("train", n=n, seed=seed)  # (n, 1, 28, 28)
+        if cfg.image_size != 28:
+            X = F.interpolate(X, size=(cfg.image_size, cfg.image_size), mode="area")
+        return X, y
+    if cfg.dataset == "digits":
+        X, y = load_digits()
+        if cfg.image_size != 8:
+            raise ValueError(f"digits are 8x8: use image_size=8, not {cfg.image_size}")
+        idx = balanced_indices(y.numpy(), n, np.random.default_rng(seed))
+        return X[idx], y[idx]
+    raise ValueError(f"unknown dataset {cfg.dataset!r}: use 'fashion' or 'digits'")
+
+
+def build_data(cfg: Config, seed: int) -> StyleData:
+    """Draw every image of one seed; deterministic in (cfg, seed), so figures can rebuild the images.
+
+    Each styled image comes from a different plain image (no image appears in two styles or in pretraining);
+    the training set is shuffled so that styles are interleaved.
+    """
+    per = cfg.n_train_per_style + cfg.n_val_per_style
+    X, y = _raw_images(cfg, cfg.n_pretrain + len(cfg.styles) * per, seed)
+    pre = (X[: cfg.n_pretrain], y[: cfg.n_pretrain])
+    parts = {"train": ([], [], []), "val": ([], [], [])}
+    for s, style in enumerate(cfg.styles):
+        lo = cfg.n_pretrain + s * per
+        Xs, ys = stylize(X[lo : lo + per], style), y[lo : lo + per]
+        for name, sl in (("train", slice(0, cfg.n_train_per_style)), ("val", slice(cfg.n_train_per_style, per))):
+            parts[name][0].append(Xs[sl])
+            parts[name][1].append(ys[sl])
+            parts[name][2].append(torch.full((len(ys[sl]),), s, dtype=torch.long))
+    (Xt, ct, st), (Xv, cv, sv) = ([torch.cat(p) for p in parts[k]] for k in ("train", "val"))
+    perm = torch.randperm(len(Xt), generator=torch.Generator().manual_seed(seed))
+    return StyleData(pre, Xt[perm], ct[perm], st[perm], Xv, cv, sv, tuple(cfg.styles))
+
+
+# ------------------------------------------------------------------------------------------------ training
+loss_fn = ConditionalVAE.negative_elbo  # (outputs, flattened images) -> (n,) negative ELBO per pixel
+
+
+def _tokens(model: ConditionalVAE, styles: Tensor | None) -> Tensor | None:
+    """Style ids 0..S-1 -> the model's style tokens 1..S (token 0 = "plain"); None without style tokens."""
+    return None if styles is None or not model.n_styles else styles + 1
+
+
+def _fit(model: ConditionalVAE, images: Tensor, labels: Tensor, styles: Tensor | None = None, *, epochs: int,
+         lr: float, seed: int,
+         n_checkpoints: int = 0, batch_size: int = 64, desc: str = "train",
+         progress: bool = True) -> list[tuple[dict[str, Tensor], float]]:
+    """Adam on the mean negative ELBO over the trainable parameters, fresh noise eps every batch (in place).
+
+    Returns ``n_checkpoints`` evenly spaced (state_dict, lr) pairs, the last one at the end (TracIn's input).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    targets = images.flatten(1)  # (n, H*W)
+    save_at = {round(epochs * j / n_checkpoints) for j in range(1, n_checkpoints + 1)} if n_checkpoints else set()
+    checkpoints = []
+    for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not progress, leave=False):
+        order = torch.randperm(len(images), generator=gen)
+        for start in range(0, len(images), batch_size):
+            idx = order[start : start + batch_size]
+            eps = torch.randn(len(idx), model.latent, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            st = None if styles is None else styles[idx]
+            loss_fn(model(model.pack(images[idx], labels[idx], eps, st)), targets[idx]).mean().backward()
+            opt.step()
+        if epoch in save_at:
+            checkpoints.append(({k: v.detach().clone() for k, v in model.state_dict().items()}, lr))
+    return checkpoints
+
+
+def pretrain(cfg: Config, data: StyleData, seed: int, progress: bool = True) -> ConditionalVAE:
+    """The base generator: a conditional VAE trained on plain images."""
+    torch.manual_seed(seed)
+    n_classes = int(data.pretrain[1].max()) + 1
+    model = ConditionalVAE(cfg.image_size, max(n_classes, 10), latent=cfg.latent, hidden=cfg.hidden,
+                           n_styles=len(cfg.styles) + 1 if cfg.style_prompt else 0)
+    _fit(model, *data.pretrain, epochs=cfg.pretrain_epochs, lr=2e-3, seed=seed, batch_size=128,
+         desc="pretrain", progress=progress)
+    return model
+
+
+def finetune_lora(cfg: Config, base: ConditionalVAE, data: StyleData, seed: int,
+                  progress: bool = True) -> tuple[ConditionalVAE, list[tuple[dict[str, Tensor], float]]]:
+    """A copy of ``base`` with LoRA adapters on every Linear layer, only the adapters trained on the styles.
+
+    Returns the tuned model and its checkpoints (for TracIn).
+    """
+    torch.manual_seed(seed)
+    model = copy.deepcopy(base)
+    add_lora(model, rank=cfg.lora_rank)
+    cps = _fit(model, data.X_train, data.c_train, _tokens(model, data.s_train), epochs=cfg.lora_epochs, lr=cfg.lora_lr, seed=seed + 1,
+               n_checkpoints=cfg.n_checkpoints, desc="LoRA", progress=progress)
+    return model, cps
+
+
+def attribution_sets(model: ConditionalVAE, data: StyleData, seed: int) -> tuple[tuple[Tensor, Tensor],
+                                                                                    tuple[Tensor, Tensor]]:
+    """(X_packed, targets) for training and validation, with a FIXED noise eps per example (from ``seed``)."""
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    eps_t = torch.randn(len(data.X_train), model.latent, generator=gen)
+    eps_v = torch.randn(len(data.X_val), model.latent, generator=gen)
+    train = (model.pack(data.X_train, data.c_train, eps_t, _tokens(model, data.s_train)), data.X_train.flatten(1))
+    val = (model.pack(data.X_val, data.c_val, eps_v, _tokens(model, data.s_val)), data.X_val.flatten(1))
+    return train, val
+
+
+@torch.no_grad()
+def mean_negative_elbo(model: ConditionalVAE, images: Tensor, labels: Tensor, styles: Tensor | None = None) -> float:
+    """Mean negative ELBO per pixel at the posterior mean (eps = 0): a deterministic fit measure.
+
+    ``styles``: style ids 0..S-1 (None or -1 entries: plain images)."""
+    return float(loss_fn(model(model.pack(images, labels, styles=_tokens(model, styles))), images.flatten(1)).mean())
+
+
+# ------------------------------------------------------------------------------------------------ attribution
+def method_options(method: str, cfg: Config, model: ConditionalVAE, checkpoints, val) -> dict:
+    """The options each method gets here (all over the LoRA parameters, with the negative ELBO as loss)."""
+    opts: dict = {"params": lora_names(model), "loss": loss_fn}
+    if method == "tracin":
+        opts["checkpoints"] = checkpoints
+    if method == "if-lissa":
+        opts.update(iters=cfg.lissa_iters, lissa_batch=cfg.lissa_batch)
+    if method in ("vm", "fvm"):
+        opts["flat_val"] = val
+        opts["curvature"] = "ggn"  # dense Gauss-Newton over the adapters (module docstring)
+    return opts
+
+
+def ranking_metrics(table: Tensor | np.ndarray, train_style: Sequence[int] | Tensor,
+                    query_style: Sequence[int] | Tensor) -> dict[str, float]:
+    """Mean over queries of the ROC AUC and the top-k recall of same-style training points.
+
+    Args:
+        table: (n_queries, n_train) pairwise influences (negative = helpful).
+        train_style, query_style: style id of each training point and each query.
+
+    Returns:
+        ``{"auc": ..., "recall": ...}``: AUC with score = -table[q] and positives = same style; recall = share
+        of the k same-style training points among the k most helpful (k = number of same-style points).
+    """
+    T = table.detach().cpu().numpy() if isinstance(table, Tensor) else np.asarray(table)
+    st = np.asarray(train_style)
+    sq = np.asarray(query_style)
+    if T.shape != (len(sq), len(st)):
+        raise ValueError(f"table has shape {T.shape} but there are {len(sq)} queries and {len(st)} training points")
+    aucs, recalls = [], []
+    for q in range(len(sq)):
+        pos = st == sq[q]
+        if pos.all() or not pos.any():
+            raise ValueError(f"query {q}: its style must have some, but not all, training points")
+        aucs.append(roc_auc_score(pos, -T[q]))
+        k = int(pos.sum())
+        top = np.argsort(T[q], kind="stable")[:k]  # most negative = most helpful first
+        recalls.append(pos[top].mean())
+    return {"auc": float(np.mean(aucs)), "recall": float(np.mean(recalls))}
+
+
+def top_helpful(table: Tensor, k: int = TOP) -> Tensor:
+    """(n_queries, k) indices of the k most helpful (most negative) training points of each query."""
+    return torch.argsort(table, dim=1, stable=True)[:, :k]
+
+
+# ------------------------------------------------------------------------------------------------ style check
+def _style_classifier(data: StyleData, seed: int) -> MLP:
+    """A small MLP telling the styles (and "plain", the last class) apart on real images."""
+    torch.manual_seed(seed)
+    S = len(data.styles)
+    plain = data.pretrain[0][: len(data.X_train) // S]
+    X = torch.cat([data.X_train, plain])
+    y = torch.cat([data.s_train, torch.full((len(plain),), S, dtype=torch.long)])
+    clf = MLP(X[0].numel(), (64,), S + 1)
+    opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():  # style_check runs under no_grad
+        _train_classifier(clf, opt, X, y, gen)
+    return clf.eval()
+
+
+def _train_classifier(clf, opt, X, y, gen) -> None:
+    for _ in range(60):
+        order = torch.randperm(len(X), generator=gen)
+        for start in range(0, len(X), 64):
+            idx = order[start : start + 64]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(clf(X[idx]), y[idx]).backward()
+            opt.step()
+
+
+@torch.no_grad()
+def style_check(cfg: Config, base: ConditionalVAE, tuned: ConditionalVAE, data: StyleData,
+                seed: int) -> pd.DataFrame:
+    """Did LoRA teach the styles? One row per style (and "plain"): validation negative ELBO and style recognition.
+
+    A small style classifier is trained on real images (the styled training images and plain ones). Columns:
+    nelbo_base / nelbo_lora (mean negative ELBO per pixel of the style's validation images at eps = 0),
+    classifier_acc (the classifier on the real validation images: the ceiling), recon_acc_base / recon_acc_lora
+    (share of reconstructions recognised as the style), sample_acc_base / sample_acc_lora (share of samples
+    generated from the prior for "a <random class> in style <s>" recognised as style s; without style tokens,
+    the share of unprompted samples classified as s).
+    """
+    clf = _style_classifier(data, seed)
+    S = len(data.styles)
+    gen = torch.Generator().manual_seed(20_000 + seed)
+    labels = torch.randint(0, tuned.n_classes, (cfg.n_samples,), generator=gen)
+    plain = data.pretrain[0][-cfg.n_val_per_style :], data.pretrain[1][-cfg.n_val_per_style :]
+    rows = []
+    for s, style in enumerate([*data.styles, "plain"]):
+        X, c = (data.X_val[data.s_val == s], data.c_val[data.s_val == s]) if s < S else plain
+        ids = torch.full((len(X),), s) if s < S else None  # plain: style token 0
+        row = {"seed": seed, "style": style, "n": len(X),
+               "classifier_acc": float((clf(X).argmax(1) == s).float().mean())}
+        for name, model in (("base", base), ("lora", tuned)):
+            row[f"nelbo_{name}"] = mean_negative_elbo(model, X, c, ids)
+            recon = model.reconstruct(X, c, _tokens(model, ids))
+            row[f"recon_acc_{name}"] = float((clf(recon).argmax(1) == s).float().mean())
+            tok = _tokens(model, torch.full((len(labels),), s)) if s < S else None
+            samples = model.sample(labels, tok, generator=torch.Generator().manual_seed(30_000 + seed))
+            row[f"sample_acc_{name}"] = float((clf(samples).argmax(1) == s).float().mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def _mode(cfg: Config) -> str:
+    for name, c in CONFIGS.items():
+        if c == cfg:
+            return name
+    return "custom"
+
+
+def _done(table: ResultsTable, seed: int, method: str, mode: str) -> bool:
+    """A row counts as done only when it was measured in the same mode (FAST and full rows share a key)."""
+    if not table.has(task=TASK, seed=seed, method=method):
+        return False
+    f = table.frame
+    row = f[(f["task"] == TASK) & (f["seed"] == seed) & (f["method"] == method)]
+    return "mode" not in f.columns or str(row["mode"].iloc[0]) == mode
+
+
+def measure(cfg: Config, seeds: Iterable[int], out: str | Path, progress: bool = True,
+            mode: str | None = None) -> pd.DataFrame:
+    """Run (or resume) the experiment for ``seeds``; return this task's rows of ``out/generation.csv``.
+
+    Args:
+        cfg: sizes.
+        seeds: each seed draws its own images, noise, pretraining and LoRA fine-tuning.
+        out: results folder (``generation.csv`` and the two companion files).
+        progress: tqdm bars.
+        mode: the label stored in the ``mode`` column (default: "full"/"fast" for those configs, else "custom").
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # models this small run fastest on one thread (and the machine is shared)
+    try:
+        return _measure(cfg, list(seeds), Path(out), progress, mode or _mode(cfg))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(cfg: Config, seeds: list[int], out: Path, progress: bool, mode: str) -> pd.DataFrame:
+    table = ResultsTable(out / FILENAME, KEY, required=REQUIRED)
+    examples = ResultsTable(out / EXAMPLES_FILENAME, ["seed", "method", "query", "rank"], required=["train_index"])
+    styles_table = ResultsTable(out / STYLES_FILENAME, ["seed", "style"], required=["nelbo_lora"])
+    for seed in seeds:
+        todo = [m for m in cfg.methods if not _done(table, seed, m, mode)]
+        if not todo:
+            continue
+        data = build_data(cfg, seed)
+        base = pretrain(cfg, data, seed, progress)
+        tuned, checkpoints = finetune_lora(cfg, base, data, seed, progress)
+        check = style_check(cfg, base, tuned, data, seed)
+        styles_table.add([{**r, "mode": mode} for r in check.to_dict("records")])
+        train, val = attribution_sets(tuned, data, seed)
+        # The queries kept for the figure: the first n_examples validation images of each style.
+        shown = torch.cat([torch.nonzero(data.s_val == s).flatten()[: cfg.n_examples] for s in range(len(cfg.styles))])
+        bar = tqdm(todo, desc=f"gen-image seed {seed}", disable=not progress, leave=False)
+        for method in bar:
+            bar.set_postfix_str(method)
+            start = time.perf_counter()
+            tab = ifkit.pairwise(method, tuned, train, val, seed=seed,
+                                 **method_options(method, cfg, tuned, checkpoints, val))  # (n_val, n_train)
+            seconds = time.perf_counter() - start
+            m = ranking_metrics(tab, data.s_train, data.s_val)
+            top = top_helpful(tab[shown])  # (len(shown), TOP)
+            examples.add([
+                {"seed": seed, "method": method, "query": int(q), "query_style": cfg.styles[int(data.s_val[q])],
+                 "rank": r + 1, "train_index": int(top[j, r]),
+                 "train_style": cfg.styles[int(data.s_train[top[j, r]])], "score": float(tab[q, top[j, r]]),
+                 "mode": mode, "dataset": cfg.dataset, "image_size": cfg.image_size}
+                for j, q in enumerate(shown.tolist()) for r in range(top.shape[1])
+            ])
+            table.add([{"task": TASK, "seed": seed, "method": method, **m, "n_train": cfg.n_train,
+                        "n_queries": cfg.n_val, "seconds": round(seconds, 3), "mode": mode,
+                        "n_params": sum(p.numel() for p in tuned.parameters() if p.requires_grad)}])
+    df = table.frame
+    if df.empty:
+        return df
+    return df[(df["task"] == TASK) & df["seed"].isin(seeds)].reset_index(drop=True)
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of auc and recall per method."""
+    g = df.groupby("method", sort=False)
+    return pd.DataFrame({"auc": g["auc"].mean(), "auc_sd": g["auc"].std(), "recall": g["recall"].mean(),
+                         "recall_sd": g["recall"].std(), "seconds": g["seconds"].mean(),
+                         "seeds": g["seed"].nunique()}).reset_index()
+
+
+@register("gen-image")
+def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
+    """``ifkit reproduce gen-image``: write ``out/generation.csv`` (task "style") and print the summary."""
+    cfg = FAST if fast else FULL
+    df = measure(cfg, range(seeds), out)
+    styles = pd.read_csv(Path(out) / STYLES_FILENAME)
+    styles = styles[styles["seed"].isin(range(seeds))]
+    with pd.option_context("display.width", 140):
+        print(f"Did LoRA learn the styles? ({cfg.dataset} {cfg.image_size}x{cfg.image_size}, mean over seeds)")
+        cols = ["nelbo_base", "nelbo_lora", "classifier_acc", "recon_acc_base", "recon_acc_lora",
+                "sample_acc_base", "sample_acc_lora"]
+        print(styles.groupby("style", sort=False)[cols].mean().to_string(float_format=lambda v: f"{v:.3f}"))
+        print(f"Influential-data identification, {len(cfg.styles)} styles x {cfg.n_train_per_style} training images, "
+              f"{cfg.n_val} queries (per-query means, then mean over {seeds} seed(s)):")
+        print(summary(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return df
+
+
+__all__ = ["CONFIGS", "FAST", "FULL", "STYLES", "Config", "StyleData", "attribution_sets", "build_data",
+           "finetune_lora", "measure", "pretrain", "ranking_metrics", "run", "style_check", "stylize",
+           "summary", "top_helpful"]

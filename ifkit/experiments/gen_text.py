@@ -1,0 +1,632 @@
+"""Influential-data identification for a generative text model (DataInf's protocol; paper Sec. 5, text half).
+
+Two procedurally generated task families, 10 classes each, 100 examples per class (90 train, 10 validation):
+
+* ``sentence``: transformations of a 5-word sentence (reverse the word order, upper-case, drop the vowels,
+  first and last word, double each word, initials, rotate, swap the ends, every other word, swap adjacent pairs);
+* ``math``: word problems "<question> tom has 7 apples and ann has 3 apples ." with 10 question types (together,
+  how many more, product, twice, ten more, squared, three times, gives one, loses two, five more) and a worked
+  answer "7 - 3 = 4" (numbers are single tokens).
+
+Each example is a prompt ``<bos> <cue> words... <sep>`` and an answer ``words... <eos>``; the cue is a
+per-class token (DataInf's prompts name the task in words; one token is the tiny model's version of that).
+Words are tokens (word-level vocabulary, 140-170 ids), drawn from the 24 most frequent 3-6 letter words of
+Debian's ``fortunes`` file when it is installed (``make setup``), else from a built-in list (the run says which).
+
+The model and how it was made to solve the tasks (measured; see notebook 07):
+
+1. ``TinyLM`` (word-level, d_model 64, 2 layers, 4 heads, d_ff 128: 81k / 90k parameters) is PRETRAINED on the
+   same formats with the cue replaced by one generic ``<any>`` token (math: without the question), on fresh
+   random examples (2,500 / 1,500 Adam steps). That teaches every transformation / operation but not which one
+   to apply: the first answer tokens decide, and greedy decoding solves ~11% of the prompts.
+2. LoRA adapters (rank 4 on every attention q and v map: 2,048 parameters) are fine-tuned on the 900 training
+   examples with the class cues (Adam, 20 epochs); that teaches the cue -> transformation choice. Exact match on
+   the validation prompts: 89% sentence (87-93 over seeds), 99% math. Influence is computed over the adapters
+   only (``params=lora_names(model)``), as in DataInf and the paper.
+
+What it took. An independent first attempt (2-layer character-level model, a few minutes of fine-tuning) solved
+none of the prompts. Here: word-level tokens (a transformation becomes a copy / lookup of 5 tokens instead of ~30
+characters), fixed 5-word sentences (every transformation is a fixed pattern of copies; 4-6 words with 40 source
+words reached 36%), the cue token, and the cue-less pretraining. Rank 1 adapters solved 24% of the sentence
+prompts; "sort the words" stayed at 20% after 2,000 pretraining steps and was replaced by "first and last word".
+A first math design whose pretraining included the word-problem templates solved them before any fine-tuning
+(98%), and attribution was then at chance (AUC 0.54): nothing class-specific was left for the adapters to learn.
+
+Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the
+training points, most helpful (most negative) first. Ground truth: the training points of q's class. Reported
+per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, and recall of same-class points among
+the top k = 90 (the number of same-class training points). Methods: graddot, tracin (the LoRA fine-tuning's
+checkpoints), datainf, if-lissa (mini-batch Gauss-Newton products: full-batch LiSSA over 900 sequences x 100
+queries is far beyond a CPU budget), vm and fvm (theta~ fine-tuned on the validation set, as the paper does, and
+DataInf's inverse of the validation curvature: ``flat_pairwise`` says why).
+
+Measured (full run, 3 seeds; README "Generation (text)"): AUC 66-82%, recall@90 32-48% for every method, TracIn
+best, VM = FVM ~ DataInf; far below the paper's 95-99.99%. Once the adapters know the task, the remaining answer
+loss is mostly content-specific (which words are copied), so the LoRA gradients cluster by content as much as by
+class (gradient cosine does no better; earlier checkpoints and the under-trained --fast models do better).
+
+Writes ``results/generation.csv`` (key task, seed, method; shared with ``gen-image``, which writes task
+"style") and ``results/generation_text_examples.csv`` (for a few queries: the query and its top-5 training
+examples per method).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import functools
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import ifkit
+from ifkit.experiments import register
+from ifkit.models import TinyLM, add_lora, lora_names
+from ifkit.results import ResultsTable
+from ifkit.train import train
+
+FILENAME = "generation.csv"
+EXAMPLES = "generation_text_examples.csv"
+KEY = ["task", "seed", "method"]  # shared with gen-image (task "style") in the same file: keep exactly this
+REQUIRED = ["auc", "recall"]
+TASKS = ("sentence", "math")
+FORTUNES = Path("/usr/share/games/fortunes/fortunes")
+
+# Specials first, so their ids never move.
+PAD, BOS, SEP, EOS, ANY = "<pad>", "<bos>", "<sep>", "<eos>", "<any>"
+SPECIALS = (PAD, BOS, SEP, EOS, ANY)
+
+BUILTIN_WORDS = (
+    "you", "will", "the", "your", "and", "have", "are", "for", "our", "but", "day", "life", "that", "can", "not",
+    "this", "with", "today", "good", "very", "may", "too", "one", "all", "get", "out", "never", "soon", "person",
+    "from", "mind", "year", "things", "like", "time", "love", "long", "any", "lucky", "ever",
+)
+
+
+# ------------------------------------------------------------------------------------------------ words
+@functools.lru_cache(maxsize=4)
+def source_words(n: int = 40, path: str | Path = FORTUNES) -> tuple[tuple[str, ...], str]:
+    """The ``n`` most frequent 3-6 letter words of the fortunes file (ties broken alphabetically).
+
+    Returns:
+        (words, source) with source "fortunes" or "built-in" (the fallback when the file is missing).
+    """
+    path = Path(path)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        counts = collections.Counter(w.lower() for w in re.findall(r"[A-Za-z]+", text) if 3 <= len(w) <= 6)
+        words = tuple(w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
+        if len(words) == n:
+            return words, "fortunes"
+    warnings.warn(f"{path} not found (Debian package 'fortunes-min'/'fortune-mod'; `make setup` installs it): "
+                  "using the built-in word list", stacklevel=2)
+    return BUILTIN_WORDS[:n], "built-in"
+
+
+def _novowel(w: str) -> str:
+    return "".join(c for c in w if c not in "aeiou") or w[0]
+
+
+# ------------------------------------------------------------------------------------- sentence classes
+def _swap_pairs(ws: list[str]) -> list[str]:
+    out = list(ws)
+    for i in range(0, len(ws) - 1, 2):
+        out[i], out[i + 1] = ws[i + 1], ws[i]
+    return out
+
+
+SENTENCE_CLASSES: dict[str, Callable[[list[str]], list[str]]] = {
+    "reverse": lambda ws: ws[::-1],
+    "upper": lambda ws: [w.upper() for w in ws],
+    "novowel": lambda ws: [_novowel(w) for w in ws],
+    "first-last": lambda ws: [ws[0], ws[-1]],
+    "double": lambda ws: [x for w in ws for x in (w, w)],
+    "initials": lambda ws: [w[0] for w in ws],
+    "rotate": lambda ws: ws[1:] + ws[:1],
+    "swap-ends": lambda ws: ws[-1:] + ws[1:-1] + ws[:1],
+    "evens": lambda ws: ws[::2],
+    "swap-pairs": _swap_pairs,
+}
+
+
+SENTENCE_LEN = 5  # words per source sentence (fixed: every transformation is then a fixed pattern of copies)
+N_WORDS = 24  # distinct source words
+
+
+def sentence_example(cls: str, rng: np.random.Generator, words: Sequence[str]) -> tuple[list[str], list[str]]:
+    """One (source words, answer words) pair of class ``cls``: SENTENCE_LEN distinct words, transformed."""
+    ws = [words[i] for i in rng.choice(len(words), size=SENTENCE_LEN, replace=False)]
+    return ws, SENTENCE_CLASSES[cls](ws)
+
+
+# ----------------------------------------------------------------------------------------- math classes
+NAMES = ("tom", "ann", "bob", "eva", "max", "lea", "sam", "kim", "joe", "zoe")
+OBJECTS = ("apples", "cards", "coins", "books", "pens", "stamps", "shells", "balls")
+
+# class -> (question template, answer expression over the story's numbers a > b). The question comes first, so
+# the story and <sep> sit at the same positions as in the cue-less pretraining (prompts are left-padded).
+MATH_QUESTIONS: dict[str, tuple[str, Callable[[int, int], list]]] = {
+    "together": ("how many {o} together ?", lambda a, b: [a, "+", b, "=", a + b]),
+    "more": ("how many more has {n} ?", lambda a, b: [a, "-", b, "=", a - b]),
+    "product": ("what is their product ?", lambda a, b: [a, "*", b, "=", a * b]),
+    "twice": ("twice what {n} has ?", lambda a, b: [2, "*", a, "=", 2 * a]),
+    "ten-more": ("{m} finds ten more . how many now ?", lambda a, b: [b, "+", 10, "=", b + 10]),
+    "square": ("what is {n} 's number squared ?", lambda a, b: [a, "*", a, "=", a * a]),
+    "three-times": ("three times what {m} has ?", lambda a, b: [3, "*", b, "=", 3 * b]),
+    "gives-one": ("{n} gives one away . how many left ?", lambda a, b: [a, "-", 1, "=", a - 1]),
+    "loses-two": ("{m} loses two . how many left ?", lambda a, b: [b, "-", 2, "=", b - 2]),
+    "five-more": ("{n} gets five more . how many now ?", lambda a, b: [a, "+", 5, "=", a + 5]),
+}
+MATH_CLASSES: tuple[str, ...] = tuple(MATH_QUESTIONS)
+
+
+def math_story(rng: np.random.Generator) -> tuple[list[str], dict]:
+    """"{n} has {a} {o} and {m} has {b} {o} ." with 2 <= b < a <= 9 (numbers are single tokens)."""
+    n, m = (NAMES[i] for i in rng.choice(len(NAMES), size=2, replace=False))
+    o = OBJECTS[int(rng.integers(len(OBJECTS)))]
+    a = int(rng.integers(3, 10))
+    b = int(rng.integers(2, a))
+    return f"{n} has {a} {o} and {m} has {b} {o} .".split(), dict(n=n, m=m, o=o, a=a, b=b)
+
+
+def math_example(cls: str, rng: np.random.Generator, question: bool = True) -> tuple[list[str], list[str]]:
+    """One (question + story words, worked answer) pair of class ``cls``, e.g.
+    "how many more has tom ? tom has 7 apples and ann has 3 apples ." -> "7 - 3 = 4".
+
+    ``question=False`` leaves the question out (the cue-less pretraining format).
+    """
+    if cls not in MATH_QUESTIONS:
+        raise ValueError(f"unknown math class {cls!r}: use one of {MATH_CLASSES}")
+    story, v = math_story(rng)
+    template, answer = MATH_QUESTIONS[cls]
+    q = template.format(**v).split() if question else []
+    return q + story, [str(t) for t in answer(v["a"], v["b"])]
+
+
+def classes(task: str) -> tuple[str, ...]:
+    if task == "sentence":
+        return tuple(SENTENCE_CLASSES)
+    if task == "math":
+        return MATH_CLASSES
+    raise ValueError(f"unknown task {task!r}: use 'sentence' or 'math'")
+
+
+def example(task: str, cls: str, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """(prompt words, answer words) of one example of ``task`` / ``cls`` (without specials or cue)."""
+    return sentence_example(cls, rng, source_words(N_WORDS)[0]) if task == "sentence" else math_example(cls, rng)
+
+
+def pretraining_example(task: str, cls: str, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """Like ``example`` but without anything that names the class (math: no question)."""
+    return example(task, cls, rng) if task == "sentence" else math_example(cls, rng, question=False)
+
+
+# --------------------------------------------------------------------------------------------- encoding
+def cue(cls: str) -> str:
+    return f"<{cls}>"
+
+
+@functools.lru_cache(maxsize=4)
+def vocabulary(task: str) -> tuple[str, ...]:
+    """Every token the task can produce, in a fixed order (independent of the seed)."""
+    if task == "sentence":
+        words = source_words(N_WORDS)[0]
+        toks = [*words, *(w.upper() for w in words), *(_novowel(w) for w in words), *(w[0] for w in words)]
+    else:
+        toks = [*NAMES, *OBJECTS, *"has and . + - * =".split(), *(str(i) for i in range(100))]
+        toks += [w for t, _ in MATH_QUESTIONS.values() for w in t.split() if "{" not in w]
+    toks += [cue(c) for c in classes(task)]
+    return SPECIALS + tuple(dict.fromkeys(t for t in toks if t not in SPECIALS))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Fixed sequence layout of a task: prompts left-padded to ``prompt_len``, answers right-padded."""
+
+    prompt_len: int  # <bos> <cue> words <sep>, left-padded
+    answer_len: int  # answer words <eos>, right-padded
+
+    @property
+    def seq_len(self) -> int:  # model input length (the last token is only a target)
+        return self.prompt_len + self.answer_len - 1
+
+
+LAYOUTS = {"sentence": Layout(prompt_len=SENTENCE_LEN + 3, answer_len=2 * SENTENCE_LEN + 1),
+           "math": Layout(prompt_len=22, answer_len=6)}
+
+
+def encode(task: str, prompts: Sequence[list[str]], answers: Sequence[list[str]], cues: Sequence[str]
+           ) -> tuple[Tensor, Tensor]:
+    """Token ids (n, L) and targets (n, L): next tokens, -100 on the prompt and on padding.
+
+    The loss of a sequence is then the mean cross-entropy of its answer tokens (and <eos>).
+    """
+    stoi = {t: i for i, t in enumerate(vocabulary(task))}
+    lay = LAYOUTS[task]
+    rows = []
+    for p, a, c in zip(prompts, answers, cues):
+        head = [BOS, c, *p, SEP]
+        tail = [*a, EOS]
+        if len(head) > lay.prompt_len or len(tail) > lay.answer_len:
+            raise ValueError(f"example longer than the {task} layout {lay}: {head} -> {tail}")
+        rows.append([PAD] * (lay.prompt_len - len(head)) + head + tail + [PAD] * (lay.answer_len - len(tail)))
+    seq = torch.tensor([[stoi[t] for t in r] for r in rows])  # (n, P + A)
+    X, y = seq[:, :-1].clone(), seq[:, 1:].clone()  # (n, L)
+    y[:, : lay.prompt_len - 1] = -100  # targets inside the prompt
+    y[y == stoi[PAD]] = -100
+    return X, y
+
+
+def decode(task: str, ids: Iterable[int]) -> list[str]:
+    voc = vocabulary(task)
+    return [voc[i] for i in ids]
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class TaskData:
+    """One seed's split of a task: tensors for the model, class ids and readable texts for the reader."""
+
+    task: str
+    X_train: Tensor  # (n_train, L) token ids
+    y_train: Tensor  # (n_train, L) next-token targets, -100 outside the answer
+    X_val: Tensor
+    y_val: Tensor
+    cls_train: np.ndarray  # (n_train,) class index
+    cls_val: np.ndarray
+    text_train: list[str]  # "prompt => answer"
+    text_val: list[str]
+    answers_val: list[list[str]]
+
+    @property
+    def train(self) -> tuple[Tensor, Tensor]:
+        return self.X_train, self.y_train
+
+    @property
+    def val(self) -> tuple[Tensor, Tensor]:
+        return self.X_val, self.y_val
+
+
+def make_task(task: str, seed: int, per_class: int = 100, n_val_per_class: int = 10) -> TaskData:
+    """``per_class`` distinct examples of each of the 10 classes; the last ``n_val_per_class`` of each go to
+    validation. Deterministic in ``seed``."""
+    rng = np.random.default_rng([seed, TASKS.index(task)])
+    parts: dict[str, list] = {k: [] for k in ("p", "a", "c", "k", "split")}
+    for k, cls in enumerate(classes(task)):
+        seen: set[tuple[str, ...]] = set()
+        tries = 0
+        while len(seen) < per_class:
+            p, a = example(task, cls, rng)
+            tries += 1
+            if tries > 100 * per_class:
+                raise ValueError(f"cannot draw {per_class} distinct {task}/{cls} examples")
+            if tuple(p) in seen:
+                continue
+            seen.add(tuple(p))
+            parts["p"].append(p)
+            parts["a"].append(a)
+            parts["c"].append(cue(cls))
+            parts["k"].append(k)
+            parts["split"].append("val" if len(seen) > per_class - n_val_per_class else "train")
+    X, y = encode(task, parts["p"], parts["a"], parts["c"])
+    split = np.array(parts["split"])
+    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    text = [f"{c} {' '.join(p)} => {' '.join(a)}" for p, a, c in zip(parts["p"], parts["a"], parts["c"])]
+    k = np.array(parts["k"])
+    return TaskData(task, X[tr], y[tr], X[va], y[va], k[tr], k[va], [text[i] for i in tr], [text[i] for i in va],
+                    [parts["a"][i] for i in va])
+
+
+def pretraining_batch(task: str, rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:
+    """``n`` fresh examples of random classes with the generic cue ``<any>`` instead of the class cue."""
+    cls = classes(task)
+    pairs = [pretraining_example(task, cls[int(rng.integers(len(cls)))], rng) for _ in range(n)]
+    return encode(task, [p for p, _ in pairs], [a for _, a in pairs], [ANY] * n)
+
+
+# ------------------------------------------------------------------------------------------------ model
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one run (``FAST`` for CI, ``FULL`` for the reported numbers)."""
+
+    per_class: int = 100
+    n_val_per_class: int = 10
+    d_model: int = 64
+    n_layers: int = 2
+    d_ff: int = 128
+    pretrain_steps: tuple[int, int] = (2500, 1500)  # (sentence, math) Adam steps on the cue-less formats
+    pretrain_batch: int = 64
+    pretrain_lr: float = 3e-3
+    pretrain_pool: int = 20_000  # distinct random examples the pretraining batches are drawn from
+    lora_targets: tuple[str, ...] = ("blocks.*.attn.q", "blocks.*.attn.v")
+    lora_rank: int = 4
+    epochs: int = 20
+    lr: float = 5e-3
+    batch_size: int = 32
+    n_checkpoints: int = 5  # TracIn
+    methods: tuple[str, ...] = ("graddot", "tracin", "datainf", "if-lissa", "vm", "fvm")
+    lissa_iters: int = 30
+    lissa_batch: int = 8
+    damping: float = 1e-3
+    flat_steps: int = 100
+    n_examples: int = 3  # queries per task written to the examples file
+
+
+FULL = Config()
+FAST = replace(FULL, per_class=30, n_val_per_class=3, pretrain_steps=(300, 200), epochs=10, n_checkpoints=3,
+               lissa_iters=10, flat_steps=30)
+
+
+@functools.lru_cache(maxsize=8)
+def _pretrained_state(task: str, cfg: Config, progress: bool = False) -> dict[str, Tensor]:
+    torch.manual_seed(1234)  # the base model is shared by all seeds, like one public checkpoint
+    model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
+                   max_len=LAYOUTS[task].seq_len)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr)
+    steps = cfg.pretrain_steps[TASKS.index(task)]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.pretrain_lr, total_steps=steps, pct_start=0.1)
+    rng = np.random.default_rng(4321)
+    Xp, yp = pretraining_batch(task, rng, cfg.pretrain_pool)  # fresh examples, encoded once
+    gen = torch.Generator().manual_seed(4321)
+    loss_fn = ifkit.func.cross_entropy
+    for _ in tqdm(range(steps), desc=f"pretrain {task}", disable=not progress, leave=False):
+        idx = torch.randint(0, len(Xp), (cfg.pretrain_batch,), generator=gen)
+        X, y = Xp[idx], yp[idx]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(X), y).mean().backward()
+        opt.step()
+        sched.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def pretrained(task: str, cfg: Config = FULL, progress: bool = False) -> TinyLM:
+    """The base model of ``task``: TinyLM pretrained on the cue-less formats (cached per process)."""
+    model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
+                   max_len=LAYOUTS[task].seq_len)
+    model.load_state_dict(_pretrained_state(task, cfg, progress))
+    return model.eval()
+
+
+def finetune(base: TinyLM, data: TaskData, cfg: Config, seed: int, progress: bool = False):
+    """Add LoRA adapters to a copy of ``base`` and train only them on ``data.train``; returns the TrainResult."""
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)  # adapter initialisation
+    add_lora(model, cfg.lora_targets, rank=cfg.lora_rank)
+    res = train(model, data.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
+                n_checkpoints=cfg.n_checkpoints, progress=progress)
+    res.model.eval()
+    return res
+
+
+@torch.no_grad()
+def exact_match(model: TinyLM, data: TaskData) -> np.ndarray:
+    """(n_val,) bool: greedy generation from each validation prompt reproduces the answer exactly (to <eos>)."""
+    lay = LAYOUTS[data.task]
+    out = model.generate(data.X_val[:, : lay.prompt_len], lay.answer_len - 1)[:, lay.prompt_len:]  # (n, A - 1)
+    hits = []
+    for ids, ans in zip(out.tolist(), data.answers_val):
+        toks = decode(data.task, ids) + [EOS]
+        hits.append(toks[: toks.index(EOS)] == ans)
+    return np.array(hits)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def ranking_metrics(pairwise: Tensor | np.ndarray, cls_train: np.ndarray, cls_query: np.ndarray
+                    ) -> tuple[float, float]:
+    """Mean over queries of ROC AUC and recall@k of same-class training points, ranked by -pairwise.
+
+    k = the number of same-class training points of the query (90 in the full protocol). Most helpful first:
+    pairwise < 0 means up-weighting the training point lowers the query's loss.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    S = -np.asarray(pairwise, dtype=float)  # (Q, n): higher = more helpful
+    aucs, recalls = [], []
+    for q in range(len(S)):
+        pos = cls_train == cls_query[q]
+        k = int(pos.sum())
+        aucs.append(roc_auc_score(pos, S[q]))
+        top = np.argsort(-S[q], kind="stable")[:k]
+        recalls.append(pos[top].mean())
+    return float(np.mean(aucs)), float(np.mean(recalls))
+
+
+def method_options(method: str, cfg: Config, data: TaskData, model) -> dict:
+    """The options of ``ifkit.pairwise`` for ``method`` in this experiment (TracIn: see ``pairwise``)."""
+    # cache_grads: the (n_train, p) LoRA gradients (900 x ~2k floats) fit easily, and one vmap pass is ~20x
+    # faster here than forward-mode dots with 100 query tangents (measured: graddot 3 s against 68 s)
+    opts: dict = {"params": lora_names(model), "cache_grads": True}
+    if method == "if-lissa":
+        opts.update(damping=cfg.damping, iters=cfg.lissa_iters, lissa_batch=cfg.lissa_batch,
+                    scale=_lissa_scale(model, data, cfg))
+    elif method in ("vm", "fvm"):
+        opts.update(damping=cfg.damping, flat_val=data.val, flat_steps=cfg.flat_steps)
+    elif method == "if-cg":
+        opts.update(damping=cfg.damping)
+    return opts
+
+
+def _lissa_scale(model, data: TaskData, cfg: Config) -> float:
+    """LiSSA needs scale > the top eigenvalue of every mini-batch curvature it sees: 3 x the top eigenvalue of
+    the Gauss-Newton matrix on a few mini-batches (the default, 1.5 x the full-batch one from 30 power steps,
+    diverged here: mini-batch curvature is spikier)."""
+    from ifkit import curvature as C
+    from ifkit.func import ggn_vp_fn, make_problem
+
+    prob = make_problem(model, lora_names(model))
+    gen = torch.Generator().manual_seed(0)
+    lam = 0.0
+    for _ in range(4):
+        idx = torch.randint(0, len(data.X_train), (cfg.lissa_batch,), generator=gen)
+        mv = ggn_vp_fn(prob, data.X_train[idx], data.y_train[idx])
+        lam = max(lam, abs(C.top_eigenvalue(mv, prob.p, iters=20, seed=0)))
+    return 3 * (lam + cfg.damping)
+
+
+def flat_pairwise(method: str, model, data: TaskData, cfg: Config) -> Tensor:
+    """VM / FVM pairwise influence with DataInf's closed-form inverse of the VALIDATION curvature.
+
+        pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i        at theta~ (``ifkit/flat_influence.py``)
+
+    theta~: a copy of the model fine-tuned on S_val over the LoRA parameters by ``ifkit.flat.flat_finetune``
+    with the library's VM (SGD) or FVM (LPF-SGD) defaults. ``ifkit.pairwise("vm", ...)`` would then build the
+    exact Gauss-Newton matrix of the validation loss: one product per parameter over 100 sequences, measured at
+    240 s for a rank-1 (512-parameter) adapter on this machine -- beyond the budget. DataInf's closed form
+    approximates (H~_val + damping I)^-1 from the per-sample validation gradients instead, and the formula is
+    symmetric in (q, i), so it is ``ifkit.pairwise("datainf", theta~, train=S_val, queries=S_train)``
+    transposed: DataInf's inverse is built from its ``train`` argument, here S_val.
+    """
+    from ifkit.flat import flat_finetune
+    from ifkit.flat_influence import FVM_DEFAULTS, VM_DEFAULTS
+
+    d = {**(VM_DEFAULTS if method == "vm" else FVM_DEFAULTS), "flat_steps": cfg.flat_steps}
+    tuned = flat_finetune(model, data.val, params=lora_names(model), progress=False, seed=0, **d).model.eval()
+    P = ifkit.pairwise("datainf", tuned, data.val, data.train, params=lora_names(tuned), cache_grads=True)
+    return P.T  # (n_queries, n_train)
+
+
+def pairwise(method: str, model, data: TaskData, cfg: Config, checkpoints=()) -> Tensor:
+    """(n_queries, n_train) ``ifkit.pairwise`` of ``method`` over the LoRA parameters, queries = validation set.
+
+    TracIn is sum_c lr_c * pairwise("tracin", model at checkpoint c): exactly what ``checkpoints=`` computes,
+    but one call per checkpoint lets each use the cached per-sample gradients (tested equal).
+    """
+    if method in ("vm", "fvm"):
+        return flat_pairwise(method, model, data, cfg)
+    if method != "tracin" or not checkpoints:
+        return ifkit.pairwise(method, model, data.train, data.val, **method_options(method, cfg, data, model))
+    total = torch.zeros(len(data.X_val), len(data.X_train))
+    at = copy.deepcopy(model)
+    for state, lr in checkpoints:
+        at.load_state_dict(state)
+        total += lr * ifkit.pairwise("tracin", at, data.train, data.val, **method_options(method, cfg, data, at))
+    return total
+
+
+# ----------------------------------------------------------------------------------------------- runner
+def measure(cfg: Config, seeds: Iterable[int], out: str | Path, tasks: Sequence[str] = TASKS,
+            progress: bool = True, mode: str | None = None) -> pd.DataFrame:
+    """Run (or resume) the experiment; rows already in ``out/generation.csv`` for (task, seed, method) are kept.
+
+    Returns the rows of ``tasks`` and ``seeds``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a busy 2-core machine: one thread is fastest (measured)
+    try:
+        return _measure(cfg, list(seeds), Path(out), tasks, progress, mode or ("fast" if cfg == FAST else "full"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], progress: bool, mode: str
+             ) -> pd.DataFrame:
+    table = ResultsTable(out / FILENAME, KEY, required=REQUIRED)
+    ex_table = ResultsTable(out / EXAMPLES, ["task", "seed", "query", "method", "rank"], required=["text"])
+    for task in tasks:
+        for seed in seeds:
+            todo = [m for m in cfg.methods if not _done(table, task, seed, m, mode)]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            data = make_task(task, seed, cfg.per_class, cfg.n_val_per_class)
+            base = pretrained(task, cfg, progress)
+            em_base = float(exact_match(base, _with_generic_cue(data)).mean())
+            res = finetune(base, data, cfg, seed, progress)
+            model = res.model
+            em = exact_match(model, data)
+            setup_s = time.perf_counter() - t0
+            base_row = {"task": task, "seed": seed, "mode": mode, "exact_match": float(em.mean()),
+                        "exact_match_base": em_base, "n_train": len(data.X_train), "n_queries": len(data.X_val),
+                        "n_lora_params": sum(model.get_parameter(n).numel() for n in lora_names(model)),
+                        "setup_seconds": setup_s, "words": source_words(N_WORDS)[1] if task == "sentence" else "-"}
+            q_show = _example_queries(data, cfg.n_examples)
+            bar = tqdm(todo, desc=f"gen-text {task} seed {seed}", disable=not progress, leave=False)
+            for method in bar:
+                bar.set_postfix_str(method)
+                t1 = time.perf_counter()
+                P = pairwise(method, model, data, cfg, res.checkpoints)  # (Q, n)
+                auc, recall = ranking_metrics(P, data.cls_train, data.cls_val)
+                ex_table.add(_example_rows(task, seed, method, data, P, q_show))
+                table.add([{**base_row, "method": method, "auc": auc, "recall": recall,
+                            "seconds": time.perf_counter() - t1}])
+    df = table.frame
+    if df.empty:
+        return df
+    return df[df["task"].isin(tasks) & df["seed"].isin(seeds)].reset_index(drop=True)
+
+
+def _done(table: ResultsTable, task: str, seed: int, method: str, mode: str) -> bool:
+    """A row counts as done only in the same mode: the key (task, seed, method) is shared with gen-image and
+    has no mode, so a --fast row is replaced by a full run (and the other way round) instead of resuming it."""
+    if not table.has(task=task, seed=seed, method=method):
+        return False
+    f = table.frame
+    row = f[(f["task"] == task) & (f["seed"].astype(float) == seed) & (f["method"] == method)]
+    return "mode" not in f or str(row["mode"].iloc[0]) == mode
+
+
+def _with_generic_cue(data: TaskData) -> TaskData:
+    """The validation prompts with the cue replaced by <any>: what the base model was pretrained on."""
+    d = copy.copy(data)
+    X = data.X_val.clone()
+    lay = LAYOUTS[data.task]
+    cue_pos = (X[:, : lay.prompt_len] == vocabulary(data.task).index(BOS)).float().argmax(1) + 1  # (n,)
+    X[torch.arange(len(X)), cue_pos] = vocabulary(data.task).index(ANY)
+    d.X_val = X
+    return d
+
+
+def _example_queries(data: TaskData, n: int) -> list[int]:
+    """The first validation query of ``n`` evenly spaced classes."""
+    ks = np.unique(data.cls_val)
+    picks = ks[np.linspace(0, len(ks) - 1, n).round().astype(int)] if n else []
+    return [int(np.flatnonzero(data.cls_val == k)[0]) for k in picks]
+
+
+def _example_rows(task, seed, method, data: TaskData, P: Tensor, queries: list[int], top: int = 5) -> list[dict]:
+    rows = []
+    for q in queries:
+        order = torch.argsort(P[q], stable=True)[:top].tolist()  # most negative = most helpful first
+        rows.append({"task": task, "seed": seed, "query": q, "method": method, "rank": 0,
+                     "text": data.text_val[q], "same_class": True, "influence": float("nan")})
+        for r, i in enumerate(order, 1):
+            rows.append({"task": task, "seed": seed, "query": q, "method": method, "rank": r,
+                         "text": data.text_train[i], "same_class": bool(data.cls_train[i] == data.cls_val[q]),
+                         "influence": float(P[q, i])})
+    return rows
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean (and std over seeds) of AUC and recall per task and method, in percent."""
+    g = df.groupby(["task", "method"], sort=False)
+    out = g.agg(auc=("auc", "mean"), auc_sd=("auc", "std"), recall=("recall", "mean"),
+                recall_sd=("recall", "std"), exact_match=("exact_match", "mean"), seconds=("seconds", "mean"),
+                seeds=("seed", "nunique"))
+    for c in ("auc", "auc_sd", "recall", "recall_sd", "exact_match"):
+        out[c] = 100 * out[c]
+    return out.reset_index()
+
+
+@register("gen-text")
+def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
+    """``ifkit reproduce gen-text``: write ``out/generation.csv`` (tasks sentence, math) and the examples file."""
+    cfg = FAST if fast else FULL
+    df = measure(cfg, range(seeds), out)
+    with pd.option_context("display.width", 140):
+        print(f"Influential-data identification, text ({'fast' if fast else 'full'}, seeds={seeds}): AUC and "
+              "recall@90 in % (mean over queries, then seeds)")
+        print(summary(df).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return df
+
+
+__all__ = ["FAST", "FULL", "Config", "TaskData", "classes", "encode", "exact_match", "finetune", "make_task",
+           "measure", "pretrained", "ranking_metrics", "run", "source_words", "summary", "vocabulary"]

@@ -1,0 +1,151 @@
+"""The image generation experiment (ifkit/experiments/gen_image.py) and its generator (ConditionalVAE)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import ifkit
+from ifkit import widgets
+from ifkit.experiments import gen_image as G
+from ifkit.func import make_problem, per_sample_grads
+from ifkit.models import ConditionalVAE, add_lora, lora_names
+
+TINY = G.Config(dataset="digits", image_size=8, styles=("inverted", "flipped"), n_train_per_style=12,
+                n_val_per_style=4, n_pretrain=100, pretrain_epochs=2, lora_epochs=3, hidden=16, latent=4,
+                n_checkpoints=2, methods=("graddot", "tracin", "vm"), n_examples=1, n_samples=8)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("style", list(G.STYLES))
+def test_styles_are_deterministic_shape_preserving_and_change_images(style, images):
+    a, b = G.stylize(images, style), G.stylize(images.clone(), style)
+    assert a.shape == images.shape
+    torch.testing.assert_close(a, b)
+    assert a.min() >= 0 and a.max() <= 1
+    assert (a - images).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every image changes
+
+
+def test_unknown_style_is_refused(images):
+    with pytest.raises(ValueError, match="unknown style"):
+        G.stylize(images, "sepia")
+
+
+def test_build_data_is_deterministic_and_balanced():
+    a, b = G.build_data(TINY, 3), G.build_data(TINY, 3)
+    torch.testing.assert_close(a.X_train, b.X_train)
+    assert a.X_train.shape == (TINY.n_train, 1, 8, 8) and a.X_val.shape == (TINY.n_val, 1, 8, 8)
+    assert torch.bincount(a.s_train).tolist() == [12, 12] and torch.bincount(a.s_val).tolist() == [4, 4]
+    assert not torch.equal(a.X_train, G.build_data(TINY, 4).X_train)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    model = ConditionalVAE(image_size=8, n_classes=10, latent=3, hidden=12, n_styles=3)
+    add_lora(model, rank=2)
+    with torch.no_grad():  # non-zero B, so the adapters' gradients are not trivially zero
+        for name in lora_names(model):
+            if name.endswith("lora_B"):
+                model.get_parameter(name).normal_(0, 0.1)
+    return model
+
+
+def test_generator_shapes_and_deterministic_loss(vae, images):
+    labels, styles = torch.arange(6) % 10, torch.arange(6) % 3
+    eps = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    X = vae.pack(images, labels, eps, styles)
+    assert X.shape == (6, 64 + 13 + 3)
+    out = vae(X)
+    assert out.shape == (6, 64 + 2 * 3)
+    loss = ConditionalVAE.negative_elbo(out, images.flatten(1))
+    assert loss.shape == (6,) and torch.isfinite(loss).all()
+    torch.testing.assert_close(loss, ConditionalVAE.negative_elbo(vae(X), images.flatten(1)))  # fixed eps
+    other = ConditionalVAE.negative_elbo(vae(vae.pack(images, labels, -eps, styles)), images.flatten(1))
+    assert not torch.allclose(loss, other)  # ... and the noise is really an input
+    assert vae.sample(labels, styles, generator=torch.Generator().manual_seed(0)).shape == (6, 1, 8, 8)
+    assert vae.reconstruct(images, labels, styles).shape == (6, 1, 8, 8)
+    with pytest.raises(ValueError, match="8x8"):
+        vae.pack(torch.rand(2, 1, 7, 7), labels[:2])
+
+
+def test_lora_per_sample_grads_under_vmap_equal_a_loop(vae, images):
+    labels = torch.arange(6) % 10
+    X = vae.pack(images, labels, torch.randn(6, 3, generator=torch.Generator().manual_seed(2)))
+    y = images.flatten(1)
+    prob = make_problem(vae, lora_names(vae), ConditionalVAE.negative_elbo)
+    G_vmap = per_sample_grads(prob, X, y)  # (6, p)
+    params = [vae.get_parameter(n) for n in lora_names(vae)]
+    loop = []
+    for i in range(6):
+        grads = torch.autograd.grad(ConditionalVAE.negative_elbo(vae(X[i : i + 1]), y[i : i + 1]).sum(), params)
+        loop.append(torch.cat([g.reshape(-1) for g in grads]))
+    torch.testing.assert_close(G_vmap, torch.stack(loop), rtol=1e-5, atol=1e-6)
+    assert G_vmap.shape[1] == sum(p.numel() for p in params) and G_vmap.abs().sum() > 0
+
+
+def test_ranking_metrics():
+    train_style = np.array([0, 0, 1, 1, 2, 2])
+    query_style = np.array([0, 1])
+    perfect = np.where(train_style[None, :] == query_style[:, None], -1.0, 1.0)  # same style most helpful
+    assert G.ranking_metrics(perfect, train_style, query_style) == {"auc": 1.0, "recall": 1.0}
+    assert G.ranking_metrics(-perfect, train_style, query_style) == {"auc": 0.0, "recall": 0.0}
+    with pytest.raises(ValueError, match="shape"):
+        G.ranking_metrics(perfect[:, :3], train_style, query_style)
+    assert G.top_helpful(torch.tensor(perfect), k=2).tolist() == [[0, 1], [2, 3]]
+
+
+def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
+    df = G.measure(TINY, [0], tmp_path, progress=False)
+    out = pd.read_csv(tmp_path / G.FILENAME)
+    assert {"task", "seed", "method", "auc", "recall", "n_train", "n_queries", "seconds", "mode"} <= set(out.columns)
+    assert set(out["method"]) == set(TINY.methods) and (out["task"] == "style").all()
+    assert out["auc"].between(0, 1).all() and out["recall"].between(0, 1).all()
+    assert len(df) == len(TINY.methods)
+    ex = pd.read_csv(tmp_path / G.EXAMPLES_FILENAME)
+    assert len(ex) == len(TINY.methods) * len(TINY.styles) * TINY.n_examples * G.TOP
+    assert pd.read_csv(tmp_path / G.STYLES_FILENAME)["style"].tolist() == ["inverted", "flipped", "plain"]
+    # another task's rows in the same file (gen-text) are kept, and a rerun computes nothing
+    ifkit.results.ResultsTable(tmp_path / G.FILENAME, G.KEY, G.REQUIRED).add(
+        [{"task": "sentence", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}])
+    monkeypatch.setattr(ifkit, "pairwise", lambda *a, **k: pytest.fail("a finished run must not recompute"))
+    G.measure(TINY, [0], tmp_path, progress=False)
+    again = pd.read_csv(tmp_path / G.FILENAME)
+    assert len(again) == len(TINY.methods) + 1 and "sentence" in set(again["task"])
+
+
+def test_plot_top_images():
+    gen = torch.Generator().manual_seed(0)
+    P = torch.randn(3, 10, generator=gen)
+    fig = widgets.plot_top_images(torch.rand(3, 1, 8, 8), torch.rand(10, 1, 8, 8), {"vm": P, "tracin": -P},
+                                  torch.arange(10) % 2, torch.tensor([0, 1, 0]), query=1, method="tracin", k=4,
+                                  style_names=["a", "b"])
+    assert isinstance(fig, Figure) and len(fig.axes) == 5
+    with pytest.raises(ValueError, match="out of range"):
+        widgets.plot_top_images(torch.rand(3, 8, 8), torch.rand(10, 8, 8), P, torch.arange(10) % 2,
+                                torch.tensor([0, 1, 0]), query=5)
+
+
+def test_figure_from_examples(tmp_path):
+    cfg = dataclasses.replace(G.FAST, methods=("graddot",))
+    data = G.build_data(cfg, 0)
+    rows = [{"seed": 0, "method": "graddot", "query": q, "query_style": cfg.styles[int(data.s_val[q])], "rank": r,
+             "train_index": r, "train_style": cfg.styles[int(data.s_train[r])], "mode": "fast"}
+            for q in (0, 10) for r in range(1, 6)]
+    from ifkit.figures import generation_image_examples
+
+    fig = generation_image_examples(pd.DataFrame(rows))
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 6
