@@ -260,3 +260,539 @@ def bench(bench: pd.DataFrame) -> Figure:
             for m in thr["model"].unique()), fontsize=9)
         ax_r.set_ylabel("examples / second")
     return fig
+
+
+# ------------------------------------------------------------------------ generation (text and image)
+PAPER_GENERATION = {  # paper/NOTES.md Sec. 4: (task, method) -> (AUC %, recall %), Llama-2-13B + LoRA
+    ("sentence", "vm"): (99.97, 99.1), ("sentence", "datainf"): (99.6, 96.2), ("sentence", "tracin"): (95.0, 71.0),
+    ("math", "fvm"): (99.99, 99.4), ("math", "datainf"): (99.9, 97.4), ("math", "tracin"): (78.5, 26.6),
+}
+
+
+def _generation_rows(generation: pd.DataFrame) -> pd.DataFrame:
+    """Per task, the full-mode rows when there are any (a --fast run may share the file with a full one)."""
+    if "mode" not in generation:
+        return generation
+    keep = [part[part["mode"] == "full"] if (part["mode"] == "full").any() else part
+            for _, part in generation.groupby("task", sort=False)]
+    return pd.concat(keep, ignore_index=True) if keep else generation
+
+
+@register("generation_auc", inputs=("generation.csv",))
+def generation_auc(generation: pd.DataFrame) -> Figure:
+    """Influential-data identification (DataInf's protocol): ROC AUC and recall of same-class training points
+    in the top k, per task and method; bars are means over seeds, whiskers their standard deviation. Black
+    ticks: the paper's numbers where public summaries give them (Llama-2-13B + LoRA; ``PAPER_GENERATION``).
+
+    Handles every task in the file (text: sentence, math; image: style).
+    """
+    import seaborn as sns
+
+    df = _generation_rows(generation).copy()
+    df["auc"], df["recall"] = 100 * df["auc"], 100 * df["recall"]
+    tasks = [t for t in ("sentence", "math", "style") if t in set(df["task"])]
+    tasks += sorted(set(df["task"]) - set(tasks))
+    methods = [m for m in METHOD_ORDER if m in set(df["method"])] + sorted(set(df["method"]) - set(METHOD_ORDER))
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(max(7.0, 1.2 * len(tasks) * len(methods) / 2 + 3), 4.2), layout="constrained")
+        axes = fig.subplots(1, 2)
+    for ax, col, label in ((axes[0], "auc", "ROC AUC (%)"), (axes[1], "recall", "recall of same class in top k (%)")):
+        sns.barplot(df, x="task", y=col, hue="method", order=tasks, hue_order=methods, palette=palette(methods),
+                    errorbar="sd", ax=ax, legend=ax is axes[1], saturation=1)
+        width = 0.8 / len(methods)
+        for (task, method), ref in PAPER_GENERATION.items():
+            if task in tasks and method in methods:
+                x = tasks.index(task) - 0.4 + width * (methods.index(method) + 0.5)
+                ax.plot([x - width / 2, x + width / 2], [ref[col == "recall"]] * 2, color="k", lw=2)
+        ax.set_ylim(0 if col == "recall" else 40, 101)
+        ax.set_xlabel("")
+        ax.set_ylabel(label)
+    if axes[1].get_legend() is not None:
+        sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, title="method")
+    seeds = df.groupby("task")["seed"].nunique().to_dict()
+    fig.suptitle("Which training examples help a query? Same-class training points ranked first "
+                 f"(seeds per task: {seeds}; black ticks: the paper)", fontsize=10)
+    return fig
+
+
+@register("generation_text_examples", inputs=("generation_text_examples.csv",))
+def generation_text_examples(examples: pd.DataFrame, methods: Iterable[str] = ("tracin", "datainf", "vm", "fvm"),
+                             k: int = 5) -> Figure:
+    """One validation query per text task and its ``k`` most helpful training examples for a few methods.
+
+    Green: the training example has the query's class (what the protocol counts as a hit); red: it does not.
+    Reads ``results/generation_text_examples.csv`` (rank 0 = the query itself; the first query of the lowest
+    seed of each task is shown).
+    """
+    ex = examples
+    tasks = [t for t in ("sentence", "math") if t in set(ex["task"])] + sorted(set(ex["task"]) - {"sentence", "math"})
+    shown = [m for m in methods if m in set(ex["method"])] or sorted(set(ex["method"]))[:4]
+    lines_per_task = 2 + len(shown) * (k + 1)
+    fig = Figure(figsize=(11, 0.2 * lines_per_task * len(tasks) + 0.4), layout="constrained")
+    axes = fig.subplots(len(tasks), 1, squeeze=False)[:, 0]
+    for ax, task in zip(axes, tasks):
+        part = ex[(ex["task"] == task) & (ex["seed"] == ex.loc[ex["task"] == task, "seed"].min())]
+        q = part["query"].iloc[0]
+        part = part[part["query"] == q]
+        query = part.loc[part["rank"] == 0, "text"].iloc[0]
+        ax.axis("off")
+        y, dy = 1.0, 1.0 / lines_per_task
+        ax.text(0, y, f"{task} query: {query}", fontsize=9, weight="bold", va="top", family="monospace")
+        for m in shown:
+            y -= 1.5 * dy
+            ax.text(0, y, m, fontsize=9, va="top", color=METHOD_PALETTE.get(m, "k"), weight="bold")
+            top = part[(part["method"] == m) & (part["rank"] >= 1)].sort_values("rank").head(k)
+            for _, row in top.iterrows():
+                y -= dy
+                ax.text(0.02, y, f"{int(row['rank'])}. {row['text']}", fontsize=8, va="top", family="monospace",
+                        color="#2ca02c" if bool(row["same_class"]) else "#d62728")
+    fig.suptitle("Most helpful training examples (green: same class as the query, red: another class)", fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ generation (image)
+@register("generation_image_examples", inputs=("generation_image_examples.csv",))
+def generation_image_examples(examples: pd.DataFrame, max_queries: int = 3) -> Figure:
+    """Image generation: a few queries (one per style) and their top-5 most helpful training images per method.
+
+    The images are not stored: ``ifkit.experiments.gen_image.build_data`` redraws them from the seed and the
+    run's mode (deterministic). Frames: green = the training image has the query's style, red = another style.
+    """
+    import numpy as np
+
+    from ifkit.experiments import gen_image
+
+    seed = int(examples["seed"].min())
+    df = examples[examples["seed"] == seed]
+    mode = str(df["mode"].iloc[0])
+    data = gen_image.build_data(gen_image.CONFIGS[mode], seed)
+    queries = df.drop_duplicates("query_style")["query"].tolist()[:max_queries]  # one query per style
+    methods = [m for m in METHOD_ORDER if m in set(df["method"])] + sorted(set(df["method"]) - set(METHOD_ORDER))
+    top = int(df["rank"].max())
+    fig = Figure(figsize=(1.1 * (top + 1) * len(queries), 1.25 * len(methods) + 0.6), layout="constrained")
+    axes = fig.subplots(len(methods), (top + 1) * len(queries), squeeze=False)
+    for j, q in enumerate(queries):
+        q_style = df.loc[df["query"] == q, "query_style"].iloc[0]
+        for r, method in enumerate(methods):
+            rows = df[(df["query"] == q) & (df["method"] == method)].sort_values("rank")
+            cells = [(data.X_val[q], "black")] + [
+                (data.X_train[int(i)], "#2ca02c" if s == q_style else "#d62728")
+                for i, s in zip(rows["train_index"], rows["train_style"])]
+            for c, (img, colour) in enumerate(cells):
+                ax = axes[r, j * (top + 1) + c]
+                ax.imshow(np.asarray(img).squeeze(), cmap="gray", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for side in ax.spines.values():
+                    side.set_color(colour)
+                    side.set_linewidth(2)
+                if r == 0:
+                    ax.set_title(f"query: {q_style}" if c == 0 else f"#{c}", fontsize=8)
+                if c == 0 and j == 0:
+                    ax.set_ylabel(method, fontsize=9, color=METHOD_PALETTE.get(method, "k"))
+            for c in range(len(cells), top + 1):
+                axes[r, j * (top + 1) + c].axis("off")
+    fig.suptitle(f"Image generation ({mode}, seed {seed}): each query and its top-{top} most helpful training "
+                 "images (green: same style, red: another style)", fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------------------ mislabel detection and relabeling
+# Colours of the names that detection/relabel rows add to METHOD_PALETTE's: a variant keeps its method's hue (VM
+# from the early-stopped model is a light VM orange, FVM with SAM a dark FVM red); the references are greys and
+# black; controls at theta~ (names with "@") are hatched or dashed.
+DETECTION_PALETTE: dict[str, str] = {
+    "fvm-sam": "#8c1c13", "vm-early": "#fdae6b", "loss-early": "#525252",
+    "loss@theta~": "#a6a6a6", "gradnorm@theta~": "#8c6d31",
+    "pred": "#636363", "pred@theta~": "#fdd0a2",  # relabel FVM's flags with a model's prediction
+    "noisy": "#7f7f7f", "remove": "#1f77b4", "clean": "#000000",  # retraining references
+}
+PAPER_METHODS: tuple[str, ...] = ("vm", "fvm", "fvm-sam")
+REFERENCE_METHODS: tuple[str, ...] = ("cleanlab", "loss-early", "vm-early", "loss@theta~", "gradnorm@theta~")
+NOISE_ORDER: tuple[str, ...] = ("symmetric", "asymmetric", "hard")
+
+
+def detection_palette(methods: Iterable[str]) -> dict[str, str]:
+    """``palette`` extended with the detection and relabel references (``DETECTION_PALETTE``)."""
+    return {m: METHOD_PALETTE.get(m) or DETECTION_PALETTE.get(m, _FALLBACK) for m in methods}
+
+
+def _one_run(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one run: Fashion-MNIST when present (a --fast digits run may share the file), then the most
+    common validation size (ablations may add others)."""
+    if "dataset" in df and df["dataset"].nunique() > 1:
+        datasets = set(df["dataset"])
+        df = df[df["dataset"] == ("fashion" if "fashion" in datasets else df["dataset"].value_counts().idxmax())]
+    if "n_val" in df and df["n_val"].nunique() > 1:
+        df = df[df["n_val"] == df["n_val"].value_counts().idxmax()]
+    return df
+
+
+def _settings(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Add a readable ``setting`` column ("symmetric 40%") and return it with the settings in reading order."""
+    df = df.assign(setting=[f"{n} {r:.0%}" for n, r in zip(df["noise"], df["rate"])])
+    first = df.drop_duplicates("setting")
+    rank = {n: i for i, n in enumerate(NOISE_ORDER)}
+    first = first.assign(_k=first["noise"].map(lambda n: rank.get(n, len(rank)))).sort_values(["_k", "rate"])
+    return df, list(first["setting"])
+
+
+def _ordered(methods: Iterable[str]) -> list[str]:
+    known = [*METHOD_ORDER, *DETECTION_PALETTE]
+    present = set(methods)
+    return [m for m in dict.fromkeys(known) if m in present] + sorted(present - set(known))
+
+
+def _note_figure(title: str, note: str) -> Figure:
+    """What a producer returns when its rows are not there yet (a partial results file)."""
+    fig = Figure(figsize=(6, 2), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=10, wrap=True)
+    fig.suptitle(title)
+    return fig
+
+
+def _style_method_labels(labels) -> None:
+    """Tick labels: the paper's methods bold in their colour, non-influence references italic."""
+    for label in labels:
+        m = label.get_text()
+        if m in PAPER_METHODS:
+            label.set_color(detection_palette([m])[m])
+            label.set_fontweight("bold")
+        elif m in REFERENCE_METHODS:
+            label.set_fontstyle("italic")
+            label.set_color("#525252")
+
+
+@register("detection_table", inputs=("detection.csv",))
+def detection_table(detection: pd.DataFrame) -> Figure:
+    """Mislabel detection ROC AUC of every method in every (noise, rate) setting (the paper's Table 1, CPU-sized).
+
+    Left: a heatmap of the mean AUC over seeds (annotated mean and standard deviation), methods ordered by their
+    mean over the settings, best on top. Right: the same numbers as points with whiskers of +-1 std over seeds,
+    one marker per setting, in each method's colour, so the gaps between the paper's methods (bold), classic
+    influence and the non-influence references (italic: cleanlab, early-stopped loss, controls at theta~,
+    vm-early) can be read at a glance. Missing (method, setting) cells stay blank.
+    """
+    import numpy as np
+    import seaborn as sns
+
+    df = _one_run(detection).dropna(subset=["auc"])
+    if df.empty:
+        return _note_figure("Mislabel detection", "no rows with an AUC in detection.csv yet")
+    df, settings = _settings(df)
+    stats = df.groupby(["method", "setting"])["auc"].agg(["mean", "std", "count"])
+    mean = stats["mean"].unstack("setting").reindex(columns=settings)  # (methods, settings)
+    std = stats["std"].unstack("setting").reindex(columns=settings)
+    common = mean.dropna(axis=1)  # settings every method has (a run in progress lacks some cells)
+    key = common.mean(axis=1) if common.shape[1] else mean.mean(axis=1)
+    order = key.sort_values(ascending=False).index.tolist()
+    mean, std = mean.loc[order], std.loc[order]
+    annot = np.where(mean.isna(), "",
+                     mean.map(lambda v: f"{v:.3f}").astype(str)
+                     + std.map(lambda v: "" if pd.isna(v) else f"\n±{v:.3f}").astype(str))
+    n_m, n_s = len(order), len(settings)
+    with sns.axes_style("white"):
+        fig = Figure(figsize=(3.0 + 1.35 * n_s + 4.5, 1.2 + 0.42 * n_m), layout="constrained")
+        ax_h, ax_p = fig.subplots(1, 2, width_ratios=[1.35 * n_s + 1.2, 4.5])
+    sns.heatmap(mean, annot=annot, fmt="", cmap="RdYlGn", vmin=0.5, vmax=1.0, ax=ax_h, annot_kws={"fontsize": 7},
+                linewidths=0.5, linecolor="white", cbar_kws={"label": "ROC AUC (mean over seeds)", "shrink": 0.6})
+    ax_h.set_xlabel("")
+    ax_h.set_ylabel("")
+    ax_h.tick_params(axis="y", rotation=0)
+    _style_method_labels(ax_h.get_yticklabels())
+    # forest plot on the heatmap's rows (row i spans y in [i, i+1], top to bottom)
+    markers = "osD^vPX*"
+    colours = detection_palette(order)
+    for j, s in enumerate(settings):
+        dy = (j - (n_s - 1) / 2) * min(0.18, 0.8 / max(n_s, 1))
+        for i, m in enumerate(order):
+            if pd.isna(mean.loc[m, s]):
+                continue
+            ax_p.errorbar(mean.loc[m, s], i + 0.5 + dy, xerr=0 if pd.isna(std.loc[m, s]) else std.loc[m, s],
+                          fmt=markers[j % len(markers)], color=colours[m], ms=5, capsize=2, lw=1)
+        ax_p.plot([], [], markers[j % len(markers)], color="#525252", label=s)
+    ax_p.set_ylim(n_m, 0)
+    ax_p.set_yticks([i + 0.5 for i in range(n_m)], [""] * n_m)
+    ax_p.axvline(0.5, color="k", lw=0.8, ls=":")
+    for i in range(1, n_m):
+        ax_p.axhline(i, color="#eeeeee", lw=0.6, zorder=0)
+    lo = float(np.nanmin((mean - std.fillna(0)).to_numpy()))
+    ax_p.set_xlim(min(0.5, lo) - 0.02, 1.005)
+    ax_p.set_xlabel("ROC AUC (whiskers: ±1 std over seeds)")
+    ax_p.legend(fontsize=7, loc="upper left", title="setting", title_fontsize=7)  # the best (top) sit right
+    ax_p.grid(axis="x", alpha=0.3)
+    seeds = df.groupby(["method", "setting"])["seed"].nunique()
+    n_train = f"n_train={int(df['n_train'].max())}, " if "n_train" in df else ""
+    n_val = f"n_val={int(df['n_val'].iloc[0])}, " if "n_val" in df else ""
+    fig.suptitle(f"Mislabel detection on {df['dataset'].iloc[0]} ({n_train}{n_val}seeds per cell: "
+                 f"{seeds.min()}-{seeds.max()}); bold: the paper's methods, italic: non-influence references",
+                 fontsize=10)
+    return fig
+
+
+def _dynamics_rows(dynamics: pd.DataFrame, kind: str) -> pd.DataFrame:
+    df = _one_run(dynamics)
+    return df[df["kind"] == kind].dropna(subset=["auc"]) if "kind" in df else df.iloc[:0]
+
+
+@register("fig2_auc_vs_val_acc", inputs=("detection_dynamics.csv",))
+def fig2_auc_vs_val_acc(dynamics: pd.DataFrame) -> Figure:
+    """The paper's Fig. 2: detection AUC of influence computed at each training checkpoint, against the validation
+    accuracy of that checkpoint (``kind == "training"`` rows of detection_dynamics.csv).
+
+    Left: one line per method through its checkpoints in training order (first epoch marked with a larger
+    outline); the marker fill is the share of flipped labels the network fits there (``fit_flipped``). Right: the
+    same AUCs against the epoch, with the validation accuracy and ``fit_flipped`` on the right axis. Means over
+    seeds; one row of panels per (noise, rate) setting.
+    """
+    import seaborn as sns
+    from matplotlib import cm, colors
+
+    df = _dynamics_rows(dynamics, "training")
+    if df.empty:
+        return _note_figure("Fig. 2: AUC vs validation accuracy", "no training-checkpoint rows in "
+                            "detection_dynamics.csv yet")
+    df, settings = _settings(df)
+    methods = _ordered(df["method"])
+    colours = detection_palette(methods)
+    norm, cmap = colors.Normalize(0, 1), cm.viridis
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(11.5, 4.0 * len(settings)), layout="constrained")
+        axes = fig.subplots(len(settings), 2, squeeze=False)
+    for (ax_v, ax_e), s in zip(axes, settings):
+        part = df[df["setting"] == s]
+        g = part.groupby(["method", "step"]).agg(auc=("auc", "mean"), val_acc=("val_acc", "mean"),
+                                                 fit=("fit_flipped", "mean")).reset_index()
+        for m in methods:
+            c = g[g["method"] == m].sort_values("step")
+            if c.empty:
+                continue
+            ax_v.plot(c["val_acc"], c["auc"], "-", color=colours[m], lw=1.5, label=m, zorder=2)
+            ax_v.scatter(c["val_acc"], c["auc"], c=cmap(norm(c["fit"].fillna(0).to_numpy())), s=55,
+                         edgecolors=colours[m], linewidths=1.5, zorder=3)
+            ax_v.scatter(c["val_acc"].iloc[:1], c["auc"].iloc[:1], s=130, facecolors="none", edgecolors=colours[m],
+                         linewidths=1, zorder=3)
+            ax_e.plot(c["step"], c["auc"], "o-", color=colours[m], ms=4, label=m)
+        state = g.groupby("step")[["val_acc", "fit"]].mean()
+        twin = ax_e.twinx()
+        twin.plot(state.index, state["val_acc"], ":", color="k", lw=1.2, label="val accuracy")
+        twin.plot(state.index, state["fit"], "--", color="#6a3d9a", lw=1.2, label="flipped labels fitted")
+        twin.set_ylim(0, 1.02)
+        twin.set_ylabel("val accuracy / share of flipped labels fitted")
+        twin.grid(False)
+        twin.legend(fontsize=7, loc="lower right")
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_v, label="share of flipped labels fitted")
+        ax_v.set_xlabel("validation accuracy of the checkpoint")
+        ax_v.set_ylabel("detection AUC")
+        ax_v.set_title(f"{s}: AUC tracks the model's validation accuracy (big ring: first checkpoint)", fontsize=9)
+        ax_v.legend(fontsize=8, loc="best")
+        ax_e.set_xlabel("training epoch of the checkpoint")
+        ax_e.set_ylabel("detection AUC")
+        ax_e.set_title(f"{s}: along training ({part['seed'].nunique()} seed(s))", fontsize=9)
+    fig.suptitle("Fig. 2: influence computed at each training checkpoint", fontsize=11)
+    return fig
+
+
+@register("fig3_flat_finetuning", inputs=("detection_dynamics.csv",))
+def fig3_flat_finetuning(dynamics: pd.DataFrame) -> Figure:
+    """The paper's Fig. 3: influence along the fine-tuning on S_val (``kind == "flat"`` rows).
+
+    Left: detection AUC of classic influence (``if-cg``) computed AT the fine-tuned model theta_t, and of VM/FVM
+    with t fine-tuning steps, against t (the dotted line: validation accuracy of theta_t, right axis). Middle:
+    the standard deviation of the clean points' scores relative to step 0 -- how far the clean-score
+    distribution shrinks. Right: median |score| of the clean points over that of the flipped points -- below 1,
+    the clean points are squeezed towards 0 relative to the noisy ones. Means over seeds; x axes symlog.
+    """
+    import seaborn as sns
+
+    df = _dynamics_rows(dynamics, "flat")
+    if df.empty:
+        return _note_figure("Fig. 3: flat fine-tuning", "no flat fine-tuning rows in detection_dynamics.csv yet")
+    df, settings = _settings(df)
+    methods = _ordered(df["method"])
+    colours = detection_palette(methods)
+    label = {"if-cg": r"if-cg at $\theta_t$"}
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(14, 3.9 * len(settings)), layout="constrained")
+        axes = fig.subplots(len(settings), 3, squeeze=False)
+    for (ax_a, ax_s, ax_r), s in zip(axes, settings):
+        part = df[df["setting"] == s]
+        g = part.groupby(["method", "step"]).mean(numeric_only=True).reset_index()
+        for m in methods:
+            c = g[g["method"] == m].sort_values("step")
+            if c.empty:
+                continue
+            style = dict(color=colours[m], marker="o", ms=4, label=label.get(m, m),
+                         ls="--" if m in label else "-", zorder=3 if m in PAPER_METHODS else 2)
+            ax_a.plot(c["step"], c["auc"], **style)
+            if "clean_std" in c and c["clean_std"].notna().any():
+                ax_s.plot(c["step"], c["clean_std"] / c["clean_std"].iloc[0], **style)
+            if {"clean_abs_median", "noisy_abs_median"} <= set(c.columns):
+                ax_r.plot(c["step"], c["clean_abs_median"] / c["noisy_abs_median"], **style)
+        if "val_acc" in g:
+            acc = g.groupby("step")["val_acc"].mean()
+            twin = ax_a.twinx()
+            twin.plot(acc.index, acc.to_numpy(), ":", color="k", lw=1, label=r"val accuracy of $\theta_t$")
+            twin.set_ylabel(r"val accuracy of $\theta_t$", fontsize=8)
+            twin.grid(False)
+            twin.legend(fontsize=7, loc="lower right")
+        steps = sorted(g["step"].unique())
+        linthresh = max(1.0, float(min([t for t in steps if t > 0], default=1)))
+        for ax in (ax_a, ax_s, ax_r):
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_xticks(steps, [str(int(t)) for t in steps])
+            ax.set_xlabel("fine-tuning steps t on $S_{val}$")
+        ax_s.set_yscale("log")
+        ax_r.set_yscale("log")
+        ax_r.axhline(1, color="k", lw=0.8, ls=":")
+        ax_a.set_ylabel("detection AUC")
+        ax_a.set_title(f"{s}: finding the flipped labels ({part['seed'].nunique()} seed(s))", fontsize=9)
+        ax_a.legend(fontsize=8, loc="center left")
+        ax_s.set_ylabel("std of clean scores / step 0")
+        ax_s.set_title("spread of the clean points' scores", fontsize=9)
+        ax_r.set_ylabel("median |score|: clean / flipped")
+        ax_r.set_title("clean scores relative to the noisy ones", fontsize=9)
+    fig.suptitle("Fig. 3: classic influence at the fine-tuned model vs VM/FVM along the fine-tuning on $S_{val}$",
+                 fontsize=11)
+    return fig
+
+
+ABLATION_LABELS = {"n_val": "validation points $n_{val}$", "flat_steps": "fine-tuning steps on $S_{val}$",
+                   "damping": r"damping $\lambda$", "hidden": "hidden units of the MLP"}
+
+
+@register("ablation", inputs=("ablation.csv",))
+def ablation(ablation: pd.DataFrame) -> Figure:
+    """Detection AUC against each ablated factor (validation size, fine-tuning steps, damping, width), means over
+    seeds with +-1 std bands; the last panel is FVM - VM paired by seed for each validation size (bars: mean,
+    whiskers: std, dots: seeds; the label gives how many seeds favour FVM) --
+    ``ifkit.experiments.ablation.paired_gap``.
+    """
+    import numpy as np
+    import seaborn as sns
+
+    from ifkit.experiments.ablation import paired_gap
+
+    df = _one_run(ablation).dropna(subset=["auc"]) if "factor" in ablation else ablation.iloc[:0]
+    if df.empty:
+        return _note_figure("Ablations", "no rows with an AUC in ablation.csv yet")
+    factors = [f for f in ABLATION_LABELS if f in set(df["factor"])] + sorted(set(df["factor"]) - set(ABLATION_LABELS))
+    nv = df[df["factor"] == "n_val"]
+    has_gap = {"vm", "fvm"} <= set(nv["method"])
+    with sns.axes_style("whitegrid"):
+        n = len(factors) + has_gap
+        fig = Figure(figsize=(3.9 * n, 3.7), layout="constrained")
+        axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, f in zip(axes, factors):
+        part = df[df["factor"] == f].astype({"value": float})
+        methods = _ordered(part["method"])
+        sns.lineplot(part, x="value", y="auc", hue="method", hue_order=methods, palette=detection_palette(methods),
+                     marker="o", errorbar="sd", ax=ax)
+        values = sorted(part["value"].unique())
+        if f == "damping":
+            ax.set_xscale("log")
+        elif f == "flat_steps":
+            ax.set_xscale("symlog", linthresh=max(1.0, min([v for v in values if v > 0], default=1.0)))
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.set_xlabel(ABLATION_LABELS.get(f, f))
+        ax.set_ylabel("detection AUC")
+        noise = part.iloc[0]
+        ax.set_title(f"{f}: {noise['noise']} {noise['rate']:.0%}, {part['seed'].nunique()} seed(s)", fontsize=9)
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=7)
+    if has_gap:
+        ax = axes[-1]
+        gap = paired_gap(df)
+        pos = np.arange(len(gap))
+        ax.bar(pos, gap["mean"], yerr=gap["std"].fillna(0), color=detection_palette(["fvm"])["fvm"], alpha=0.8,
+               capsize=3)
+        part = nv.pivot_table(index=["value", "seed"], columns="method", values="auc")
+        per_seed = (part["fvm"] - part["vm"]).dropna().reset_index(name="gap")
+        for i, v in enumerate(gap["value"]):
+            g = per_seed[per_seed["value"] == v]["gap"]
+            ax.scatter(np.full(len(g), i) + np.linspace(-0.12, 0.12, len(g)), g, color="k", s=10, zorder=3)
+            top = max(float(g.max()), float(gap["mean"].iloc[i] + np.nan_to_num(gap["std"].iloc[i])), 0.0)
+            ax.annotate(f"{int(gap['wins'].iloc[i])}/{int(gap['n'].iloc[i])}", (i, top), xytext=(0, 4),
+                        textcoords="offset points", ha="center", fontsize=8)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(pos, [f"{v:g}" for v in gap["value"]])
+        ax.set_xlabel("validation points $n_{val}$")
+        ax.set_ylabel("AUC(FVM) - AUC(VM), same seed")
+        ax.set_title("FVM - VM paired by seed (label: seeds FVM wins)", fontsize=9)
+    fig.suptitle(f"Ablations of the detection result ({df['dataset'].iloc[0]})", fontsize=11)
+    return fig
+
+
+RELABEL_METHODS = ("if-lissa", "tracin", "gex", "vm", "fvm", "pred", "pred@theta~")
+CLEANING_METHODS = ("noisy", "remove", "clean")
+
+
+@register("relabel", inputs=("relabel.csv",))
+def relabel(relabel: pd.DataFrame) -> Figure:
+    """Relabeling the flagged training points: per setting and method, bars of means over seeds (whiskers: std).
+
+    Left: relabel accuracy (share of the flagged, truly flipped points whose new label is the clean one).
+    Middle: test accuracy after retraining on the relabelled set; horizontal lines give the retraining references
+    (train on the noisy set as it is, drop FVM's flagged points, train on the clean labels). Right: how often the
+    new label equals the prediction of VM's fine-tuned model theta~ -- near 1, influence relabeling adds nothing
+    over theta~'s prediction. ``pred`` and ``pred@theta~`` relabel FVM's flags with a model's prediction.
+    """
+    import seaborn as sns
+
+    df = _one_run(relabel)
+    if df.empty or "method" not in df:
+        return _note_figure("Relabeling", "no rows in relabel.csv yet")
+    df, settings = _settings(df)
+    methods = [m for m in _ordered(df["method"]) if m not in CLEANING_METHODS]
+    refs = [m for m in CLEANING_METHODS if m in set(df["method"])]
+    colours = detection_palette(methods + refs)
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(max(12.0, 3 * len(settings) * (1 + len(methods) / 6)), 4.0), layout="constrained")
+        axes = fig.subplots(1, 3)
+    panels = (("relabel_acc", "relabel accuracy (flipped & flagged)"),
+              ("retrain_test_acc", "test accuracy after retraining"),
+              ("agree_theta_tilde", r"new label = $\tilde\theta$'s prediction"))
+    rel = df[df["method"].isin(methods)]
+    for ax, (col, ylabel) in zip(axes, panels):
+        data = rel.dropna(subset=[col]) if col in rel else rel.iloc[:0]
+        if len(data):
+            hue = [m for m in methods if m in set(data["method"])]
+            sns.barplot(data, x="setting", y=col, hue="method", order=settings, hue_order=hue, palette=colours,
+                        errorbar="sd", saturation=1, ax=ax, legend=ax is axes[0])
+            for m, bars in zip(hue, ax.containers):  # one container per hue level, in order
+                bars.set_label(m)
+                if m == "pred@theta~":  # the control: theta~'s own prediction
+                    for patch in bars:
+                        patch.set_hatch("//")
+                        patch.set_edgecolor("white")
+        ax.set_xlabel("")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+    ax = axes[1]
+    styles = {"noisy": ":", "remove": "--", "clean": "-"}
+    for j, s in enumerate(settings):
+        for m in refs:
+            v = df[(df["setting"] == s) & (df["method"] == m)]["retrain_test_acc"].mean()
+            if pd.notna(v):
+                ax.hlines(v, j - 0.45, j + 0.45, color=colours[m], ls=styles[m], lw=1.8, label=m if j == 0 else None)
+    if "retrain_test_acc" in df and df["retrain_test_acc"].notna().any():
+        acc = df["retrain_test_acc"].dropna()
+        ax.set_ylim(max(0.0, float(acc.min()) - 0.05), min(1.0, float(acc.max()) + 0.03))
+    # one legend below the panels (the bars fill the axes): relabelling methods, then the retraining references
+    handles, labels = [], []
+    legend = axes[0].get_legend()
+    if legend is not None:
+        handles, labels = list(legend.legend_handles), [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+        if lab in refs:
+            handles.append(h)
+            labels.append(f"retrain on {lab}")
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False,
+                   title="new label by (bars) / retraining references (lines)", title_fontsize=8)
+    fig.suptitle(f"Relabeling the flagged points ({df['dataset'].iloc[0]}, seeds: {df['seed'].nunique()})",
+                 fontsize=11)
+    return fig

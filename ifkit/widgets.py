@@ -705,3 +705,395 @@ def plot_snapshot_scores(scores_by_step: Mapping[int, Mapping[str, ArrayLike]], 
 
 __all__ += ["plot_flat_trajectories", "plot_influence_along_finetuning", "plot_loss_change_split",
             "plot_method_aucs", "plot_parameter_change", "plot_snapshot_scores", "plot_taylor_terms"]
+
+
+def plot_top_examples(pairwise: Mapping[str, ArrayLike] | ArrayLike, query_texts: Sequence[str],
+                      train_texts: Sequence[str], cls_train: ArrayLike, cls_query: ArrayLike, query: int = 0,
+                      method: str | None = None, k: int = 5) -> Figure:
+    """The ``k`` most helpful training examples of one query (most negative ``pairwise``), as a text figure.
+
+    Green lines share the query's class (the protocol's hits), red ones do not.
+
+    Args:
+        pairwise: (n_queries, n_train) influence matrix, or {method: matrix} (then ``method`` picks one).
+        query_texts: (n_queries,) readable queries; train_texts: (n_train,) readable training examples.
+        cls_train, cls_query: class ids of the training points and of the queries.
+        query: which query to show.
+        method: key of ``pairwise`` when it is a dict (default: its first key).
+        k: how many training examples to list.
+
+    Returns:
+        A Figure with one axis of text: the query, then its top-k training examples with their influence.
+    """
+    if isinstance(pairwise, Mapping):
+        if not pairwise:
+            raise ValueError("pairwise is an empty dict: pass {method: (n_queries, n_train) matrix}")
+        method = method if method is not None else next(iter(pairwise))
+        if method not in pairwise:
+            raise ValueError(f"no pairwise scores for method {method!r}; available: {list(pairwise)}")
+        P = _np(pairwise[method])
+    else:
+        P = _np(pairwise)
+    ct, cq = _np(cls_train), _np(cls_query)
+    if P.ndim != 2 or P.shape != (len(query_texts), len(train_texts)) or len(ct) != P.shape[1] or len(cq) != P.shape[0]:
+        raise ValueError(f"pairwise must be (n_queries, n_train) = ({len(query_texts)}, {len(train_texts)}) with "
+                         f"matching class arrays, got {P.shape}, cls_train {len(ct)}, cls_query {len(cq)}")
+    if not 0 <= query < len(P):
+        raise ValueError(f"query={query} is out of range [0, {len(P)})")
+    top = np.argsort(P[query], kind="stable")[: min(k, P.shape[1])]  # most negative = most helpful first
+    hits = int((ct[top] == cq[query]).sum())
+    fig = Figure(figsize=(9, 0.32 * (len(top) + 2) + 0.3), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    n = len(top) + 2
+    ax.text(0, 1, f"query {query}: {query_texts[query]}", va="top", fontsize=9, weight="bold", family="monospace")
+    for r, i in enumerate(top, 1):
+        same = ct[i] == cq[query]
+        ax.text(0.02, 1 - (r + 0.6) / n, f"{r}. {train_texts[i]}   ({P[query, i]:+.3g})", va="top", fontsize=8,
+                family="monospace", color="#2ca02c" if same else FLIPPED_COLOUR)
+    fig.suptitle(f"{method or 'influence'}: top {len(top)} most helpful training examples, {hits} of the "
+                 "query's class", fontsize=10)
+    return fig
+
+
+__all__ += ["plot_top_examples"]
+
+
+def plot_top_images(
+    query_images: ArrayLike,
+    train_images: ArrayLike,
+    pairwise,
+    train_style: ArrayLike,
+    query_style: ArrayLike,
+    query: int = 0,
+    method: str | None = None,
+    k: int = 5,
+    style_names: Sequence[str] | None = None,
+) -> Figure:
+    """A query image and its k most helpful training images (most negative pairwise influence first).
+
+    Each training image is framed green when it has the query's style (the ground truth of the image generation
+    experiment), red otherwise; titles give the style and the influence.
+
+    Args:
+        query_images: (n_queries, 1, H, W) or (n_queries, H, W) images.
+        train_images: (n_train, 1, H, W) or (n_train, H, W) images.
+        pairwise: (n_queries, n_train) influences, or a dict {method: such a matrix} (then ``method`` picks one;
+            default the first).
+        train_style, query_style: style id of every training image / query.
+        query: which query to show.
+        method: the method's name (title; the key when ``pairwise`` is a dict).
+        k: how many training images.
+        style_names: names of the style ids (default: the ids).
+    """
+    if isinstance(pairwise, Mapping):
+        if not pairwise:
+            raise ValueError("pairwise is an empty dict: pass {method: (n_queries, n_train) matrix}")
+        method = method if method is not None else next(iter(pairwise))
+        if method not in pairwise:
+            raise ValueError(f"no pairwise scores for method {method!r}; available: {list(pairwise)}")
+        pairwise = pairwise[method]
+    P, Q, T = _np(pairwise), _np(query_images), _np(train_images)
+    st, sq = _np(train_style), _np(query_style)
+    if P.ndim != 2 or P.shape != (len(Q), len(T)) or len(st) != len(T) or len(sq) != len(Q):
+        raise ValueError(f"pairwise must be (n_queries, n_train) = ({len(Q)}, {len(T)}) with one style per image, "
+                         f"got {P.shape}, {len(st)} train styles, {len(sq)} query styles")
+    if not 0 <= query < len(P):
+        raise ValueError(f"query={query} is out of range [0, {len(P)})")
+    name = (lambda s: style_names[int(s)]) if style_names is not None else (lambda s: str(int(s)))  # noqa: E731
+    top = np.argsort(P[query], kind="stable")[: min(k, P.shape[1])]  # most negative = most helpful first
+    fig = Figure(figsize=(1.5 * (len(top) + 1), 2.0), layout="constrained")
+    axes = fig.subplots(1, len(top) + 1, squeeze=False)[0]
+    panels = [(Q[query], f"query\n{name(sq[query])}", "black")]
+    panels += [(T[i], f"#{r} {name(st[i])}\n{P[query, i]:+.2g}", "#2ca02c" if st[i] == sq[query] else FLIPPED_COLOUR)
+               for r, i in enumerate(top, 1)]
+    for ax, (img, title, colour) in zip(axes, panels):
+        ax.imshow(np.asarray(img).reshape(img.shape[-2], img.shape[-1]), cmap="gray", vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_color(colour)
+            side.set_linewidth(3)
+        ax.set_title(title, fontsize=8, color=colour)
+    hits = int((st[top] == sq[query]).sum())
+    fig.suptitle(f"{method or 'influence'}: top {len(top)} most helpful training images, {hits} of the query's style",
+                 fontsize=9)
+    return fig
+
+
+__all__ += ["plot_top_images"]
+
+
+# ------------------------------------------------------------------ notebooks 05 and 06: detection, relabeling
+def _detection_colour(name: str) -> str:
+    """The colour of a detection/relabel method or reference, as in figures/detection_table.png."""
+    from .figures import DETECTION_PALETTE, METHOD_PALETTE
+
+    return METHOD_PALETTE.get(name) or DETECTION_PALETTE.get(name) or _colour(name)
+
+
+def plot_roc(scores_by_method: Mapping[str, ArrayLike], flipped: ArrayLike, ax=None, title: str | None = None) -> Figure:
+    """ROC curves of several detectors of the flipped labels (scores: higher = more suspicious).
+
+    Args:
+        scores_by_method: {method: (n,) scores}; the legend gives each method's AUC, best first.
+        flipped: (n,) bool, True where the training label was corrupted.
+        ax: draw on this axis (its figure is returned) instead of a new figure.
+        title: axis title (default: "ROC of the flipped labels").
+
+    Returns:
+        The Figure holding the axis; one line per method plus the dashed chance diagonal.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    f = _np(flipped).astype(bool)
+    if not 0 < f.sum() < len(f):
+        raise ValueError(f"flipped must mark some but not all points, got {int(f.sum())} of {len(f)}")
+    curves = {}
+    for method, s in scores_by_method.items():
+        s = _np(s).astype(float)
+        if s.shape != f.shape:
+            raise ValueError(f"scores_by_method[{method!r}] has shape {s.shape} but flipped has shape {f.shape}")
+        fpr, tpr, _ = roc_curve(f, s)
+        curves[method] = (fpr, tpr, roc_auc_score(f, s))
+    if ax is None:
+        with sns.axes_style(STYLE):
+            fig = Figure(figsize=(4.6, 4.2), layout="constrained")
+            ax = fig.subplots()
+    for method, (fpr, tpr, auc) in sorted(curves.items(), key=lambda kv: -kv[1][2]):
+        ax.plot(fpr, tpr, color=_detection_colour(method), lw=2.2 if method.lower().startswith(("vm", "fvm")) else 1.4,
+                ls="--" if _is_control(method) else "-", label=f"{method} ({auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="k", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (clean points flagged)")
+    ax.set_ylabel("true positive rate (flips found)")
+    ax.legend(fontsize=7, title="method (AUC)", title_fontsize=7, loc="lower right")
+    ax.set_title(title or "ROC of the flipped labels")
+    return ax.figure
+
+
+def plot_noise_models(y_clean: ArrayLike, noisy: Mapping[str, ArrayLike], classes: Sequence[str] | None = None) -> Figure:
+    """How each noise model moves labels: P(given label | clean label) as a heatmap per model, in percent.
+
+    Args:
+        y_clean: (n,) clean labels.
+        noisy: {noise model: (n,) noisy labels of the same points}.
+        classes: class names for the axes (default: the label numbers).
+
+    Returns:
+        A Figure with one heatmap per noise model; the title gives the share of labels changed.
+    """
+    y = _np(y_clean).astype(int)
+    C = int(max(y.max(), *(int(_np(v).max()) for v in noisy.values()))) + 1
+    names = list(classes) if classes is not None else [str(c) for c in range(C)]
+    fig = Figure(figsize=(3.9 * len(noisy), 3.7), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(noisy)))
+    for ax, (kind, given) in zip(axes, noisy.items()):
+        g = _np(given).astype(int)
+        if g.shape != y.shape:
+            raise ValueError(f"noisy[{kind!r}] has shape {g.shape} but y_clean has shape {y.shape}")
+        counts = np.zeros((C, C))
+        np.add.at(counts, (y, g), 1)
+        T = 100 * counts / np.maximum(counts.sum(1, keepdims=True), 1)  # (C, C) rows: clean, columns: given
+        sns.heatmap(T, ax=ax, cmap="Reds", vmin=0, vmax=100, annot=C <= 10, fmt=".0f", cbar=ax is axes[-1],
+                    annot_kws={"fontsize": 6}, xticklabels=names, yticklabels=names, square=True)
+        ax.set_xlabel("given (noisy) label")
+        ax.set_ylabel("clean label")
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{kind}: {100 * (g != y).mean():.0f}% flipped", fontsize=10)
+    fig.suptitle("P(given label | clean label), %")
+    return fig
+
+
+def plot_suggested_labels(
+    images: ArrayLike,
+    given: ArrayLike,
+    suggested: ArrayLike,
+    clean: ArrayLike,
+    classes: Sequence[str] | None = None,
+    n: int = 16,
+    ncols: int = 8,
+    title: str | None = None,
+) -> Figure:
+    """Flagged training images (in the order given, most suspicious first) with their given and suggested labels.
+
+    Title of each panel: "given -> suggested" and the clean label; green when the suggestion equals the clean
+    label, red when it does not. Panels whose given label was already clean (a false alarm) are framed grey.
+
+    Args:
+        images: (m, H, W) or (m, 1, H, W) images of the flagged points (m >= 1).
+        given: (m,) labels the model was trained on; suggested: (m,) proposed labels; clean: (m,) true labels.
+        classes: class names (default: the label numbers).
+        n: how many panels (at most m).
+        ncols: panels per row.
+        title: figure title (default: how many suggestions are right).
+
+    Returns:
+        A Figure with ``min(n, m)`` image axes.
+    """
+    imgs, g, s, c = _np(images), _np(given).astype(int), _np(suggested).astype(int), _np(clean).astype(int)
+    if imgs.ndim == 4:
+        imgs = imgs[:, 0]
+    if imgs.ndim == 2:  # flattened square images, e.g. (m, 64) digits
+        side = int(round(math.sqrt(imgs.shape[1])))
+        imgs = imgs.reshape(len(imgs), side, side)
+    if not (len(imgs) == len(g) == len(s) == len(c)) or len(g) == 0:
+        raise ValueError(f"images, given, suggested and clean must have the same non-zero length, got "
+                         f"{len(imgs)}, {len(g)}, {len(s)}, {len(c)}")
+    m = min(n, len(g))
+    name = (lambda k: classes[k]) if classes is not None else str
+    rows, cols = _grid(m, ncols)
+    fig = Figure(figsize=(1.45 * cols, 1.7 * rows + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for i, ax in enumerate(axes[:m]):
+        ax.imshow(imgs[i], cmap="gray_r")
+        right = s[i] == c[i]
+        ax.set_title(f"{name(g[i])} -> {name(s[i])}\nclean: {name(c[i])}", fontsize=7,
+                     color="#2ca02c" if right else FLIPPED_COLOUR)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if g[i] == c[i]:  # flagged, but the given label was right
+            for side in ax.spines.values():
+                side.set_color(CLEAN_COLOUR)
+                side.set_linewidth(3)
+    for ax in axes[m:]:
+        fig.delaxes(ax)
+    ok = int((s[:m] == c[:m]).sum())
+    fig.suptitle(title or f"given -> suggested label: {ok} of {m} suggestions are the clean label (green); "
+                 "grey frame: the given label was right", fontsize=9)
+    return fig
+
+
+def plot_hurt_queries(
+    train_image: ArrayLike,
+    query_images: ArrayLike,
+    influence: ArrayLike,
+    query_labels: ArrayLike,
+    given: int,
+    clean: int | None = None,
+    classes: Sequence[str] | None = None,
+    k: int = 6,
+    title: str | None = None,
+) -> Figure:
+    """One training point and the ``k`` queries whose loss it raises most (largest positive ``pairwise``).
+
+    What a pairwise influence adds to a harmfulness score: *whom* a suspicious training point hurts. A flipped
+    image typically hurts the validation images of its true class (it pulls them towards its wrong label).
+
+    Args:
+        train_image: (H, W) or (1, H, W) image of the training point.
+        query_images: (n_queries, ...) images of the queries (e.g. S_val).
+        influence: (n_queries,) ``ifkit.pairwise(...)[:, i]``: positive = the point raises that query's loss.
+        query_labels: (n_queries,) labels of the queries.
+        given: the training point's given label; clean: its clean label when known (frames matching queries green).
+        classes: class names (default: the label numbers).
+        k: how many queries.
+        title: figure title.
+
+    Returns:
+        A Figure with ``1 + min(k, n_queries)`` image axes.
+    """
+    Q, infl, ql = _np(query_images), _np(influence).astype(float), _np(query_labels).astype(int)
+    if not (len(Q) == len(infl) == len(ql)):
+        raise ValueError(f"query_images, influence and query_labels must have the same length, got "
+                         f"{len(Q)}, {len(infl)}, {len(ql)}")
+    name = (lambda c: classes[c]) if classes is not None else str
+    top = np.argsort(-infl, kind="stable")[: min(k, len(infl))]  # most harmed first
+    img = _np(train_image)
+    side = int(round(math.sqrt(img.size)))
+    fig = Figure(figsize=(1.5 * (len(top) + 1), 2.1), layout="constrained")
+    axes = fig.subplots(1, len(top) + 1, squeeze=False)[0]
+    label = f"train: given {name(given)}" + (f"\nclean {name(clean)}" if clean is not None else "")
+    panels = [(img.reshape(side, side), label, FLIPPED_COLOUR if clean is not None and clean != given else "k")]
+    for i in top:
+        colour = "#2ca02c" if clean is not None and ql[i] == clean else "k"
+        panels.append((Q[i].reshape(side, side), f"val {name(ql[i])}\n{infl[i]:+.3g}", colour))
+    for ax, (im, text, colour) in zip(axes, panels):
+        ax.imshow(im, cmap="gray_r")
+        ax.set_title(text, fontsize=7, color=colour)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_color(colour)
+            s.set_linewidth(2)
+    fig.suptitle(title or f"the {len(top)} validation points this training point hurts most (green: its clean class)",
+                 fontsize=9)
+    return fig
+
+
+def plot_detection_dashboard(
+    dataset: str = "digits",
+    noise: str = "symmetric",
+    rate: float = 0.3,
+    method: str = "vm",
+    seed: int = 0,
+    n_train: int = 400,
+    n_val: int = 150,
+    epochs: int = 300,
+    k: int = 8,
+) -> Figure:
+    """One detection setting end to end, for an ``interact`` over dataset / noise / rate / method.
+
+    Builds the split and the memorising MLP with ``ifkit.experiments.detection`` (digits: ``D.FAST`` resized;
+    fashion: 14x14 Fashion-MNIST), scores every training point with ``method`` and shows: the score histograms of
+    flipped vs clean points, the ROC of ``method`` against the training loss at theta* (the simplest reference),
+    and the ``k`` most suspicious images. Training runs are cached by ``detection.prepare`` per (config, noise,
+    rate, seed): a notebook that prepared the same setting before pays only for the scores.
+
+    Returns:
+        A Figure: two axes on top, ``k`` image axes below.
+    """
+    from dataclasses import replace
+
+    from ifkit.experiments import detection as D
+
+    methods = D.INFLUENCE + D.REFERENCE
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose from {methods}")
+    cfg = replace(D.FAST, n_train=n_train, n_val=n_val, epochs=epochs, progress=False)
+    if dataset == "fashion":
+        cfg = replace(cfg, dataset="fashion", image_size=14, n_test=1000)
+    elif dataset != "digits":
+        raise ValueError(f"unknown dataset {dataset!r}; use 'digits' or 'fashion'")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # models this small run fastest on one thread (and a busy machine hurts 2 less)
+    try:
+        s = D.prepare(cfg, noise, float(rate), seed)
+        scores = {method: D.score_method(method, s, seed, {})}
+        if method != "loss":
+            scores["loss"] = D.score_method("loss", s, seed, {})
+        state = D.model_state(s)
+    finally:
+        torch.set_num_threads(threads)
+    flipped = s.flipped
+    fig = Figure(figsize=(11, 6.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[3, 1.5])
+    with sns.axes_style(STYLE):
+        ax_h, ax_r = top.subplots(1, 2)
+    sc = _np(scores[method]).astype(float)
+    f = _np(flipped).astype(bool)
+    edges = np.histogram_bin_edges(sc, bins=30)
+    sns.histplot(sc[~f], bins=edges, ax=ax_h, color=CLEAN_COLOUR, label="clean", stat="density", alpha=0.5)
+    sns.histplot(sc[f], bins=edges, ax=ax_h, color=FLIPPED_COLOUR, label="flipped", stat="density", alpha=0.5)
+    ax_h.set_xlabel(f"{method} score (higher = more suspicious)")
+    ax_h.legend(fontsize=8)
+    ax_h.set_title(f"{dataset}, {noise} {rate:.0%}: network fits {state['fit_flipped']:.0%} of the flips, "
+                   f"test acc {state['test_acc']:.2f}", fontsize=9)
+    plot_roc(scores, flipped, ax=ax_r, title=f"{method} vs the training loss at theta*")
+    order = np.argsort(-sc, kind="stable")[:k]  # (k,) most suspicious first
+    axes = np.atleast_1d(bottom.subplots(1, k))
+    X = _np(s.train[0])
+    names = s.split.classes
+    given, clean = _np(s.train[1]).astype(int), _np(s.split.y_train_clean).astype(int)
+    for ax, i in zip(axes, order):
+        ax.imshow(X[i].reshape(X.shape[-2], X.shape[-1]), cmap="gray_r")
+        ax.set_title(f"given {names[given[i]]}\nclean {names[clean[i]]}", fontsize=7,
+                     color=FLIPPED_COLOUR if given[i] != clean[i] else CLEAN_COLOUR)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bottom.suptitle(f"top {k} suspects of {method}: {int(f[order].sum())} mislabelled (red)", fontsize=9)
+    return fig
+
+
+__all__ += ["plot_detection_dashboard", "plot_hurt_queries", "plot_noise_models", "plot_roc", "plot_suggested_labels"]
