@@ -100,3 +100,29 @@ def test_ablation_rows_and_the_paired_gap(tmp_path):
     one = df[(df.factor == "n_val") & (df.value == 30)].pivot(index="seed", columns="method", values="auc")
     assert gap.loc[0, "mean"] == pytest.approx((one.fvm - one.vm).mean())
     assert len(A.measure(cfg, None, tmp_path / "ablation.csv")) == len(df)  # resumed, nothing recomputed
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_an_interrupted_run_keeps_finished_rows_and_resumes(tmp_path, monkeypatch):
+    """A run killed after its first method keeps that row; the rerun computes only the missing method."""
+    path = tmp_path / "detection.csv"
+    calls, killed = [], []
+    real = D.score_method
+
+    def flaky(method, *args):
+        calls.append(method)
+        if method == "graddot" and not killed:
+            killed.append(True)
+            raise _Killed  # the run dies during the second method
+        return real(method, *args)
+
+    monkeypatch.setattr(D, "score_method", flaky)
+    with pytest.raises(_Killed):
+        D.measure(TINY, [0], path, methods=("loss", "graddot"))
+    assert list(pd.read_csv(path).method) == ["loss"]
+    calls.clear()
+    df = D.measure(TINY, [0], path, methods=("loss", "graddot"))
+    assert calls == ["graddot"] and sorted(df.method) == ["graddot", "loss"]
