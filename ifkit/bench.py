@@ -21,8 +21,8 @@ seconds_min, seconds_max, examples_per_s, ratio, fast, note. A rerun keeps the r
 (delete it to measure again); the file is rewritten atomically after every measurement.
 
 Run: ``IFKIT_FAST=1 ifkit bench`` (~5 min on 2 free cores, half of it if-lissa, VM and FVM) or ``ifkit bench``
-(hours: if-lissa's default 500 Gauss-Newton products plus 30 power iterations over all n_train points dominate;
-40 s per call at 8k, so ~3 min per call, 3 repeats, at 32k).
+(tens of minutes: 3 repeats of every method at 32k; above 4,096 training points if-lissa uses mini-batch
+products, so it no longer dominates as it did with full-batch products, 40 s per call at 8k).
 """
 
 from __future__ import annotations

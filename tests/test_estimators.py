@@ -167,3 +167,23 @@ def test_dataset_inputs_are_accepted(logreg):
     torch.testing.assert_close(
         ifkit.score("graddot", model, ds, val), ifkit.score("graddot", model, (X, y), val)
     )
+
+
+def test_lissa_switches_to_seeded_minibatches_above_the_threshold(tiny_mlp, monkeypatch):
+    """Above LISSA_FULL_MAX training points LiSSA uses mini-batch products (still bit-reproducible by seed) and
+    its scores rank the points like the full-batch ones."""
+    from scipy.stats import spearmanr
+
+    from ifkit import estimators
+
+    model, train, val, _ = tiny_mlp
+    full = ifkit.score("if-lissa", model, train, val, damping=0.1)
+    assert torch.equal(full, ifkit.score("if-lissa", model, train, val, damping=0.1, lissa_batch="full"))
+    monkeypatch.setattr(estimators, "LISSA_FULL_MAX", 100)  # 200 training points are now "large"
+    monkeypatch.setattr(estimators, "LISSA_AUTO_BATCH", 64)
+    auto = ifkit.score("if-lissa", model, train, val, damping=0.1)
+    assert not torch.equal(auto, full)  # it did change path
+    assert torch.equal(auto, ifkit.score("if-lissa", model, train, val, damping=0.1))  # seeded: identical
+    assert spearmanr(auto.numpy(), full.numpy())[0] > 0.95
+    with pytest.raises(ValueError, match="lissa_batch"):
+        ifkit.score("if-lissa", model, train, val, lissa_batch=-3)
