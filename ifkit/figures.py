@@ -501,6 +501,7 @@ def detection_table(detection: pd.DataFrame) -> Figure:
     ax_h.set_xlabel("")
     ax_h.set_ylabel("")
     ax_h.tick_params(axis="y", rotation=0)
+    ax_h.tick_params(axis="x", rotation=0, labelsize=8)
     _style_method_labels(ax_h.get_yticklabels())
     # forest plot on the heatmap's rows (row i spans y in [i, i+1], top to bottom)
     markers = "osD^vPX*"
@@ -526,9 +527,9 @@ def detection_table(detection: pd.DataFrame) -> Figure:
     seeds = df.groupby(["method", "setting"])["seed"].nunique()
     n_train = f"n_train={int(df['n_train'].max())}, " if "n_train" in df else ""
     n_val = f"n_val={int(df['n_val'].iloc[0])}, " if "n_val" in df else ""
-    fig.suptitle(f"Mislabel detection on {df['dataset'].iloc[0]} ({n_train}{n_val}seeds per cell: "
-                 f"{seeds.min()}-{seeds.max()}); bold: the paper's methods, italic: non-influence references",
-                 fontsize=10)
+    n_seeds = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+    fig.suptitle(f"Mislabel detection on {df['dataset'].iloc[0]} ({n_train}{n_val}seeds per cell: {n_seeds}); "
+                 "bold: the paper's methods, italic: non-influence references", fontsize=10)
     return fig
 
 
@@ -601,9 +602,10 @@ def fig3_flat_finetuning(dynamics: pd.DataFrame) -> Figure:
 
     Left: detection AUC of classic influence (``if-cg``) computed AT the fine-tuned model theta_t, and of VM/FVM
     with t fine-tuning steps, against t (the dotted line: validation accuracy of theta_t, right axis). Middle:
-    the standard deviation of the clean points' scores relative to step 0 -- how far the clean-score
-    distribution shrinks. Right: median |score| of the clean points over that of the flipped points -- below 1,
-    the clean points are squeezed towards 0 relative to the noisy ones. Means over seeds; x axes symlog.
+    the median |score| of the clean points relative to step 0 (``clean_abs_median``; ``clean_std`` when the
+    median is not recorded) -- the clean scores' collapse towards 0. Right: median |score| of the clean points
+    over that of the flipped points -- below 1, the clean points are squeezed towards 0 relative to the noisy
+    ones. Means over seeds; x axes symlog.
     """
     import seaborn as sns
 
@@ -627,8 +629,10 @@ def fig3_flat_finetuning(dynamics: pd.DataFrame) -> Figure:
             style = dict(color=colours[m], marker="o", ms=4, label=label.get(m, m),
                          ls="--" if m in label else "-", zorder=3 if m in PAPER_METHODS else 2)
             ax_a.plot(c["step"], c["auc"], **style)
-            if "clean_std" in c and c["clean_std"].notna().any():
-                ax_s.plot(c["step"], c["clean_std"] / c["clean_std"].iloc[0], **style)
+            spread = next((col for col in ("clean_abs_median", "clean_std") if col in c and c[col].notna().any()),
+                          None)
+            if spread is not None:
+                ax_s.plot(c["step"], c[spread] / c[spread].iloc[0], **style)
             if {"clean_abs_median", "noisy_abs_median"} <= set(c.columns):
                 ax_r.plot(c["step"], c["clean_abs_median"] / c["noisy_abs_median"], **style)
         if "val_acc" in g:
@@ -650,8 +654,8 @@ def fig3_flat_finetuning(dynamics: pd.DataFrame) -> Figure:
         ax_a.set_ylabel("detection AUC")
         ax_a.set_title(f"{s}: finding the flipped labels ({part['seed'].nunique()} seed(s))", fontsize=9)
         ax_a.legend(fontsize=8, loc="center left")
-        ax_s.set_ylabel("std of clean scores / step 0")
-        ax_s.set_title("spread of the clean points' scores", fontsize=9)
+        ax_s.set_ylabel("median |score| of clean points / step 0")
+        ax_s.set_title("the clean points' scores collapse towards 0", fontsize=9)
         ax_r.set_ylabel("median |score|: clean / flipped")
         ax_r.set_title("clean scores relative to the noisy ones", fontsize=9)
     fig.suptitle("Fig. 3: classic influence at the fine-tuned model vs VM/FVM along the fine-tuning on $S_{val}$",

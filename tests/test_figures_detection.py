@@ -199,9 +199,12 @@ def test_dynamics_figures_with_one_kind_missing(kinds):
         assert isinstance(fig, Figure) and _renders(fig)
 
 
-def test_fig3_without_the_spread_columns():
-    df = dynamics_frame(kinds=("flat",)).drop(columns=["clean_std", "clean_abs_median", "noisy_abs_median"])
-    assert _renders(figures.fig3_flat_finetuning(df))
+@pytest.mark.parametrize("dropped", [["clean_std", "clean_abs_median", "noisy_abs_median"], ["clean_abs_median"]])
+def test_fig3_without_some_spread_columns(dropped):
+    df = dynamics_frame(kinds=("flat",)).drop(columns=dropped)
+    fig = figures.fig3_flat_finetuning(df)
+    assert _renders(fig)
+    assert len(fig.axes[1].get_lines()) == (3 if "clean_std" in df else 0)  # falls back to clean_std
 
 
 # ------------------------------------------------------------------------------------------------ ablation
