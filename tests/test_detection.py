@@ -60,9 +60,9 @@ def test_relabel_new_labels_and_rows(setting, tmp_path):
     idx = torch.nonzero(s.flipped).flatten()[:10]
     new = R.new_labels("vm", s, idx, seed=0)
     assert new.shape == (10,) and ((new >= 0) & (new < 10)).all()
-    cfg = R.Config(TINY, settings=(("symmetric", 0.3),), methods=("vm", "pred@theta~", "noisy"), progress=False)
+    cfg = R.Config(TINY, settings=(("symmetric", 0.3),), methods=("vm", "pred@theta~", "pred@fvm-theta~", "noisy"), progress=False)
     df = R.measure(cfg, [0], tmp_path / "relabel.csv")
-    assert set(df.method) == {"vm", "pred@theta~", "noisy"}
+    assert set(df.method) == {"vm", "pred@theta~", "pred@fvm-theta~", "noisy"}
     assert df.retrain_test_acc.between(0, 1).all()
     vm = df[df.method == "vm"].iloc[0]
     assert 0 <= vm.relabel_acc <= 1 and 0 <= vm.agree_theta_tilde <= 1

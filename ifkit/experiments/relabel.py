@@ -14,8 +14,8 @@ Protocol (same settings and memorising model as ``detection``):
 2. New label of a flagged (x, y): the class c minimising the method's own score of (x, c) --
    ``ifkit.score(method, model, train, val, candidates=(x repeated, 0..C-1))``, so every training-set quantity
    (curvature, checkpoints, ensemble) still comes from the real training set.
-3. Baselines on FVM's flags: the trained model's prediction (``pred``) and the prediction of VM's fine-tuned
-   model theta~ (``pred@theta~``); and two data-cleaning references: train on the noisy set as it is
+3. Baselines on FVM's flags: the trained model's prediction (``pred``) and the predictions of VM's and FVM's
+   fine-tuned models theta~ (``pred@theta~``, ``pred@fvm-theta~``); and two data-cleaning references: train on the noisy set as it is
    (``noisy``), or drop FVM's flagged points (``remove``); ``clean`` retrains on the true labels (the ceiling).
 """
 
@@ -35,6 +35,8 @@ import ifkit
 from ifkit import metrics
 from ifkit.experiments import detection as D
 from ifkit.experiments import register
+from ifkit.flat import flat_finetune
+from ifkit.flat_influence import FVM_DEFAULTS
 from ifkit.results import ResultsTable
 from ifkit.train import evaluate, train
 
@@ -43,7 +45,7 @@ KEY = ["dataset", "noise", "rate", "seed", "method"]
 REQUIRED = ["retrain_test_acc"]
 
 INFLUENCE = ("if-lissa", "tracin", "gex", "vm", "fvm")  # the paper's relabeling comparison
-BASELINES = ("pred", "pred@theta~")  # relabel FVM's flags with a model's prediction
+BASELINES = ("pred", "pred@theta~", "pred@fvm-theta~")  # relabel FVM's flags with a model's prediction
 CLEANING = ("noisy", "remove", "clean")  # retrain references
 
 
@@ -117,6 +119,8 @@ def _relabel_row(method: str, s: D.Setting, seed: int, flags: dict[str, Tensor],
             new = s.run.model(X[idx]).argmax(1)
     elif method == "pred@theta~":
         new = cache["tilde_pred"][idx]
+    elif method == "pred@fvm-theta~":
+        new = cache["fvm_tilde_pred"][idx]
     else:
         new = new_labels(method, s, idx, seed)
     seconds = time.perf_counter() - start
@@ -131,6 +135,7 @@ def _relabel_row(method: str, s: D.Setting, seed: int, flags: dict[str, Tensor],
         "relabel_acc": metrics.relabel_accuracy(new[hit], clean[idx][hit]) if hit.any() else float("nan"),
         "relabel_acc_flagged": metrics.relabel_accuracy(new, clean[idx]),
         "agree_theta_tilde": float((new == cache["tilde_pred"][idx]).float().mean()),
+        "agree_fvm_theta_tilde": float((new == cache["fvm_tilde_pred"][idx]).float().mean()),
         "changed": float((new != y[idx]).float().mean()),
         "seconds": seconds,
         "retrain_test_acc": retrain_accuracy(s, X, yr, seed),
@@ -155,8 +160,10 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path) -> pd.DataFrame
             k = int(s.flipped.sum())
             cache: dict = {}
             tilde = D.theta_tilde(s, seed)
+            fvm_tilde = flat_finetune(s.run.model, s.val, seed=seed, progress=False, **FVM_DEFAULTS).model
             with torch.no_grad():
-                cache["tilde_pred"] = tilde(s.train[0]).argmax(1)  # (n,)
+                cache["tilde_pred"] = tilde(s.train[0]).argmax(1)  # (n,) VM's theta~
+                cache["fvm_tilde_pred"] = fvm_tilde(s.train[0]).argmax(1)  # (n,) FVM's (LPF-SGD) theta~
             flags = {}
             for m in {m if m in INFLUENCE else "fvm" for m in todo}:
                 flags[m] = torch.topk(D.score_method(m, s, seed, {}), k).indices  # (k,) most harmful first
