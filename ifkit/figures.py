@@ -114,7 +114,8 @@ def save_all(results_dir: str | Path, out_dir: str | Path, names: Iterable[str] 
         producer = FIGURES[name]
         missing = [f for f in producer.inputs if not (results_dir / f).is_file()]
         if missing:
-            print(f"skip {name}: {', '.join(missing)} not in {results_dir} (run `ifkit reproduce` first)")
+            how = "ifkit bench" if missing == ["bench.csv"] else "ifkit reproduce"
+            print(f"skip {name}: {', '.join(missing)} not in {results_dir} (run `{how}` first)")
             continue
         frames = [pd.read_csv(results_dir / f) for f in producer.inputs]
         path = save_figure(producer.fn(*frames), out_dir / f"{name}.png")

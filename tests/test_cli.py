@@ -175,3 +175,10 @@ def test_parallel_workers_run_as_subprocesses(tmp_path, monkeypatch):
     assert cli._reproduce_parallel([["theory"], ["detection", "relabel"]], True, 1, tmp_path) == 0
     assert [c[4] for c in started] == ["theory", "detection,relabel"] and all("--fast" in c for c in started)
     assert cli._reproduce_parallel([["broken"], ["theory"]], False, 2, tmp_path) == 1
+
+
+def test_figures_names_the_command_that_makes_a_missing_input(tmp_path, capsys):
+    figures.save_all(tmp_path, tmp_path / "figs", names=["bench", "theory_bound"])
+    out = capsys.readouterr().out
+    assert "skip bench: bench.csv" in out and "`ifkit bench`" in out
+    assert "skip theory_bound" in out and "`ifkit reproduce`" in out
