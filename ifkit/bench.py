@@ -3,8 +3,9 @@
 Two parts, one tidy CSV (results/bench.csv, one row per measurement):
 
 * part "throughput": three ways to get the n training dot products G @ v that every linear score needs, timed
-  round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``func.iter_grads``,
-  vmap(grad) in chunks of 256, each (256, p) block times v), "jvp-dots" (``func.grad_dots``: one forward-mode
+  round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``layerwise.iter_grads``,
+  what ``score`` streams: outer products e_i x_i^T for networks of Linear layers, else vmap(grad); chunks of 256,
+  each (256, p) block times v), "jvp-dots" (``func.grad_dots``: one forward-mode
   JVP per chunk of 2048, no gradient block is formed; what graddot, TracIn, CG, LiSSA, DataInf's last pass and
   EK-FAC use) and "batched-backward" (a plain forward+backward of the mean loss on batches of 256: the cost of
   one training epoch, the yardstick). ``ratio`` = the method's seconds / batched seconds, the median over
@@ -88,7 +89,7 @@ def _data(n: int, seed: int):
 def _throughput(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from ifkit import func
+    from ifkit import func, layerwise
 
     torch.manual_seed(0)
     model = _model(job["model"], tuple(job["hidden"]))
@@ -98,7 +99,7 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
     base = _peak_mb()
 
     def per_sample() -> None:
-        for _, G in func.iter_grads(prob, X, y, BATCH):
+        for _, G in layerwise.iter_grads(prob, X, y, BATCH):  # what ifkit.score streams
             G @ v  # (chunk,): every score reduces each chunk like this
 
     def jvp_dots() -> None:

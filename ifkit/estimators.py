@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import curvature as C
 from . import distributed as D
+from . import layerwise
 from .func import (
     DEFAULT_CHUNK_SIZE,
     Problem,
@@ -36,7 +37,6 @@ from .func import (
     grad_dots,
     hessian_exact,
     hvp_fn,
-    iter_grads,
     make_problem,
     mean_grad,
 )
@@ -124,12 +124,12 @@ class Ctx:
         X, y = (self.Xs, self.ys) if scored else (self.X, self.y)
         if self.opt["cache_grads"] and prob is self.prob and X is self.X:
             if self._G is None:
-                self._G = torch.cat([G for _, G in iter_grads(prob, self.X, self.y, self.opt["chunk_size"])])
+                self._G = torch.cat([G for _, G in layerwise.iter_grads(prob, self.X, self.y, self.opt["chunk_size"])])
             G = self._G[rows]
             yield slice(0, len(G)), G
             return
         X, y = X[rows], y[rows]
-        it = iter_grads(prob, X, y, self.opt["chunk_size"])
+        it = layerwise.iter_grads(prob, X, y, self.opt["chunk_size"])  # outer products for Linear nets, else vmap
         n_chunks = math.ceil(len(X) / self.opt["chunk_size"])
         yield from tqdm(it, total=n_chunks, desc=desc, disable=not self.opt["progress"], leave=False)
 
@@ -499,7 +499,7 @@ def _rows(ctx: Ctx):
 def _query_grads(ctx: Ctx, prob: Problem | None = None) -> Tensor:
     """(Q, p) gradients of each query's loss."""
     prob = prob or ctx.prob
-    return torch.cat([G for _, G in iter_grads(prob, ctx.Xv, ctx.yv, ctx.opt["chunk_size"])])
+    return torch.cat([G for _, G in layerwise.iter_grads(prob, ctx.Xv, ctx.yv, ctx.opt["chunk_size"])])
 
 
 def _checkpoint_problems(ctx: Ctx) -> Iterator[tuple[Problem, float]]:

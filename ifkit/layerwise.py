@@ -33,6 +33,7 @@ class Layer:
     """One Linear layer's share of the differentiated parameters."""
 
     module: nn.Module
+    name: str  # the module's name in the model (parameters are NAME.weight, NAME.bias)
     weight: bool  # is the weight differentiated?
     bias: bool  # is the bias differentiated?
 
@@ -46,7 +47,7 @@ def _layers(prob: Problem) -> list[Layer] | None:
         module = modules.get(mod_name)
         if type(module) is not nn.Linear or leaf not in ("weight", "bias"):
             return None
-        layer = owners.setdefault(mod_name, Layer(module, False, False))
+        layer = owners.setdefault(mod_name, Layer(module, mod_name, False, False))
         setattr(layer, leaf, True)
     return list(owners.values())
 
@@ -139,4 +140,36 @@ def taps(prob: Problem, X: Tensor, scalars: Callable[[Tensor], Tensor]) -> Taps:
     return Taps(layers, x, e)
 
 
-__all__ = ["Layer", "Taps", "supported", "taps"]
+def per_sample_grads(prob: Problem, X: Tensor, y: Tensor) -> Tensor:
+    """(n, p) per-sample loss gradients in ``prob.names`` order, as outer products e_i x_i^T per layer.
+
+    One batched forward and one backward pass, then the outer products: the same numbers as
+    ``func.per_sample_grads`` (vmap of grad), without vmap's per-example graph. Only for ``supported`` problems.
+    """
+    t = taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
+    G = torch.empty(len(X), prob.p, dtype=prob.theta.dtype, device=prob.theta.device)  # (n, p), written in place
+    where = prob.slices()
+    for L, x, e in zip(t.layers, t.x, t.e):
+        prefix = f"{L.name}." if L.name else ""  # a bare nn.Linear model has parameters "weight", "bias"
+        e = e[:, 0]  # (n, d_out)
+        if L.weight:
+            block = G[:, where[f"{prefix}weight"]].view(len(X), e.shape[1], x.shape[1])  # (n, d_out, d_in)
+            torch.mul(e[:, :, None], x[:, None, :], out=block)  # the outer products, straight into G
+        if L.bias:
+            G[:, where[f"{prefix}bias"]] = e
+    return G
+
+
+def iter_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int):
+    """``func.iter_grads`` with the outer-product path when the problem is ``supported`` (checked once)."""
+    from .func import chunks
+    from .func import iter_grads as generic
+
+    if not supported(prob, X):
+        yield from generic(prob, X, y, chunk_size)
+        return
+    for rows in chunks(len(X), chunk_size):
+        yield rows, per_sample_grads(prob, X[rows], y[rows])
+
+
+__all__ = ["Layer", "Taps", "iter_grads", "per_sample_grads", "supported", "taps"]

@@ -66,3 +66,22 @@ def test_vm_fvm_structured_equal_the_generic_low_rank_path(method, monkeypatch):
     slow_cand = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), candidates=(Xtr[:5], (ytr[:5] + 1) % 10), **opts)
     torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(cand, slow_cand, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("params", [None, ["net.2.bias", "net.0.weight"]])
+def test_outer_product_per_sample_grads_equal_vmap(params):
+    model = _mlp()
+    X, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 3, (9,))
+    prob = make_problem(model, params=params)
+    torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), per_sample_grads(prob, X, y), **EXACT)
+    chunks = list(layerwise.iter_grads(prob, X, y, 4))
+    assert [r for r, _ in chunks] == [slice(0, 4), slice(4, 8), slice(8, 9)]
+    torch.testing.assert_close(torch.cat([G for _, G in chunks]), per_sample_grads(prob, X, y), **EXACT)
+
+
+def test_a_bare_linear_model():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double()
+    X, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    prob = make_problem(model)
+    torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), per_sample_grads(prob, X, y), **EXACT)
