@@ -116,8 +116,11 @@ def taps(prob: Problem, X: Tensor, scalars: Callable[[Tensor], Tensor]) -> Taps:
     ys: dict[int, Tensor] = {}
 
     def hook(module, args, out):
-        xs[id(module)] = args[0].detach()
+        # Hand the rest of the network a copy: an in-place op downstream (ReLU(inplace=True)) would otherwise
+        # overwrite the very tensors we differentiate against and read.
+        xs[id(module)] = args[0].detach().clone()
         ys[id(module)] = out
+        return out.clone()
 
     handles = [L.module.register_forward_hook(hook) for L in layers]
     try:

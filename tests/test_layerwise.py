@@ -85,3 +85,16 @@ def test_a_bare_linear_model():
     X, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
     prob = make_problem(model)
     torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), per_sample_grads(prob, X, y), **EXACT)
+
+
+def test_in_place_activations_do_not_corrupt_the_factors():
+    """ReLU(inplace=True) after a Linear layer overwrites its output; the taps must not see that."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(inplace=True), torch.nn.Linear(5, 3),
+                                torch.nn.ReLU(inplace=True), torch.nn.Linear(3, 3)).double()
+    X, y = torch.randn(7, 6, dtype=torch.float64), torch.randint(0, 3, (7,))
+    prob = make_problem(model)
+    G = per_sample_grads(prob, X, y)
+    torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), G, **EXACT)
+    t = layerwise.taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
+    torch.testing.assert_close(t.gram(t)[:, 0, :, 0], G @ G.T, **EXACT)
