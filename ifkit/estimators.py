@@ -39,6 +39,7 @@ from .func import (
     hvp_fn,
     make_problem,
     mean_grad,
+    param_names,
 )
 from .validate import validate
 
@@ -62,7 +63,7 @@ DEFAULTS: dict[str, Any] = dict(
     cache_grads=False,  # keep all training gradients in memory instead of recomputing per pass
     params=None,
     loss="cross_entropy",
-    chunk_size=DEFAULT_CHUNK_SIZE,
+    chunk_size=DEFAULT_CHUNK_SIZE,  # unless given: fewer rows when (rows, p) would exceed budget_mb / 4
     seed=0,
     device=None,
     progress=False,
@@ -564,6 +565,14 @@ def _resolve(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return opt
 
 
+def grad_chunk_rows(p: int, dtype: torch.dtype, budget_mb: float) -> int:
+    """Rows per streamed chunk of per-sample gradients: DEFAULT_CHUNK_SIZE (256; larger chunks measured no
+    faster on CPU), fewer when a (rows, p) block would exceed budget_mb / 4 -- so a 10M-parameter model streams
+    6 rows at a time within the default 1 GB instead of allocating 10 GB."""
+    per_row = p * torch.finfo(dtype).bits // 8 if dtype.is_floating_point else p * 4
+    return max(1, min(DEFAULT_CHUNK_SIZE, int(budget_mb * 2**20 / 4 // max(per_row, 1))))
+
+
 def _prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_name: str) -> Ctx:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -582,6 +591,9 @@ def _prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_na
     X = X.to(dtype) if X.is_floating_point() else X
     Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
     validate(model, (X, y), (Xv, yv), opt, other_name)  # ifkit/validate.py: raises early, naming the fix
+    if "chunk_size" not in opt["_given"]:  # a (chunk, p) gradient block takes at most a quarter of budget_mb
+        p = sum(model.get_parameter(n).numel() for n in param_names(model, opt["params"]))
+        opt["chunk_size"] = grad_chunk_rows(p, dtype, opt["budget_mb"])
     if opt["candidates"] is not None:
         Xc, yc = as_tensors(opt["candidates"], "candidates")
         Xc = Xc.to(device=X.device, dtype=dtype) if Xc.is_floating_point() else Xc.to(X.device)

@@ -187,3 +187,24 @@ def test_lissa_switches_to_seeded_minibatches_above_the_threshold(tiny_mlp, monk
     assert spearmanr(auto.numpy(), full.numpy())[0] > 0.95
     with pytest.raises(ValueError, match="lissa_batch"):
         ifkit.score("if-lissa", model, train, val, lissa_batch=-3)
+
+
+def test_gradient_chunks_shrink_to_fit_the_memory_budget(tiny_mlp, monkeypatch):
+    """Per-sample gradients stream in chunks of at most 256 rows, fewer when a (rows, p) block would exceed
+    budget_mb / 4; the scores do not depend on the chunking."""
+    from ifkit import estimators
+
+    assert estimators.grad_chunk_rows(101_770, torch.float32, 1024.0) == 256
+    assert estimators.grad_chunk_rows(10_000_000, torch.float32, 1024.0) == 6
+    assert estimators.grad_chunk_rows(10**12, torch.float64, 1.0) == 1
+    model, train, val, _ = tiny_mlp  # p = 1,210 float64 parameters
+    seen = []
+    real = estimators.layerwise.iter_grads
+    monkeypatch.setattr(estimators.layerwise, "iter_grads", lambda prob, X, y, c: seen.append(c) or real(prob, X, y, c))
+    small = ifkit.score("gradcos", model, train, val, budget_mb=0.05)  # 0.05 MB / 4 / (1210 x 8 B) -> 1 row
+    assert seen[-1] == 1
+    default = ifkit.score("gradcos", model, train, val)
+    assert seen[-1] == 256
+    ifkit.score("gradcos", model, train, val, budget_mb=0.05, chunk_size=50)  # an explicit chunk_size wins
+    assert seen[-1] == 50
+    torch.testing.assert_close(small, default)
