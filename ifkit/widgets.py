@@ -51,6 +51,15 @@ def _grid(n: int, ncols: int) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
+def _facets(n: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    """A styled figure with one panel per item, ``ncols`` per row; panels are ``width`` x ``height`` inches."""
+    rows, cols = _grid(n, ncols)
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    return fig, axes
+
+
 def plot_suspicious(
     images: ArrayLike,
     given: ArrayLike,
@@ -124,10 +133,7 @@ def plot_score_distributions(
     from sklearn.metrics import roc_auc_score
 
     f = _np(flipped).astype(bool)
-    rows, cols = _grid(len(scores), ncols)
-    with sns.axes_style(STYLE):
-        fig = Figure(figsize=(3.4 * cols, 2.7 * rows), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    fig, axes = _facets(len(scores), ncols, 3.4, 2.7)
     for ax, (method, s) in zip(axes, scores.items()):
         s = _np(s).astype(float)
         if s.shape != f.shape:
@@ -168,11 +174,8 @@ def plot_agreement(
         A Figure with one axis per method, each holding one scatter of m points.
     """
     a = _np(actual).astype(float)
-    rows, cols = _grid(len(predicted), ncols)
     colours = palette(predicted)
-    with sns.axes_style(STYLE):
-        fig = Figure(figsize=(3.6 * cols, 3.4 * rows), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    fig, axes = _facets(len(predicted), ncols, 3.6, 3.4)
     for ax, (method, p) in zip(axes, predicted.items()):
         p = _np(p).astype(float)
         if p.shape != a.shape:
@@ -477,10 +480,7 @@ def plot_loss_change_split(
     f = np.zeros(len(d), bool) if flipped is None else _np(flipped).astype(bool)
     if f.shape != d.shape:
         raise ValueError(f"flipped has shape {f.shape} but true has shape {d.shape}")
-    rows, cols = _grid(len(estimates), ncols)
-    with sns.axes_style(STYLE):
-        fig = Figure(figsize=(3.7 * cols, 3.5 * rows), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    fig, axes = _facets(len(estimates), ncols, 3.7, 3.5)
     for k, (ax, (label, est)) in enumerate(zip(axes, estimates.items())):
         e = _np(est).astype(float)
         if e.shape != d.shape:
@@ -526,10 +526,7 @@ def plot_taylor_terms(terms: Mapping[str, tuple[ArrayLike, ArrayLike]], flipped:
     """
     if not len(terms):
         raise ValueError("terms must hold at least one (first, second) pair")
-    rows, cols = _grid(len(terms), ncols)
-    with sns.axes_style(STYLE):
-        fig = Figure(figsize=(4.0 * cols, 3.7 * rows), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    fig, axes = _facets(len(terms), ncols, 4.0, 3.7)
     for ax, (label, pair) in zip(axes, terms.items()):
         first, second = (np.abs(_np(t).astype(float)) for t in pair)
         if first.ndim != 1 or first.shape != second.shape:
