@@ -31,7 +31,6 @@ import torch
 from torch import Tensor
 
 from . import curvature as C
-from . import distributed as D
 from . import kfac, layerwise
 from .estimators import Ctx, _dense, _query_grads, register
 from .flat import flat_finetune
@@ -54,7 +53,10 @@ def flat_point(ctx: Ctx, defaults: dict[str, Any]) -> Problem:
         flat_lr=o["flat_lr"], rho=o.get("rho", ctx.opt["rho"] or 0.05), sigma=o.get("sigma", ctx.opt["sigma"] or 0.005),
         params=ctx.opt["params"], loss=ctx.opt["loss"], seed=ctx.opt["seed"], progress=ctx.opt["progress"],
     )
-    return make_problem(res.model, ctx.opt["params"], ctx.opt["loss"])
+    tuned = make_problem(res.model, ctx.opt["params"], ctx.opt["loss"])
+    # The same function of theta~, on the caller's model object (the tuned copy differs only in its numbers), so
+    # that a GradCache recognises the model across calls (ifkit/gradcache.py keys on the model object)
+    return Problem(ctx.model, tuned.names, tuned.shapes, tuned.theta, tuned.frozen, tuned.loss)
 
 
 class ValInverse:
@@ -127,15 +129,15 @@ class ValInverse:
         AA = torch.einsum("ipa,iajb,jqb->ipjq", self.S, JJ, self.S).reshape(n * K, n * K) / n  # (r, r)
         self.L = torch.linalg.cholesky(AA + self.damping * torch.eye(n * K, dtype=AA.dtype, device=AA.device))
 
-    def quad_points(self, X: Tensor, y: Tensor, chunk: int = 1024) -> Tensor:
-        """(c,) g_i^T (H~ + damping I)^-1 g_i for the points (X, y), gradients never formed (structured only)."""
+    def quad_factored(self, F: layerwise.FactoredGrads, chunk: int = 1024) -> Tensor:
+        """(c,) g_i^T (H~ + damping I)^-1 g_i for gradients held as per-layer factors (structured only): by
+        Woodbury, (||g_i||^2 - ||L^-1 A g_i||^2) / damping, with A g_i from Gram products of the factors."""
         out = []
         n = len(self.S)
-        for start in range(0, len(X), chunk):
-            Xc, yc = X[start : start + chunk], y[start : start + chunk]
-            t = layerwise.taps(self.prob, Xc, lambda o: self.prob.loss(o, yc).unsqueeze(1))  # e (c, 1, d_out)
+        for start in range(0, F.n, chunk):
+            t = F.rows(slice(start, start + chunk)).as_taps()  # e (c, 1, d_out)
             cross = self.taps.gram(t)[:, :, :, 0]  # (n, K, c) = J g_i
-            AG = torch.einsum("ipa,iac->ipc", self.S, cross).reshape(-1, len(Xc)) / n**0.5  # (r, c)
+            AG = torch.einsum("ipa,iac->ipc", self.S, cross).reshape(-1, cross.shape[2]) / n**0.5  # (r, c)
             Z = torch.linalg.solve_triangular(self.L, AG, upper=False)  # (r, c)
             out.append((t.sq_norms()[:, 0] - (Z * Z).sum(0)) / self.damping)
         return torch.cat(out)
@@ -167,9 +169,9 @@ def _flat_score(ctx: Ctx, defaults: dict[str, Any]) -> Tensor:
     Cost: flat_steps full-batch steps on S_val, one curvature factorisation on S_val (or CG), one gradient pass.
     """
     prob = flat_point(ctx, defaults)
-    inv = ValInverse(prob, ctx.Xv, ctx.yv, ctx.opt, structured=True)  # only quad_points is needed here
+    inv = ValInverse(prob, ctx.Xv, ctx.yv, ctx.opt, structured=True)  # only the quadratic forms are needed here
     if inv.structured:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
-        return D.map_rows(lambda r: inv.quad_points(ctx.Xs[r], ctx.ys[r]), ctx.n_scored, ctx.world)
+        return ctx.apply_sets(inv.quad_factored, prob)  # supported problems stream FactoredGrads
     return ctx.apply(inv.quad, prob)
 
 

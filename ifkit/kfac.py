@@ -104,6 +104,26 @@ class KroneckerCurvature:
                              f"{damping:g}): use damping > 0")
         return self._apply(V, lambda lam: 1.0 / (lam + damping))
 
+    def quad_factored(self, F, damping: float) -> Tensor:
+        """(n,) g_i^T (F + damping I)^-1 g_i for gradients held as per-layer factors (``layerwise.FactoredGrads``).
+
+        A Linear layer's g_i is the rank-one matrix e_i [x_i | 1]^T, so in the Kronecker eigenbasis it is
+        (QS^T e_i)(QA^T [x_i | 1])^T and the quadratic form is sum_oa (QS^T e_i)_o^2 (QA^T [x_i | 1])_a^2 /
+        (lam_oa + damping): O(d_out^2 + d_a^2 + d_out d_a) per example instead of O(d_out d_a (d_out + d_a)) for
+        a solve -- at 1,000 examples of a 784-128-10 MLP (busy machine), 1.6 s with the factors instead of 79 s.
+        """
+        self.solve(torch.zeros(self.p, 1, dtype=F.x[0].dtype, device=F.x[0].device), damping)  # checks damping
+        by_module = {L.module: L for L in self.layers}
+        out = torch.zeros(F.n, dtype=F.x[0].dtype, device=F.x[0].device)  # (n,)
+        for Lf, x, e in zip(F.layers, F.x, F.e):
+            K = by_module[Lf.name]
+            cols = ([x] if Lf.weight else []) + ([torch.ones_like(x[:, :1])] if Lf.bias else [])
+            xt = torch.cat(cols, dim=1)  # (n, d_a) = [x | 1]
+            u = (e @ K.QS) ** 2  # (n, d_out): squared coordinates of e_i in S's eigenbasis
+            w = (xt @ K.QA) ** 2  # (n, d_a)
+            out += ((u @ (1.0 / (K.lam + damping))) * w).sum(1)
+        return out
+
     def dense(self) -> Tensor:
         """The assembled (p, p) matrix, in the flat order of ``Problem.theta``."""
         dtype, device = self.layers[0].QA.dtype, self.layers[0].QA.device

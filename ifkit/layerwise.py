@@ -149,18 +149,142 @@ def per_sample_grads(prob: Problem, X: Tensor, y: Tensor) -> Tensor:
     One batched forward and one backward pass, then the outer products: the same numbers as
     ``func.per_sample_grads`` (vmap of grad), without vmap's per-example graph. Only for ``supported`` problems.
     """
-    t = taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
-    G = torch.empty(len(X), prob.p, dtype=prob.theta.dtype, device=prob.theta.device)  # (n, p), written in place
-    where = prob.slices()
-    for L, x, e in zip(t.layers, t.x, t.e):
+    return factored_grads(prob, X, y, chunk_size=max(len(X), 1)).dense()
+
+
+# Intermediate (rows, min(d_in, d_out), k) products of FactoredGrads are built this many entries at a time
+_WORK_ENTRIES = 1 << 24  # 64 MB of float32
+
+
+@dataclass
+class FactoredGrads:
+    """Per-sample loss gradients g_i of a Linear-layer network, held as their per-layer factors (x_i, e_i).
+
+    g_i restricted to layer l is the outer product e_il x_il^T (weight) and e_il (bias): n * sum_l (d_in + d_out)
+    numbers instead of n * p (1,042 instead of 101,770 per example for a 784-128-10 MLP). They cost ONE batched
+    forward and backward pass -- the same work as a training step -- and every operation influence methods
+    need reads them directly, layer by layer (one "block" per layer, DataInf's blocks):
+
+        dots(V)          G V                         (n, k)   cost n * min(d_in, d_out) * (d_in + d_out) * k
+        block_dots(V)    g_il^T v_l per layer        (n, L, k)
+        sq_norms()       ||g_i||^2 = sum_l (||x_il||^2 + 1) ||e_il||^2           (n,)
+        tmatmul_blocks   sum_i g_il c_il per layer   (p, k)
+        dense()          G itself                    (n, p)   the only operation that writes n * p floats
+    """
+
+    layers: list[Layer]
+    x: list[Tensor]  # per layer (n, d_in)
+    e: list[Tensor]  # per layer (n, d_out)
+    where: dict[str, slice]  # parameter name -> slice of the flat vector (Problem.slices())
+    p: int
+
+    @property
+    def n(self) -> int:
+        return len(self.x[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.x, *self.e))
+
+    def rows(self, r: slice) -> FactoredGrads:
+        return FactoredGrads(self.layers, [x[r] for x in self.x], [e[r] for e in self.e], self.where, self.p)
+
+    def _slices(self, L: Layer) -> tuple[slice | None, slice | None]:
         prefix = f"{L.name}." if L.name else ""  # a bare nn.Linear model has parameters "weight", "bias"
-        e = e[:, 0]  # (n, d_out)
-        if L.weight:
-            block = G[:, where[f"{prefix}weight"]].view(len(X), e.shape[1], x.shape[1])  # (n, d_out, d_in)
-            torch.mul(e[:, :, None], x[:, None, :], out=block)  # the outer products, straight into G
-        if L.bias:
-            G[:, where[f"{prefix}bias"]] = e
-    return G
+        return (self.where[f"{prefix}weight"] if L.weight else None, self.where[f"{prefix}bias"] if L.bias else None)
+
+    def _steps(self, width: int) -> list[slice]:
+        step = max(1, _WORK_ENTRIES // max(width, 1))
+        return [slice(s, min(s + step, self.n)) for s in range(0, self.n, step)]
+
+    def block_dots(self, V: Tensor) -> Tensor:
+        """(n, L, k) per-layer inner products g_il^T v_l for V (p, k)."""
+        k = V.shape[1]
+        out = torch.zeros(self.n, len(self.layers), k, dtype=V.dtype, device=V.device)  # (n, L, k)
+        for j, (L, x, e) in enumerate(zip(self.layers, self.x, self.e)):
+            w, b = self._slices(L)
+            d_out, d_in = e.shape[1], x.shape[1]
+            if w is not None:
+                Vw = V[w].view(d_out, d_in, k)  # (d_out, d_in, k)
+                for r in self._steps(min(d_in, d_out) * k):
+                    if d_in >= d_out:  # contract the wide side first: (rows, d_out, k), then with e
+                        T = (x[r] @ Vw.permute(1, 0, 2).reshape(d_in, d_out * k)).view(-1, d_out, k)
+                        out[r, j] += (T * e[r, :, None]).sum(1)
+                    else:  # (rows, d_in, k), then with x
+                        T = (e[r] @ Vw.reshape(d_out, d_in * k)).view(-1, d_in, k)
+                        out[r, j] += (T * x[r, :, None]).sum(1)
+            if b is not None:
+                out[:, j] += e @ V[b]  # (n, k)
+        return out
+
+    def dots(self, V: Tensor) -> Tensor:
+        """G V: (n,) for V (p,), (n, k) for V (p, k)."""
+        out = self.block_dots(V if V.dim() == 2 else V[:, None]).sum(1)  # (n, k)
+        return out if V.dim() == 2 else out[:, 0]
+
+    def block_sq_norms(self) -> Tensor:
+        """(n, L) squared norms of each layer's share of g_i: (||x||^2 [weight] + [bias]) ||e||^2."""
+        cols = []
+        for L, x, e in zip(self.layers, self.x, self.e):
+            xx = (x * x).sum(1) * float(L.weight) + float(L.bias)  # (n,)
+            cols.append(xx * (e * e).sum(1))
+        return torch.stack(cols, dim=1)
+
+    def sq_norms(self) -> Tensor:
+        """(n,) squared gradient norms ||g_i||^2."""
+        return self.block_sq_norms().sum(1)
+
+    def tmatmul_blocks(self, C: Tensor) -> Tensor:
+        """(p, k) with layer l's rows = sum_i g_il C[i, l, :] for C (n, L, k): G^T C, one coefficient per block."""
+        k = C.shape[2]
+        out = torch.zeros(self.p, k, dtype=C.dtype, device=C.device)  # (p, k)
+        for j, (L, x, e) in enumerate(zip(self.layers, self.x, self.e)):
+            w, b = self._slices(L)
+            d_out, d_in = e.shape[1], x.shape[1]
+            if w is not None:
+                acc = torch.zeros(d_out * k, d_in, dtype=C.dtype, device=C.device)
+                for r in self._steps(d_out * k):
+                    ec = (e[r, :, None] * C[r, j, None, :]).reshape(-1, d_out * k)  # (rows, d_out * k)
+                    acc += ec.T @ x[r]  # (d_out * k, d_in)
+                out[w] = acc.view(d_out, k, d_in).permute(0, 2, 1).reshape(d_out * d_in, k)
+            if b is not None:
+                out[b] = e.T @ C[:, j]  # (d_out, k)
+        return out
+
+    def dense(self) -> Tensor:
+        """(n, p) the gradients themselves, written in place as outer products."""
+        G = torch.empty(self.n, self.p, dtype=self.x[0].dtype, device=self.x[0].device)  # (n, p)
+        for L, x, e in zip(self.layers, self.x, self.e):
+            w, b = self._slices(L)
+            if w is not None:
+                block = G[:, w].view(self.n, e.shape[1], x.shape[1])  # (n, d_out, d_in)
+                torch.mul(e[:, :, None], x[:, None, :], out=block)  # the outer products, straight into G
+            if b is not None:
+                G[:, b] = e
+        return G
+
+    def as_taps(self) -> Taps:
+        """The same factors as ``Taps`` with one scalar (the loss) per example, for ``Taps.gram``."""
+        return Taps(self.layers, self.x, [e[:, None, :] for e in self.e])
+
+
+def factor_bytes_per_row(prob: Problem) -> int:
+    """Bytes FactoredGrads holds per example (sum over layers of d_in + d_out floats); supported problems only."""
+    layers = _layers(prob)
+    assert layers is not None
+    return sum(L.module.in_features + L.module.out_features for L in layers) * prob.theta.element_size()
+
+
+def factored_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = 4096) -> FactoredGrads:
+    """Per-sample loss gradients of ``supported`` problems as factors: one forward + backward per chunk."""
+    parts = [taps(prob, X[r], lambda out: prob.loss(out, y[r]).unsqueeze(1)) for r in _chunks(len(X), chunk_size)]
+    x = [torch.cat([t.x[j] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_in) per layer
+    e = [torch.cat([t.e[j][:, 0] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_out) per layer
+    return FactoredGrads(parts[0].layers, x, e, prob.slices(), prob.p)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(s, min(s + size, n)) for s in range(0, max(n, 1), size)]
 
 
 def iter_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int):
@@ -175,4 +299,5 @@ def iter_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int):
         yield rows, per_sample_grads(prob, X[rows], y[rows])
 
 
-__all__ = ["Layer", "Taps", "iter_grads", "per_sample_grads", "supported", "taps"]
+__all__ = ["FactoredGrads", "Layer", "Taps", "factor_bytes_per_row", "factored_grads", "iter_grads",
+           "per_sample_grads", "supported", "taps"]

@@ -199,8 +199,10 @@ def test_gradient_chunks_shrink_to_fit_the_memory_budget(tiny_mlp, monkeypatch):
     assert estimators.grad_chunk_rows(10**12, torch.float64, 1.0) == 1
     model, train, val, _ = tiny_mlp  # p = 1,210 float64 parameters
     seen = []
-    real = estimators.layerwise.iter_grads
-    monkeypatch.setattr(estimators.layerwise, "iter_grads", lambda prob, X, y, c: seen.append(c) or real(prob, X, y, c))
+    real = estimators.iter_grads
+    # the dense path (models without per-layer factors, e.g. CNNs): Linear-layer networks stream factors instead
+    monkeypatch.setattr(estimators.layerwise, "supported", lambda *a: False)
+    monkeypatch.setattr(estimators, "iter_grads", lambda prob, X, y, c: seen.append(c) or real(prob, X, y, c))
     small = ifkit.score("gradcos", model, train, val, budget_mb=0.05)  # 0.05 MB / 4 / (1210 x 8 B) -> 1 row
     assert seen[-1] == 1
     default = ifkit.score("gradcos", model, train, val)
