@@ -53,26 +53,35 @@ def _layers(prob: Problem) -> list[Layer] | None:
 
 
 def supported(prob: Problem, X: Tensor) -> bool:
-    """True when every differentiated parameter is a Linear weight/bias and each such layer runs once per
-    forward pass on ``X[:1]`` (checked with hooks; a shared or recurrent layer would break the factorisation)."""
+    """True when every differentiated parameter is a Linear weight/bias, each such layer runs once per forward
+    pass on ``X[:1]`` (checked with hooks; a shared or recurrent layer would break the factorisation) and its
+    output reaches the model's output (a computed-then-discarded layer has no factors: vmap handles it)."""
     layers = _layers(prob)
     if not layers:
         return False
     counts = {id(L.module): 0 for L in layers}
-    flat = []
+    flat, outs = [], []
 
     def hook(module, args, out):
         counts[id(module)] += 1
         flat.append(args[0].dim() == 2)  # (batch, features): one input vector per example (not per token)
+        outs.append(out)
 
     handles = [L.module.register_forward_hook(hook) for L in layers]
     try:
-        with torch.no_grad():
-            prob.forward(prob.theta, X[:1])
+        with torch.enable_grad():
+            theta = prob.theta.detach().requires_grad_(True)  # only so that autograd records a graph
+            out = prob.forward(theta, X[:1])
     finally:
         for h in handles:
             h.remove()
-    return all(c == 1 for c in counts.values()) and all(flat)
+    if not (all(c == 1 for c in counts.values()) and all(flat)):
+        return False
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, Tensor) and t.requires_grad]
+    if not leaves:
+        return False
+    reached = torch.autograd.grad(sum(t.float().sum() for t in leaves), outs, allow_unused=True)
+    return all(g is not None for g in reached)
 
 
 @dataclass
@@ -134,7 +143,13 @@ def taps(prob: Problem, X: Tensor, scalars: Callable[[Tensor], Tensor]) -> Taps:
             for a in range(S.shape[1]):
                 grads = torch.autograd.grad(S[:, a].sum(), outs, retain_graph=a + 1 < S.shape[1],
                                             allow_unused=True)
-                cols.append([torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)])
+                lost = [L.name for L, g in zip(layers, grads) if g is None]
+                if lost:  # zeros would be silently wrong gradients: say why instead
+                    raise RuntimeError(
+                        f"the output of layer(s) {lost} does not reach the loss through autograd, so their per-layer "
+                        "factors are undefined. A torch.compile'd model hides hooked outputs from autograd (measured: "
+                        "all-zero gradients): pass the uncompiled module (model._orig_mod)")
+                cols.append(list(grads))
     finally:
         for h in handles:
             h.remove()

@@ -98,3 +98,27 @@ def test_in_place_activations_do_not_corrupt_the_factors():
     torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), G, **EXACT)
     t = layerwise.taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
     torch.testing.assert_close(t.gram(t)[:, 0, :, 0], G @ G.T, **EXACT)
+
+
+def test_a_layer_whose_output_does_not_reach_the_loss_is_an_error_not_zeros():
+    """A computed-then-discarded Linear (or a torch.compile'd model, whose hooked outputs autograd cannot see)
+    must not yield all-zero factors."""
+
+    class Dead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            self.b(x)  # computed, never used
+            return self.a(x)
+
+    model = Dead().double()
+    X, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
+    prob = make_problem(model)
+    assert not layerwise.supported(prob, X)  # so score() takes the vmap path, where b's gradients are zero
+    with pytest.raises(RuntimeError, match="does not reach the loss"):
+        layerwise.taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
+    G = per_sample_grads(prob, X, y)
+    assert (G[:, 15:] == 0).all()  # b.weight, b.bias
+    torch.testing.assert_close(ifkit.score("graddot", model, (X, y), (X, y)), -(G @ G.mean(0)), **EXACT)
