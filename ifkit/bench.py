@@ -1,14 +1,15 @@
 """``ifkit bench``: time and memory of per-sample gradients and of every scoring method versus n_train.
 
-Two parts, one tidy CSV (results/bench.csv, one row per measurement):
+Three parts, one tidy CSV (results/bench.csv, one row per measurement):
 
-* part "throughput": three ways to get the n training dot products G @ v that every linear score needs, timed
-  round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``layerwise.iter_grads``,
-  what ``score`` streams: outer products e_i x_i^T for networks of Linear layers, else vmap(grad); chunks of 256,
-  each (256, p) block times v), "jvp-dots" (``func.grad_dots``: one forward-mode
-  JVP per chunk of 2048, no gradient block is formed; what graddot, TracIn, CG, LiSSA, DataInf's last pass and
-  EK-FAC use) and "batched-backward" (a plain forward+backward of the mean loss on batches of 256: the cost of
-  one training epoch, the yardstick). ``ratio`` = the method's seconds / batched seconds, the median over
+* part "throughput": the ways to get the n training dot products G @ v that every linear score needs, timed
+  round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``layerwise.iter_grads``:
+  materialised (256, p) blocks -- outer products e_i x_i^T for networks of Linear layers, else vmap(grad) --
+  each times v), "factored-grads" (Linear-layer networks only: every g_i as its per-layer factors from one
+  forward+backward, ``layerwise.factored_grads``, then G v from the factors; what ``score`` uses for them),
+  "jvp-dots" (``func.grad_dots``: one forward-mode JVP per chunk of 2048, no gradient is formed; the path for
+  other models without convolutions) and "batched-backward" (a plain forward+backward of the mean loss on
+  batches of 256: the cost of one training epoch, the yardstick). ``ratio`` = the method's seconds / batched seconds, the median over
   repeats of the ratio within each repeat (batched-backward's own ratio is 1). Models: a 784-128-10 MLP
   (101,770 parameters) and ``ifkit.models.SmallCNN`` (20,490), 10,000 examples (FAST: 2,000).
 * part "methods": seconds and peak memory of ``ifkit.score(method, ...)`` for each method at n_train =
@@ -16,10 +17,16 @@ Two parts, one tidy CSV (results/bench.csv, one row per measurement):
   with the untrained 784-128-10 tanh MLP, a fixed S_val of 100 points, and each method's default options
   (TracIn: 3 checkpoints). Each (method, n_train) runs in a fresh subprocess, so ``peak_mb`` (ru_maxrss) is its
   own; ``base_mb`` is the process's peak before scoring (Python + torch + data), ``extra_mb`` the difference.
+* part "cache": a sequence of methods (CACHE_SEQUENCE) scored on one model, without ("no-cache") and with one
+  shared ``ifkit.GradCache`` ("grad-cache", fresh each repeat), round-robin; ``ratio`` = cached / uncached
+  seconds, and the note gives the largest relative difference between the two runs' scores.
 
 Columns: part, model, method, n_train, n_params, seconds (median), peak_mb, base_mb, extra_mb, repeats,
 seconds_min, seconds_max, examples_per_s, ratio, fast, note. A rerun keeps the rows already in the CSV
 (delete it to measure again); the file is rewritten atomically after every measurement.
+
+``IFKIT_BENCH_THREADS=1`` pins every worker to one torch thread (noted in each row): on a 2-core machine shared
+with another busy process, two threads per op wait for a descheduled partner and ran 10-40x slower than alone.
 
 Run: ``IFKIT_FAST=1 ifkit bench`` (~5 min on 2 free cores, half of it if-lissa, VM and FVM) or ``ifkit bench``
 (tens of minutes: 3 repeats of every method at 32k; above 4,096 training points if-lissa uses mini-batch
@@ -45,7 +52,13 @@ COLUMNS = ["part", "model", "method", "n_train", "n_params", "seconds", "peak_mb
            "seconds_min", "seconds_max", "examples_per_s", "ratio", "fast", "note"]
 N_VAL = 100  # S_val size; VM/FVM's exact low-rank GGN needs n_val * 10 * p < budget (~130 points at p = 100k)
 BATCH = 256
-THROUGHPUT_METHODS = {"per-sample-grad": "per_sample", "jvp-dots": "jvp_dots", "batched-backward": "batched"}
+THROUGHPUT_METHODS = {"per-sample-grad": "per_sample", "factored-grads": "factored", "jvp-dots": "jvp_dots",
+                      "batched-backward": "batched"}
+# Scoring one model with several methods, as a comparison does: timed with and without one shared GradCache.
+# The CNN runs the gradient-pass methods only: its if-cg / ekfac / vm / fvm took 18-33 s each at 300 points
+# (curvature-bound, nothing for a gradient cache to save) and would make the run an hour.
+CACHE_SEQUENCE = {"mlp": ("graddot", "gradcos", "tracin", "if-cg", "datainf", "ekfac", "vm", "fvm"),
+                  "cnn": ("graddot", "gradcos", "tracin", "datainf")}
 
 
 def fast_from_env() -> bool:
@@ -57,6 +70,7 @@ def config(fast: bool) -> dict[str, Any]:
     return dict(
         sizes=(500, 1_000, 2_000) if fast else (2_000, 8_000, 32_000),
         throughput_n=2_000 if fast else 10_000,
+        cache_n={"mlp": 1_000, "cnn": 300} if fast else {"mlp": 8_000, "cnn": 2_000},
         repeats=3,  # the throughput part always takes at least 3 (ratios are medians)
         timeout_s=600 if fast else 3_600,
     )
@@ -102,6 +116,10 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
         for _, G in layerwise.iter_grads(prob, X, y, BATCH):  # what ifkit.score streams
             G @ v  # (chunk,): every score reduces each chunk like this
 
+    def factored() -> None:
+        F = layerwise.factored_grads(prob, X, y)  # every g_i as per-layer factors: one forward + backward
+        F.dots(v)  # (n,) from the factors
+
     def jvp_dots() -> None:
         func.grad_dots(prob, X, y, v)  # (n,): the same numbers as per_sample's, no (chunk, p) block
 
@@ -111,6 +129,8 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
             torch.nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
 
     fns = dict(per_sample=per_sample, jvp_dots=jvp_dots, batched=batched)
+    if layerwise.supported(prob, X[:1]):  # Linear-layer networks only: the CNN has no such factors
+        fns["factored"] = factored
     for fn in fns.values():
         fn()  # warm-up (vmap tracing, allocator)
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -124,7 +144,6 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _method(job: dict[str, Any]) -> dict[str, Any]:
-    import copy
     import warnings
 
     import torch
@@ -137,13 +156,7 @@ def _method(job: dict[str, Any]) -> dict[str, Any]:
     Xv, yv = _data(job["n_val"], 2)
     opts: dict[str, Any] = {}
     if job["method"] == "tracin":
-        cps, m = [], copy.deepcopy(model)
-        for _ in range(3):
-            with torch.no_grad():
-                for p in m.parameters():
-                    p.add_(0.01 * torch.randn_like(p))
-            cps.append(copy.deepcopy(m.state_dict()))
-        opts["checkpoints"] = cps
+        opts["checkpoints"] = _tracin_checkpoints(model)
     base = _peak_mb()
     times = []
     with warnings.catch_warnings():
@@ -156,8 +169,65 @@ def _method(job: dict[str, Any]) -> dict[str, Any]:
     return dict(n_params=sum(p.numel() for p in model.parameters()), times=times, base_mb=base, peak_mb=_peak_mb())
 
 
+def _tracin_checkpoints(model) -> list:
+    """Three nearby state_dicts (TracIn's checkpoints), the same for every run."""
+    import copy
+
+    import torch
+
+    cps, m = [], copy.deepcopy(model)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        cps.append(copy.deepcopy(m.state_dict()))
+    return cps
+
+
+def _cache(job: dict[str, Any]) -> dict[str, Any]:
+    """The CACHE_SEQUENCE of methods on one model, without and with a shared GradCache (fresh each repeat),
+    round-robin; also checks that both give the same scores."""
+    import warnings
+
+    import torch
+
+    import ifkit
+
+    torch.manual_seed(0)
+    model = _model(job["model"], tuple(job["hidden"]))
+    X, y = _data(job["n"], 1)
+    Xv, yv = _data(job["n_val"], 2)
+    cps = _tracin_checkpoints(model)
+    base = _peak_mb()
+
+    def sequence(cache) -> dict[str, torch.Tensor]:
+        out = {}
+        for m in job["methods"]:
+            opts: dict[str, Any] = {"checkpoints": cps} if m == "tracin" else {}
+            out[m] = ifkit.score(m, model, (X, y), (Xv, yv), cache_grads=cache, **opts)
+        return out
+
+    times: dict[str, list[float]] = {"no_cache": [], "cache": []}
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(job["repeats"]):
+            for k in times:
+                t0 = time.perf_counter()
+                scores[k] = sequence(ifkit.GradCache() if k == "cache" else False)
+                times[k].append(time.perf_counter() - t0)
+    a, b = scores["cache"], scores["no_cache"]
+    agree = max(float((a[m] - b[m]).abs().max() / b[m].abs().max().clamp_min(1e-30)) for m in b)
+    return dict(n_params=sum(p.numel() for p in model.parameters()), **times, max_rel_diff=agree, base_mb=base,
+                peak_mb=_peak_mb())
+
+
 def _worker(job: dict[str, Any]) -> dict[str, Any]:
-    return _throughput(job) if job["part"] == "throughput" else _method(job)
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(job["threads"])
+    return {"throughput": _throughput, "cache": _cache}.get(job["part"], _method)(job)
 
 
 def _run_isolated(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -178,15 +248,30 @@ def _run_isolated(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 
 def _rows(job: dict[str, Any], res: dict[str, Any], fast: bool) -> list[dict[str, Any]]:
-    common = dict(part=job["part"], n_train=job["n"], repeats=job["repeats"], fast=fast)
+    common = dict(part=job["part"], n_train=job["n"], repeats=job["repeats"], fast=fast,
+                  note=f"{job['threads']} torch thread(s)" if job.get("threads") else None)
     if "error" in res:
         name = job.get("method") or job["model"]
         return [dict(common, model=job.get("model", "mlp"), method=name, note=res["error"])]
     mem = dict(peak_mb=res["peak_mb"], base_mb=res["base_mb"], extra_mb=res["peak_mb"] - res["base_mb"],
                n_params=res["n_params"])
+    if job["part"] == "cache":
+        rows = []
+        for method, key in (("no-cache", "no_cache"), ("grad-cache", "cache")):
+            ts = res[key]
+            med = statistics.median(ts)
+            ratio = statistics.median(t / b for t, b in zip(ts, res["no_cache"]))  # within each repeat
+            note = f"{' + '.join(job['methods'])}; max rel. difference of scores {res['max_rel_diff']:.1e}"
+            note += f"; {job['threads']} torch thread(s)" if job.get("threads") else ""
+            rows.append(dict(common | {"note": note}, **mem, model=job["model"], method=method, seconds=med, seconds_min=min(ts),
+                             seconds_max=max(ts), examples_per_s=job["n"] * len(job["methods"]) / med, ratio=ratio,
+                             repeats=len(ts), note=note))
+        return rows
     if job["part"] == "throughput":
         rows = []
         for method, key in THROUGHPUT_METHODS.items():
+            if key not in res:
+                continue
             ts = res[key]
             med = statistics.median(ts)
             ratio = statistics.median(t / b for t, b in zip(ts, res["batched"]))  # within each repeat
@@ -207,14 +292,18 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def jobs(fast: bool, sizes=None, methods=METHODS, throughput_models=("mlp", "cnn"), throughput_n=None,
-         repeats=None, hidden=(128,), n_val=N_VAL) -> list[dict[str, Any]]:
+         repeats=None, hidden=(128,), n_val=N_VAL, cache_models=("mlp", "cnn"), cache_n=None,
+         cache_methods=None) -> list[dict[str, Any]]:
     cfg = config(fast)
     r = repeats or cfg["repeats"]
+    threads = int(os.environ.get("IFKIT_BENCH_THREADS", "0")) or None  # e.g. 1 on a machine shared with others
     out = [dict(part="throughput", model=m, n=throughput_n or cfg["throughput_n"], repeats=r, hidden=list(hidden))
            for m in throughput_models]
+    out += [dict(part="cache", model=m, n=cache_n or cfg["cache_n"][m], repeats=r, hidden=list(hidden), n_val=n_val,
+                 methods=list(cache_methods or CACHE_SEQUENCE[m])) for m in cache_models]
     out += [dict(part="methods", method=m, n=n, repeats=r, hidden=list(hidden), n_val=n_val)
             for n in (sizes or cfg["sizes"]) for m in methods]
-    return out
+    return [dict(j, threads=threads) for j in out]
 
 
 def main(out: str | Path = "results/bench.csv", fast: bool | None = None, resume: bool = True,
@@ -233,8 +322,10 @@ def main(out: str | Path = "results/bench.csv", fast: bool | None = None, resume
     if resume and out.is_file():
         old = pd.read_csv(out)
         rows = old[old["seconds"].notna()].to_dict("records")  # failed rows are retried
-    done = {(r["part"], r["model"] if r["part"] == "throughput" else r["method"], r["n_train"]) for r in rows}
-    todo = [j for j in jobs(fast, **job_options) if (j["part"], j.get("model") or j["method"], j["n"]) not in done]
+    by_model = ("throughput", "cache")  # parts whose job is one model (several rows), not one method
+    done = {(r["part"], r["model"] if r["part"] in by_model else r["method"], r["n_train"]) for r in rows}
+    todo = [j for j in jobs(fast, **job_options)
+            if (j["part"], j["model"] if j["part"] in by_model else j["method"], j["n"]) not in done]
     failed = 0
     bar = tqdm(todo, desc="bench", disable=not progress)
     for job in bar:

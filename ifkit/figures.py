@@ -215,7 +215,8 @@ def theory_trajectories(theory: pd.DataFrame) -> Figure:
 @register("bench", inputs=("bench.csv",))
 def bench(bench: pd.DataFrame) -> Figure:
     """Cost curves from results/bench.csv: seconds and peak memory of each method versus n_train (log-log), and
-    the throughput of G @ v (per-sample gradients, and forward-mode JVP dots) against a batched backward pass.
+    the throughput of G @ v (per-sample gradients, per-layer factors, forward-mode JVP dots) against a batched
+    backward pass, and a sequence of methods on one model with and without a shared ``GradCache``.
 
     Dotted grey lines of slope 1 through each panel's first point show what linear cost would look like.
     """
@@ -224,10 +225,11 @@ def bench(bench: pd.DataFrame) -> Figure:
     df = bench[bench["seconds"].notna()]
     meth = df[df["part"] == "methods"]
     thr = df[df["part"] == "throughput"]
+    cache = df[df["part"] == "cache"]
     methods = [m for m in METHOD_ORDER if m in set(meth["method"])] + sorted(set(meth["method"]) - set(METHOD_ORDER))
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(15, 4.4), layout="constrained")
-        ax_t, ax_m, ax_r = fig.subplots(1, 3)
+        fig = Figure(figsize=(20, 4.4), layout="constrained")
+        ax_t, ax_m, ax_r, ax_c = fig.subplots(1, 4, width_ratios=(1, 1, 1, 0.7))
     for ax, col, label in ((ax_t, "seconds", "seconds (median)"), (ax_m, "peak_mb", "peak memory (MB, ru_maxrss)")):
         if len(meth):
             sns.lineplot(meth, x="n_train", y=col, hue="method", hue_order=methods, palette=palette(methods),
@@ -249,7 +251,8 @@ def bench(bench: pd.DataFrame) -> Figure:
     ax_t.set_title(f"ifkit.score time ({p:,}-parameter MLP)")
     ax_m.set_title("peak memory of a fresh process per method")
     if len(thr):
-        colours = {"per-sample-grad": "#1f77b4", "jvp-dots": "#2ca02c", "batched-backward": "#c7c7c7"}
+        colours = {"per-sample-grad": "#1f77b4", "factored-grads": "#ff7f0e", "jvp-dots": "#2ca02c",
+                   "batched-backward": "#c7c7c7"}
         order = [m for m in colours if m in set(thr["method"])]
         sns.barplot(thr, x="model", y="examples_per_s", hue="method", hue_order=order, ax=ax_r,
                     palette=[colours[m] for m in order])
@@ -260,6 +263,17 @@ def bench(bench: pd.DataFrame) -> Figure:
                                  if (m, k) in ratio.index and k != "batched-backward")
             for m in thr["model"].unique()), fontsize=9)
         ax_r.set_ylabel("examples / second")
+    if len(cache):
+        order = [m for m in ("no-cache", "grad-cache") if m in set(cache["method"])]
+        sns.barplot(cache, x="model", y="seconds", hue="method", hue_order=order, ax=ax_c,
+                    palette=["#c7c7c7", "#9467bd"][: len(order)])
+        ratio = cache[cache["method"] == "grad-cache"].groupby("model")["ratio"].median()
+        sizes = cache.groupby("model")["n_train"].first()
+        ax_c.set_title("several methods on one model, seconds\n" + ", ".join(
+            f"{m} (n={sizes[m]:,}): {r:.2g}x with GradCache" for m, r in ratio.items()), fontsize=9)
+        ax_c.set_ylabel("seconds (median)")
+    else:
+        ax_c.set_axis_off()
     return fig
 
 

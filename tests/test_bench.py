@@ -7,22 +7,27 @@ from ifkit import bench, figures
 
 def test_tiny_bench_writes_the_schema(tmp_path):
     out = tmp_path / "bench.csv"
-    code = bench.main(out, fast=True, progress=False, sizes=(64,), methods=("loss", "ekfac"),
-                      throughput_models=("mlp",), throughput_n=64, repeats=1, hidden=(8,), n_val=16)
+    tiny = dict(sizes=(64,), methods=("loss", "ekfac"), throughput_models=("mlp",), throughput_n=64, repeats=1,
+                hidden=(8,), n_val=16, cache_models=("mlp",), cache_n=64, cache_methods=("graddot", "datainf"))
+    code = bench.main(out, fast=True, progress=False, **tiny)
     assert code == 0
     df = pd.read_csv(out)
     assert {"method", "n_train", "n_params", "seconds", "peak_mb"} <= set(df.columns)
     assert list(df.columns) == bench.COLUMNS
-    assert set(df["method"]) == {"per-sample-grad", "jvp-dots", "batched-backward", "loss", "ekfac"}
+    assert set(df["method"]) == {"per-sample-grad", "factored-grads", "jvp-dots", "batched-backward", "loss", "ekfac",
+                                 "no-cache", "grad-cache"}
     assert df["seconds"].notna().all() and (df["seconds"] > 0).all() and (df["peak_mb"] > 0).all()
     assert (df.loc[df["part"] == "methods", "n_params"] == 784 * 8 + 8 + 8 * 10 + 10).all()
     thr = df[df["part"] == "throughput"]
     ratio = thr.set_index("method")["ratio"]  # each method's time over the batched backward's, within one run
     assert ratio["batched-backward"] == 1 and (ratio > 0).all()
     assert (thr["repeats"] >= 3).all()  # ratios are medians of at least 3 repeats
+    cache = df[df["part"] == "cache"].set_index("method")
+    assert cache.loc["no-cache", "ratio"] == 1 and cache.loc["grad-cache", "ratio"] > 0
+    assert "graddot + datainf" in cache.loc["grad-cache", "note"]
+    assert float(cache.loc["grad-cache", "note"].rsplit(" ", 1)[1]) < 1e-5  # the same scores either way
     # a rerun resumes: nothing left to measure, the file is unchanged
-    assert bench.main(out, fast=True, progress=False, sizes=(64,), methods=("loss", "ekfac"),
-                      throughput_models=("mlp",), throughput_n=64, repeats=1, hidden=(8,), n_val=16) == 0
+    assert bench.main(out, fast=True, progress=False, **tiny) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out), df)
     fig = figures.FIGURES["bench"].fn(df)
     assert len(fig.axes) >= 3
