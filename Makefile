@@ -30,6 +30,7 @@ help:
 	@echo "make figures          redraw figures/ from results/"
 	@echo "make clean-notebooks  strip outputs and execution counts from notebooks/*.ipynb"
 	@echo "make lint             ruff check ifkit tests"
+	@echo "make bench-compare    ifkit vs captum/dattri in .venv-compare -> results/bench_compare.csv (~1 h)"
 
 setup: $(STAMP) data
 
@@ -92,3 +93,12 @@ clean-notebooks:
 
 lint: setup
 	$(VENV)/bin/ruff check ifkit tests
+
+# ifkit against captum and dattri on the same work (benchmarks/compare_libraries.py). Its own venv, so neither
+# library becomes an ifkit dependency; constraints.txt keeps torch the CPU build (pip fails rather than pull CUDA).
+# The '*' .gitignore keeps the venv out of git status, as venvs from Python >= 3.13 do by themselves.
+.PHONY: bench-compare
+bench-compare:
+	@test -x .venv-compare/bin/python || { python3 -m venv .venv-compare && echo '*' > .venv-compare/.gitignore; }
+	.venv-compare/bin/pip install -q -c constraints.txt torch captum dattri -e .
+	TQDM_DISABLE=1 .venv-compare/bin/python benchmarks/compare_libraries.py --out results/bench_compare.csv
