@@ -225,8 +225,8 @@ def _bench_problem(n: int, n_val: int, hidden: Sequence[int]) -> tuple[nn.Module
 def prepare(n: int, workdir: Path, n_val: int = N_VAL, hidden: Sequence[int] = HIDDEN, epochs: int = EPOCHS,
             progress: bool = False) -> Path:
     """Train on bench's data, measure the Hessian's spectrum, save everything a worker needs; returns the file."""
-    from ifkit import func
-    from ifkit.train import train
+    from ifkit.core import func
+    from ifkit.optim.train import train
 
     model, X, y, Xv, yv = _bench_problem(n, n_val, hidden)
     res = train(model, (X, y), epochs=epochs, lr=LR, batch_size=TRAIN_BATCH, n_checkpoints=N_CHECKPOINTS,
@@ -285,10 +285,11 @@ def _ifkit_ekfac_empirical(s: Setup) -> Tensor:
     """ifkit's ``ekfac`` score with the EMPIRICAL Fisher (training labels) instead of the exact Gauss-Newton.
 
     ``ifkit.score("ekfac")`` always fits the Gauss-Newton / true Fisher (an exact expectation over labels);
-    dattri's EK-FAC fits the empirical Fisher. ``ifkit.kfac.fit(fisher="empirical")`` is the same computation
+    dattri's EK-FAC fits the empirical Fisher. ``ifkit.curvature.kfac.fit(fisher="empirical")`` is the same computation
     as ``ekfac_score`` with that one switch, so this isolates dattri's own differences.
     """
-    from ifkit import func, kfac
+    from ifkit.core import func
+    from ifkit.curvature import kfac
 
     prob = func.make_problem(s.model)
     curv = kfac.fit(prob, s.X, s.y, kind="ekfac", fisher="empirical")
@@ -619,7 +620,7 @@ def pairs() -> list[Pair]:
              note="ifkit fits the Gauss-Newton (true Fisher), dattri the empirical Fisher; and see the patched rows"),
         Pair("dattri", "IFAttributorEKFAC", "ekfac (fisher=empirical)", "score",
              _ifkit_ekfac_empirical, lambda s: _dattri_ekfac(s, "score"),
-             note="same curvature as dattri (ifkit.kfac.fit(fisher='empirical'))", max_n=2_000,
+             note="same curvature as dattri (ifkit.curvature.kfac.fit(fisher='empirical'))", max_n=2_000,
              skip_reason="diagnostic row, measured at 2,000 points only", diagnostic=True),
         Pair("dattri", "IFAttributorEKFAC (patched: eigenbasis + bias layout)", "ekfac (fisher=empirical)", "score",
              _ifkit_ekfac_empirical, lambda s: _dattri_ekfac(s, "score", patched=True),

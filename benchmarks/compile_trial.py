@@ -70,8 +70,9 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ifkit import func, layerwise  # noqa: E402
 from ifkit.bench import _data, _model  # noqa: E402  (the exact model and data ``ifkit bench`` times)
+from ifkit.core import factors as layerwise  # noqa: E402
+from ifkit.core import func
 
 COLUMNS = ["kernel", "model", "n", "k", "eager_s", "compiled_s", "compile_s", "speedup", "max_abs_diff", "status",
            "note"]
@@ -143,7 +144,7 @@ def build_kernels(model_name: str, n: int, kernels: Sequence[str], ks: Sequence[
                 continue  # outer products need a network of Linear layers (not the CNN)
 
             def lw(Xc: Tensor, yc: Tensor) -> Tensor:
-                return layerwise.per_sample_grads(prob, Xc, yc)
+                return layerwise.outer_product_grads(prob, Xc, yc)
 
             out.append(Kernel(name, model_name, n, None, lw, [(X[r], y[r]) for r in rows(BATCH)], 1,
                               what=f"layerwise.per_sample_grads (outer products), chunks of {BATCH}"))

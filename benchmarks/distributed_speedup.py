@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     import ifkit
-    from ifkit import distributed as D
+    from ifkit.core import distributed as D
 
     dist.init_process_group("gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
@@ -77,10 +77,12 @@ def worker(args: argparse.Namespace) -> None:
         result[method] = timed(lambda: ifkit.score(method, model, train, val, **opts))
 
     if size > 1:  # fvm's query side vs broadcasting its products from rank 0
-        from ifkit.estimators import DEFAULTS, Ctx
-        from ifkit.flat_influence import FVM_DEFAULTS, ValInverse, flat_point
+        from ifkit.api import DEFAULTS
+        from ifkit.core.grads import GradEngine
+        from ifkit.curvature.val_inverse import ValInverse
+        from ifkit.methods.flat import FVM_DEFAULTS, flat_point
 
-        ctx = Ctx(model, *train, *val, {**DEFAULTS, "_given": frozenset()})
+        ctx = GradEngine(model, *train, *val, {**DEFAULTS, "_given": frozenset()})
         box = {}
         query = lambda: box.update(inv=ValInverse(prob := flat_point(ctx, FVM_DEFAULTS), *val, ctx.opt), prob=prob)  # noqa: E731
         result["fvm_query_side"] = timed(query)

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from ifkit import func
+from ifkit.core import func
 
 
 def rss_mb() -> float:

@@ -6,23 +6,42 @@
 Higher score = more harmful (more likely mislabelled); pairwise negative = helpful.
 
 Scoring one model with several methods? Share its training gradients: ``cache = ifkit.GradCache()``, then pass
-``cache_grads=cache`` to each call (ifkit/gradcache.py).
+``cache_grads=cache`` to each call (ifkit/core/cache.py).
+
+Layers, each importing only the ones below it (tests/test_layers.py checks):
+
+    core/         torch.func primitives, per-layer gradient factors, the gradient cache, sharding, the engine
+    curvature/    solvers (Cholesky, CG, LiSSA, DataInf), one ``inverse(...)``, (E)K-FAC, the validation inverse
+    optim/        training loops, full-batch fits and retraining, SAM / LPF-SGD, flat fine-tuning on S_val
+    data/, models, metrics, results      datasets and noise, the kit's models, AUCs, result files
+    methods/      one function per method, one static REGISTRY
+    api           options, input checks, ``score`` / ``pairwise``
+    sharpness     validation sharpness and the paper's sign-error bound
+    viz/, experiments/, widgets, bench, cli
 """
 
-from . import ekfac_influence as _ekfac_influence  # noqa: F401  (registers "ekfac")
-from . import estimators as _estimators
-from . import flat_influence as _flat_influence  # noqa: F401  (registers "vm" and "fvm")
-from .estimators import pairwise, score
-from .gradcache import GradCache
+from __future__ import annotations
 
 __version__ = "0.1.0"
+__all__ = ["score", "pairwise", "METHODS", "GradCache"]
 
 
 def __getattr__(name: str):
-    # METHODS is read from the registry on access, so methods registered by higher layers (VM/FVM) appear too.
+    # Loaded on first use, so that `import ifkit.core.func` (or any lower layer) does not import every layer.
+    if name in ("score", "pairwise"):
+        from . import api
+
+        return getattr(api, name)
     if name == "METHODS":
-        return _estimators.methods()
+        from .methods import REGISTRY
+
+        return tuple(REGISTRY)
+    if name == "GradCache":
+        from .core.cache import GradCache
+
+        return GradCache
     raise AttributeError(f"module 'ifkit' has no attribute {name!r}")
 
 
-__all__ = ["score", "pairwise", "METHODS", "GradCache"]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -3,10 +3,10 @@
 Three parts, one tidy CSV (results/bench.csv, one row per measurement):
 
 * part "throughput": the ways to get the n training dot products G @ v that every linear score needs, timed
-  round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``layerwise.iter_grads``:
+  round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``core.grads.stream_grads``:
   materialised (256, p) blocks -- outer products e_i x_i^T for networks of Linear layers, else vmap(grad) --
   each times v), "factored-grads" (Linear-layer networks only: every g_i as its per-layer factors from one
-  forward+backward, ``layerwise.factored_grads``, then G v from the factors; what ``score`` uses for them),
+  forward+backward, ``core.factors.factored_grads``, then G v from the factors; what ``score`` uses for them),
   "jvp-dots" (``func.grad_dots``: one forward-mode JVP per chunk of 2048, no gradient is formed; the path for
   other models without convolutions) and "batched-backward" (a plain forward+backward of the mean loss on
   batches of 256: the cost of one training epoch, the yardstick). ``ratio`` = the method's seconds / batched seconds, the median over
@@ -103,7 +103,8 @@ def _data(n: int, seed: int):
 def _throughput(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from ifkit import func, layerwise
+    from ifkit.core import factors, func
+    from ifkit.core.grads import stream_grads
 
     torch.manual_seed(0)
     model = _model(job["model"], tuple(job["hidden"]))
@@ -113,11 +114,11 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
     base = _peak_mb()
 
     def per_sample() -> None:
-        for _, G in layerwise.iter_grads(prob, X, y, BATCH):  # what ifkit.score streams
+        for _, G in stream_grads(prob, X, y, BATCH):  # what ifkit.score streams
             G @ v  # (chunk,): every score reduces each chunk like this
 
     def factored() -> None:
-        F = layerwise.factored_grads(prob, X, y)  # every g_i as per-layer factors: one forward + backward
+        F = factors.factored_grads(prob, X, y)  # every g_i as per-layer factors: one forward + backward
         F.dots(v)  # (n,) from the factors
 
     def jvp_dots() -> None:
@@ -129,7 +130,7 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
             torch.nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
 
     fns = dict(per_sample=per_sample, jvp_dots=jvp_dots, batched=batched)
-    if layerwise.supported(prob, X[:1]):  # Linear-layer networks only: the CNN has no such factors
+    if factors.supported(prob, X[:1]):  # Linear-layer networks only: the CNN has no such factors
         fns["factored"] = factored
     for fn in fns.values():
         fn()  # warm-up (vmap tracing, allocator)

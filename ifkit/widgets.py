@@ -340,7 +340,7 @@ def plot_bound(table, gamma: float, mu: float | None = None) -> Figure:
     """
     from scipy.stats import spearmanr
 
-    from .theory import sign_error_bound
+    from .sharpness import sign_error_bound
 
     missing = {"trajectory", "gamma", "method", "R_gamma", "sign_error", "mu"} - set(table.columns)
     if missing:

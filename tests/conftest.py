@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from ifkit import theory
+from ifkit.optim import fullbatch
 
 
 def digits(n_train: int, n_val: int, n_flip: int, seed: int = 0, dtype=torch.float64):
@@ -42,7 +42,7 @@ def logreg():
     """L2-regularised logistic regression at its exact optimum: (model, train, val, flipped, weight_decay)."""
     Xtr, ytr, Xv, yv, flipped = digits(300, 300, 60)
     torch.manual_seed(0)
-    model = theory.fit_convex(torch.nn.Linear(64, 10).double(), (Xtr, ytr), WEIGHT_DECAY)
+    model = fullbatch.fit_full_batch(torch.nn.Linear(64, 10).double(), (Xtr, ytr), WEIGHT_DECAY)
     return model, (Xtr, ytr), (Xv, yv), flipped, WEIGHT_DECAY
 
 

@@ -214,7 +214,8 @@ def test_dattri_ekfac_defects_and_patch():
     from dattri.algorithm import IFAttributorEKFAC
     from dattri.task import AttributionTask
 
-    from ifkit import func, kfac
+    from ifkit.core import func
+    from ifkit.curvature import kfac
 
     for bias in (False, True):
         torch.manual_seed(0)

@@ -53,7 +53,7 @@ def test_tiny_trial_rows_and_correctness(trial):
 
 def test_kernels_call_ifkit_as_ifkit_does(trial):
     """The eager kernel is ifkit's own function: one pass of jvp-dots gives func.grad_dots' numbers."""
-    from ifkit import func
+    from ifkit.core import func
 
     (kernel,) = trial.build_kernels("mlp", 64, ["jvp-dots"], ks=(1,), hidden=(16,))
     got = torch.cat([kernel.finish(kernel.fn(*args)) for args in kernel.calls])

@@ -2,7 +2,7 @@ import pytest
 import torch
 from tolerances import CG, EXACT, HUTCHINSON_REL, LISSA
 
-from ifkit import curvature as C
+from ifkit.curvature import solvers as C
 
 
 def _spd(p=12, cond=20.0, seed=0):

@@ -160,7 +160,7 @@ def test_digits_split_disjoint_by_index(monkeypatch):
     # duplicate images, which would confuse a comparison of pixels).
     _, y = data.load_digits()
     ids = torch.arange(len(y), dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, 8, 8).contiguous()
-    monkeypatch.setattr(data, "load_digits", lambda: (ids, y))
+    monkeypatch.setattr(data.splits, "load_digits", lambda: (ids, y))
     s = data.make_split("digits", n_train=500, n_val=200, noise="symmetric", rate=0.2, seed=0)
     tr, va, te = ({int(v) for v in X_[:, 0, 0, 0]} for X_ in (s.X_train, s.X_val, s.X_test))
     assert len(tr) == 500 and len(va) == 200 and len(te) == len(y) - 700  # n_test=None: all the rest

@@ -9,7 +9,7 @@ import torch
 from ifkit import metrics
 from ifkit.experiments import detection as D
 from ifkit.experiments import relabel as R
-from ifkit.train import evaluate
+from ifkit.optim.train import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

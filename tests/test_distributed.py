@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import ifkit
-from ifkit import distributed as D
+from ifkit.core import distributed as D
 from ifkit.data import make_split
 from ifkit.models import MLP
 

@@ -5,7 +5,8 @@ import torch
 from tolerances import CG, EXACT, LISSA, LOO_PEARSON, LOO_SIGN_AGREEMENT
 
 import ifkit
-from ifkit import metrics, theory
+from ifkit import metrics
+from ifkit.optim import fullbatch
 
 PAIRWISE = ["graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "gex"]
 # Methods whose score is the (linear) mean of their pairwise table over the validation queries.
@@ -32,7 +33,7 @@ def test_if_exact_predicts_leave_one_out(logreg):
     model, train, val, _, wd = logreg
     n = len(train[0])
     predicted = -ifkit.score("if-exact", model, train, val, damping=wd) / n  # eps = -1/n
-    actual = theory.upweight_val_change(model, train, val, weight_decay=wd)
+    actual = fullbatch.upweight_val_change(model, train, val, weight_decay=wd)
     assert metrics.correlation(predicted, actual)["pearson"] >= LOO_PEARSON
     assert metrics.sign_agreement(predicted, actual) >= LOO_SIGN_AGREEMENT
 
@@ -174,13 +175,13 @@ def test_lissa_switches_to_seeded_minibatches_above_the_threshold(tiny_mlp, monk
     its scores rank the points like the full-batch ones."""
     from scipy.stats import spearmanr
 
-    from ifkit import estimators
+    from ifkit.curvature import inverse
 
     model, train, val, _ = tiny_mlp
     full = ifkit.score("if-lissa", model, train, val, damping=0.1)
     assert torch.equal(full, ifkit.score("if-lissa", model, train, val, damping=0.1, lissa_batch="full"))
-    monkeypatch.setattr(estimators, "LISSA_FULL_MAX", 100)  # 200 training points are now "large"
-    monkeypatch.setattr(estimators, "LISSA_AUTO_BATCH", 64)
+    monkeypatch.setattr(inverse, "LISSA_FULL_MAX", 100)  # 200 training points are now "large"
+    monkeypatch.setattr(inverse, "LISSA_AUTO_BATCH", 64)
     auto = ifkit.score("if-lissa", model, train, val, damping=0.1)
     assert not torch.equal(auto, full)  # it did change path
     assert torch.equal(auto, ifkit.score("if-lissa", model, train, val, damping=0.1))  # seeded: identical
@@ -192,17 +193,17 @@ def test_lissa_switches_to_seeded_minibatches_above_the_threshold(tiny_mlp, monk
 def test_gradient_chunks_shrink_to_fit_the_memory_budget(tiny_mlp, monkeypatch):
     """Per-sample gradients stream in chunks of at most 256 rows, fewer when a (rows, p) block would exceed
     budget_mb / 4; the scores do not depend on the chunking."""
-    from ifkit import estimators
+    from ifkit.core import grads
 
-    assert estimators.grad_chunk_rows(101_770, torch.float32, 1024.0) == 256
-    assert estimators.grad_chunk_rows(10_000_000, torch.float32, 1024.0) == 6
-    assert estimators.grad_chunk_rows(10**12, torch.float64, 1.0) == 1
+    assert grads.grad_chunk_rows(101_770, torch.float32, 1024.0) == 256
+    assert grads.grad_chunk_rows(10_000_000, torch.float32, 1024.0) == 6
+    assert grads.grad_chunk_rows(10**12, torch.float64, 1.0) == 1
     model, train, val, _ = tiny_mlp  # p = 1,210 float64 parameters
     seen = []
-    real = estimators.iter_grads
+    real = grads.iter_grads
     # the dense path (models without per-layer factors, e.g. CNNs): Linear-layer networks stream factors instead
-    monkeypatch.setattr(estimators.layerwise, "supported", lambda *a: False)
-    monkeypatch.setattr(estimators, "iter_grads", lambda prob, X, y, c: seen.append(c) or real(prob, X, y, c))
+    monkeypatch.setattr(grads.factors, "supported", lambda *a: False)
+    monkeypatch.setattr(grads, "iter_grads", lambda prob, X, y, c: seen.append(c) or real(prob, X, y, c))
     small = ifkit.score("gradcos", model, train, val, budget_mb=0.05)  # 0.05 MB / 4 / (1210 x 8 B) -> 1 row
     assert seen[-1] == 1
     default = ifkit.score("gradcos", model, train, val)

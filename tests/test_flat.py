@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch.func import functional_call, grad
 
-from ifkit.flat import LPFSGD, SAM, filter_norms, flat_finetune, sam_sharpness
 from ifkit.models import MLP
-from ifkit.train import train
+from ifkit.optim.flat_finetune import flat_finetune
+from ifkit.optim.sam import LPFSGD, SAM, filter_norms, sam_sharpness
+from ifkit.optim.train import train
 
 EXACT = {"rtol": 1e-12, "atol": 1e-14}  # float64, same formula evaluated in a different order
 

@@ -8,9 +8,12 @@ from conftest import digits
 from tolerances import EXACT, LOO_PEARSON, LOO_SIGN_AGREEMENT
 
 import ifkit
-from ifkit import flat_influence as FI
-from ifkit import func, metrics, theory
-from ifkit.estimators import DEFAULTS
+from ifkit import metrics
+from ifkit.api import DEFAULTS
+from ifkit.core import func
+from ifkit.curvature.inverse import dense_curvature
+from ifkit.curvature.val_inverse import ValInverse
+from ifkit.optim import fullbatch
 
 
 def _small_net():
@@ -23,9 +26,9 @@ def _small_net():
 def test_lowrank_ggn_inverse_equals_dense():
     m, Xv, yv = _small_net()
     prob = func.make_problem(m)
-    inv = FI.ValInverse(prob, Xv, yv, dict(DEFAULTS, damping=0.05))
+    inv = ValInverse(prob, Xv, yv, dict(DEFAULTS, damping=0.05))
     assert inv.lowrank  # 15 x 4 = 60 < p = 264
-    M = FI._dense(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
+    M = dense_curvature(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
     G = torch.randn(7, prob.p, dtype=torch.float64)
     ref = torch.linalg.solve(M + 0.05 * torch.eye(prob.p, dtype=torch.float64), G.T).T
     torch.testing.assert_close(inv.solve(G), ref, **EXACT)
@@ -39,7 +42,7 @@ def test_vm_score_is_its_formula_at_theta_tilde(curvature):
     damping = 1.0 if curvature == "exact" else 0.1  # the Hessian of an untrained net is indefinite
     s = ifkit.score("vm", m, (X, y), (Xv, yv), flat_steps=0, damping=damping, curvature=curvature, tol=1e-12)
     prob = func.make_problem(m)
-    M = func.hessian_exact(prob, Xv, yv) if curvature == "exact" else FI._dense(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
+    M = func.hessian_exact(prob, Xv, yv) if curvature == "exact" else dense_curvature(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
     G = func.per_sample_grads(prob, X, y)
     expected = (G * torch.linalg.solve(M + damping * torch.eye(prob.p, dtype=torch.float64), G.T).T).sum(1)
     torch.testing.assert_close(s, expected, rtol=1e-6, atol=1e-9)
@@ -51,7 +54,7 @@ def test_vm_pairwise_predicts_retraining_at_the_validation_minimum():
     must agree, and its error must shrink with eps (it is the derivative at eps = 0)."""
     Xtr, ytr, Xv, yv, _ = digits(40, 200, 8, seed=3)
     wd = 1e-2
-    model = theory.fit_convex(torch.nn.Linear(64, 10).double(), (Xv, yv), wd)  # theta~
+    model = fullbatch.fit_full_batch(torch.nn.Linear(64, 10).double(), (Xv, yv), wd)  # theta~
     q = slice(0, 10)
     pred = ifkit.pairwise("vm", model, (Xtr, ytr), (Xv[q], yv[q]), flat_val=(Xv, yv), flat_steps=0, damping=wd,
                           curvature="exact")  # (10, 40)
@@ -64,8 +67,8 @@ def test_vm_pairwise_predicts_retraining_at_the_validation_minimum():
         for i in range(len(Xtr)):
             X, y = torch.cat([Xv, Xtr[i : i + 1]]), torch.cat([yv, ytr[i : i + 1]])
             w = torch.cat([torch.full((len(Xv),), 1 / len(Xv), dtype=torch.float64), torch.tensor([eps]).double()])
-            H = theory.objective_hessian(prob, X, y, wd, weights=w)  # Newton from theta~ with the weighted Hessian
-            theta = theory.minimise(prob, X, y, wd, weights=w, hessian=H, tol=1e-10)
+            H = fullbatch.objective_hessian(prob, X, y, wd, weights=w)  # Newton from theta~ with the weighted Hessian
+            theta = fullbatch.minimise(prob, X, y, wd, weights=w, hessian=H, tol=1e-10)
             with torch.no_grad():
                 actual[:, i] = (prob.losses(theta, Xv[q], yv[q]) - base) / eps
         if eps == 1e-3:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from tolerances import EXACT, FLOAT32
 
-from ifkit import func
+from ifkit.core import func
 
 
 def _mlp(dtype=torch.float64):
@@ -118,7 +118,7 @@ def test_grad_dots_equal_per_sample_grads_times_v(k):
 
 
 def test_sequence_cross_entropy_averages_over_the_tokens_that_count():
-    from ifkit.func import cross_entropy
+    from ifkit.core.func import cross_entropy
 
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)  # (n, T, V)

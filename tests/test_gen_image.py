@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 
 import ifkit
 from ifkit import widgets
+from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.experiments import gen_image as G
-from ifkit.func import make_problem, per_sample_grads
 from ifkit.models import ConditionalVAE, add_lora, lora_names
 
 TINY = G.Config(dataset="digits", image_size=8, styles=("inverted", "flipped"), n_train_per_style=12,

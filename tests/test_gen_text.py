@@ -11,7 +11,8 @@ import torch
 from matplotlib.figure import Figure
 
 import ifkit
-from ifkit import figures, func
+from ifkit import figures
+from ifkit.core import func
 from ifkit.experiments import gen_text as G
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.widgets import plot_top_examples

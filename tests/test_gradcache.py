@@ -9,9 +9,11 @@ import torch
 from tolerances import EXACT
 
 import ifkit
-from ifkit import gradcache, layerwise
-from ifkit.func import make_problem, per_sample_grads
-from ifkit.gradcache import DenseGrads, GradCache, module_blocks
+from ifkit.core import cache as gradcache
+from ifkit.core import factors as layerwise
+from ifkit.core.cache import DenseGrads, GradCache, module_blocks
+from ifkit.core.func import make_problem, per_sample_grads
+from ifkit.methods import REGISTRY
 from ifkit.models import MLP, SmallCNN
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:conjugate gradient stopped")]
@@ -103,7 +105,7 @@ def test_every_method_gives_the_same_numbers_with_a_shared_cache(tiny_mlp, metho
         assert cache.hits == cache.misses == 0
     elif method not in ("ekfac",):  # ekfac's curvature pass does its own sweep; its final dots hit
         assert cache.misses >= 1 and cache.hits >= 1
-    if ifkit.estimators.REGISTRY[method][1] is not None:
+    if REGISTRY[method][1] is not None:
         q = (val[0][:3], val[1][:3])
         torch.testing.assert_close(ifkit.pairwise(method, model, train, q, cache_grads=cache, **opts),
                                    ifkit.pairwise(method, model, train, q, **opts), rtol=1e-8, atol=1e-10)

@@ -1,4 +1,4 @@
-"""K-FAC / EK-FAC (ifkit.kfac) against the exact Gauss-Newton matrix, and the "ekfac" method."""
+"""K-FAC / EK-FAC (ifkit.curvature.kfac) against the exact Gauss-Newton matrix, and the "ekfac" method."""
 
 import copy
 
@@ -7,7 +7,9 @@ import torch
 from tolerances import EXACT
 
 import ifkit
-from ifkit import func, kfac, metrics
+from ifkit import metrics
+from ifkit.core import func
+from ifkit.curvature import kfac
 from ifkit.models import SmallCNN
 
 f64 = torch.float64
@@ -137,8 +139,8 @@ def test_unsupported_layers_are_named_with_a_fix():
 
 
 def test_vm_curvature_ekfac_uses_the_validation_factors(tiny_mlp):
-    from ifkit.estimators import DEFAULTS
-    from ifkit.flat_influence import ValInverse
+    from ifkit.api import DEFAULTS
+    from ifkit.curvature.val_inverse import ValInverse
 
     model, (X, y), (Xv, yv), flipped = tiny_mlp
     prob = func.make_problem(model)
@@ -154,8 +156,8 @@ def test_vm_curvature_ekfac_uses_the_validation_factors(tiny_mlp):
 def test_self_influence_with_ekfac_matches_its_dense_form():
     """self-if with curvature="ekfac" = g_i^T (F + damping I)^-1 g_i with F the dense EK-FAC matrix."""
     import ifkit
-    from ifkit import kfac
-    from ifkit.func import make_problem, per_sample_grads
+    from ifkit.core.func import make_problem, per_sample_grads
+    from ifkit.curvature import kfac
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3)).double()

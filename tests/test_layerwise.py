@@ -1,4 +1,4 @@
-"""Layer-wise factorisation of gradient inner products (ifkit/layerwise.py) against explicit gradients, and VM/FVM
+"""Layer-wise factorisation of gradient inner products (ifkit/core/factors.py) against explicit gradients, and VM/FVM
 through it against the generic low-rank path."""
 
 import pytest
@@ -6,8 +6,10 @@ import torch
 from tolerances import EXACT
 
 import ifkit
-from ifkit import flat_influence, layerwise
-from ifkit.func import make_problem, per_sample_grads
+from ifkit.core import factors as layerwise
+from ifkit.core.func import make_problem, per_sample_grads
+from ifkit.core.grads import stream_grads
+from ifkit.curvature import val_inverse
 from ifkit.models import MLP, SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +63,7 @@ def test_vm_fvm_structured_equal_the_generic_low_rank_path(method, monkeypatch):
     opts = dict(flat_steps=10, damping=0.05)
     fast = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), **opts)
     cand = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), candidates=(Xtr[:5], (ytr[:5] + 1) % 10), **opts)
-    monkeypatch.setattr(flat_influence.layerwise, "supported", lambda *a: False)
+    monkeypatch.setattr(val_inverse.factors, "supported", lambda *a: False)
     slow = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), **opts)
     slow_cand = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), candidates=(Xtr[:5], (ytr[:5] + 1) % 10), **opts)
     torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-10)
@@ -73,8 +75,8 @@ def test_outer_product_per_sample_grads_equal_vmap(params):
     model = _mlp()
     X, y = torch.randn(9, 6, dtype=torch.float64), torch.randint(0, 3, (9,))
     prob = make_problem(model, params=params)
-    torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), per_sample_grads(prob, X, y), **EXACT)
-    chunks = list(layerwise.iter_grads(prob, X, y, 4))
+    torch.testing.assert_close(layerwise.outer_product_grads(prob, X, y), per_sample_grads(prob, X, y), **EXACT)
+    chunks = list(stream_grads(prob, X, y, 4))
     assert [r for r, _ in chunks] == [slice(0, 4), slice(4, 8), slice(8, 9)]
     torch.testing.assert_close(torch.cat([G for _, G in chunks]), per_sample_grads(prob, X, y), **EXACT)
 
@@ -84,7 +86,7 @@ def test_a_bare_linear_model():
     model = torch.nn.Linear(4, 3).double()
     X, y = torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))
     prob = make_problem(model)
-    torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), per_sample_grads(prob, X, y), **EXACT)
+    torch.testing.assert_close(layerwise.outer_product_grads(prob, X, y), per_sample_grads(prob, X, y), **EXACT)
 
 
 def test_in_place_activations_do_not_corrupt_the_factors():
@@ -95,7 +97,7 @@ def test_in_place_activations_do_not_corrupt_the_factors():
     X, y = torch.randn(7, 6, dtype=torch.float64), torch.randint(0, 3, (7,))
     prob = make_problem(model)
     G = per_sample_grads(prob, X, y)
-    torch.testing.assert_close(layerwise.per_sample_grads(prob, X, y), G, **EXACT)
+    torch.testing.assert_close(layerwise.outer_product_grads(prob, X, y), G, **EXACT)
     t = layerwise.taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
     torch.testing.assert_close(t.gram(t)[:, 0, :, 0], G @ G.T, **EXACT)
 

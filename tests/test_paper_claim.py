@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import ifkit
-from ifkit import data, metrics, models, train
+from ifkit import data, metrics, models
+from ifkit.optim import train
 
 CLASSIC = ["if-lissa", "if-cg", "tracin", "datainf"]
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 from tolerances import HUTCHINSON_REL
 
-from ifkit import theory
+from ifkit import sharpness as theory
+from ifkit.core.func import ggn_vp_fn, hessian_exact, make_problem
 from ifkit.experiments import discover
 from ifkit.experiments import theory as exp_theory
-from ifkit.flat import sam_sharpness
-from ifkit.func import ggn_vp_fn, hessian_exact, make_problem
+from ifkit.optim import fullbatch
+from ifkit.optim.sam import sam_sharpness
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def small_logreg():
 
     Xtr, ytr, Xv, yv, _ = digits(100, 80, 20, seed=3)
     torch.manual_seed(0)
-    model = theory.fit_convex(torch.nn.Linear(64, 10).double(), (Xtr, ytr), 1e-1)
+    model = fullbatch.fit_full_batch(torch.nn.Linear(64, 10).double(), (Xtr, ytr), 1e-1)
     return model, (Xv, yv)
 
 

@@ -10,7 +10,8 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 
 from ifkit.models import MLP, LogisticRegression
-from ifkit.train import evaluate, full_batch_grad_norm, train, train_full_batch_lbfgs
+from ifkit.optim.fullbatch import fit_full_batch, full_batch_grad_norm
+from ifkit.optim.train import evaluate, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
@@ -148,7 +149,7 @@ def test_lbfgs_reaches_stationary_point(weight_decay):
     torch.manual_seed(0)
     model = LogisticRegression(64, 10).double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fitted = train_full_batch_lbfgs(model, (X, y), weight_decay)
+    fitted = fit_full_batch(model, (X, y), weight_decay)
     assert full_batch_grad_norm(fitted, (X, y), weight_decay) < 1e-8
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
 
@@ -158,7 +159,7 @@ def test_lbfgs_matches_sklearn_without_intercept():
     X, y = _logreg_problem()
     wd = 1e-2
     torch.manual_seed(0)
-    fitted = train_full_batch_lbfgs(LogisticRegression(64, 10, bias=False).double(), (X, y), wd)
+    fitted = fit_full_batch(LogisticRegression(64, 10, bias=False).double(), (X, y), wd)
     sk = SkLogisticRegression(C=1 / (len(X) * wd), fit_intercept=False, tol=1e-12, max_iter=10_000)
     sk.fit(X.flatten(1).numpy(), y.numpy())
     np.testing.assert_allclose(fitted.linear.weight.detach().numpy(), sk.coef_, atol=1e-6)
@@ -168,10 +169,10 @@ def test_lbfgs_warm_start_for_leave_one_out():
     X, y = _logreg_problem()
     wd = 1e-2
     torch.manual_seed(0)
-    full = train_full_batch_lbfgs(LogisticRegression(64, 10).double(), (X, y), wd)
+    full = fit_full_batch(LogisticRegression(64, 10).double(), (X, y), wd)
     keep = torch.arange(len(X)) != 7
-    cold = train_full_batch_lbfgs(LogisticRegression(64, 10).double(), (X[keep], y[keep]), wd)
-    warm = train_full_batch_lbfgs(full, (X[keep], y[keep]), wd, init_state=full.state_dict(), max_iter=50)
+    cold = fit_full_batch(LogisticRegression(64, 10).double(), (X[keep], y[keep]), wd)
+    warm = fit_full_batch(full, (X[keep], y[keep]), wd, init_state=full.state_dict(), max_iter=50)
     assert full_batch_grad_norm(warm, (X[keep], y[keep]), wd) < 1e-8
     for k, v in cold.state_dict().items():  # a strictly convex problem: one minimiser whatever the start
         torch.testing.assert_close(warm.state_dict()[k], v, rtol=0, atol=1e-8)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from ifkit import figures, theory, widgets
+from ifkit import figures, widgets
+from ifkit import sharpness as theory
 
 
 @pytest.fixture

@@ -42,14 +42,14 @@ from tqdm.auto import tqdm
 
 import ifkit
 from ifkit import metrics
+from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.data import Split, make_split
 from ifkit.experiments import register
-from ifkit.flat import flat_finetune
-from ifkit.flat_influence import VM_DEFAULTS
-from ifkit.func import make_problem, per_sample_grads
+from ifkit.methods.flat import VM_DEFAULTS
 from ifkit.models import MLP
+from ifkit.optim.flat_finetune import flat_finetune
+from ifkit.optim.train import TrainResult, evaluate, train
 from ifkit.results import ResultsTable
-from ifkit.train import TrainResult, evaluate, train
 
 FILENAME = "detection.csv"
 DYNAMICS = "detection_dynamics.csv"
@@ -162,10 +162,10 @@ def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None =
 
 
 def checkpoint_epochs(epochs: int, n: int) -> list[int]:
-    """The epochs at which ``ifkit.train.train`` saved its ``n`` checkpoints (evenly spaced, last = final)."""
-    from ifkit.train import _checkpoint_epochs
+    """The epochs at which ``ifkit.optim.train.train`` saved its ``n`` checkpoints (evenly spaced, last = final)."""
+    from ifkit.optim.train import checkpoint_epochs
 
-    return sorted(_checkpoint_epochs(epochs, n))
+    return sorted(checkpoint_epochs(epochs, n))
 
 
 def tracin_checkpoints(s: Setting) -> list:

@@ -18,7 +18,7 @@ packed input, ``ConditionalVAE.pack``), so it is a deterministic function of the
 DataInf's diffusion loss at fixed timesteps and noise. Training (pretraining and LoRA) draws fresh noise every
 step, as a VAE is normally trained.
 
-Curvature for VM/FVM: the targets are images, not class ids, so ``ifkit.flat_influence.ValInverse`` cannot use
+Curvature for VM/FVM: the targets are images, not class ids, so ``ifkit.curvature.val_inverse.ValInverse`` cannot use
 its low-rank (Woodbury) Gauss-Newton path (that needs one class id per example, and r = n_val x 272 outputs
 would exceed p anyway). We pass ``curvature="ggn"``: the dense Gauss-Newton matrix of the validation loss over
 the p LoRA parameters, PSD because the negative ELBO is convex in the model's outputs (pixel logits, mu,

@@ -71,8 +71,8 @@ from tqdm.auto import tqdm
 import ifkit
 from ifkit.experiments import register
 from ifkit.models import TinyLM, add_lora, lora_names
+from ifkit.optim.train import train
 from ifkit.results import ResultsTable
-from ifkit.train import train
 
 FILENAME = "generation.csv"
 EXAMPLES = "generation_text_examples.csv"
@@ -377,7 +377,7 @@ def _pretrained_state(task: str, cfg: Config, progress: bool = False) -> dict[st
     rng = np.random.default_rng(4321)
     Xp, yp = pretraining_batch(task, rng, cfg.pretrain_pool)  # fresh examples, encoded once
     gen = torch.Generator().manual_seed(4321)
-    loss_fn = ifkit.func.cross_entropy
+    loss_fn = ifkit.core.func.cross_entropy
     for _ in tqdm(range(steps), desc=f"pretrain {task}", disable=not progress, leave=False):
         idx = torch.randint(0, len(Xp), (cfg.pretrain_batch,), generator=gen)
         X, y = Xp[idx], yp[idx]
@@ -459,8 +459,8 @@ def _lissa_scale(model, data: TaskData, cfg: Config) -> float:
     """LiSSA needs scale > the top eigenvalue of every mini-batch curvature it sees: 3 x the top eigenvalue of
     the Gauss-Newton matrix on a few mini-batches (the default, 1.5 x the full-batch one from 30 power steps,
     diverged here: mini-batch curvature is spikier)."""
-    from ifkit import curvature as C
-    from ifkit.func import ggn_vp_fn, make_problem
+    from ifkit.core.func import ggn_vp_fn, make_problem
+    from ifkit.curvature import solvers as C
 
     prob = make_problem(model, lora_names(model))
     gen = torch.Generator().manual_seed(0)
@@ -477,7 +477,7 @@ def flat_pairwise(method: str, model, data: TaskData, cfg: Config) -> Tensor:
 
         pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i        at theta~ (``ifkit/flat_influence.py``)
 
-    theta~: a copy of the model fine-tuned on S_val over the LoRA parameters by ``ifkit.flat.flat_finetune``
+    theta~: a copy of the model fine-tuned on S_val over the LoRA parameters by ``ifkit.optim.flat_finetune.flat_finetune``
     with the library's VM (SGD) or FVM (LPF-SGD) defaults. ``ifkit.pairwise("vm", ...)`` would then build the
     exact Gauss-Newton matrix of the validation loss: one product per parameter over 100 sequences, measured at
     240 s for a rank-1 (512-parameter) adapter on this machine -- beyond the budget. DataInf's closed form
@@ -485,8 +485,8 @@ def flat_pairwise(method: str, model, data: TaskData, cfg: Config) -> Tensor:
     symmetric in (q, i), so it is ``ifkit.pairwise("datainf", theta~, train=S_val, queries=S_train)``
     transposed: DataInf's inverse is built from its ``train`` argument, here S_val.
     """
-    from ifkit.flat import flat_finetune
-    from ifkit.flat_influence import FVM_DEFAULTS, VM_DEFAULTS
+    from ifkit.methods.flat import FVM_DEFAULTS, VM_DEFAULTS
+    from ifkit.optim.flat_finetune import flat_finetune
 
     d = {**(VM_DEFAULTS if method == "vm" else FVM_DEFAULTS), "flat_steps": cfg.flat_steps}
     tuned = flat_finetune(model, data.val, params=lora_names(model), progress=False, seed=0, **d).model.eval()

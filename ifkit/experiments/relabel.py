@@ -35,10 +35,10 @@ import ifkit
 from ifkit import metrics
 from ifkit.experiments import detection as D
 from ifkit.experiments import register
-from ifkit.flat import flat_finetune
-from ifkit.flat_influence import FVM_DEFAULTS
+from ifkit.methods.flat import FVM_DEFAULTS
+from ifkit.optim.flat_finetune import flat_finetune
+from ifkit.optim.train import evaluate, train
 from ifkit.results import ResultsTable
-from ifkit.train import evaluate, train
 
 FILENAME = "relabel.csv"
 KEY = ["dataset", "noise", "rate", "seed", "method"]

@@ -52,11 +52,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import ifkit
-from ifkit import metrics, theory
+from ifkit import metrics
+from ifkit import sharpness as theory
+from ifkit.core.func import Problem, make_problem, per_sample_grads
 from ifkit.data import make_split
 from ifkit.experiments import register
-from ifkit.func import Problem, make_problem, per_sample_grads
 from ifkit.models import LogisticRegression
+from ifkit.optim import fullbatch
 from ifkit.results import ResultsTable
 
 KEY = ["seed", "n_train", "checkpoint", "gamma", "method"]
@@ -109,11 +111,11 @@ def _set_theta(template: torch.nn.Module, prob: Problem, theta: Tensor) -> torch
 
 def _truth(model0: torch.nn.Module, train, val, weight_decay: float, idx: list[int]) -> Truth:
     """Fit the optimum at ``weight_decay`` and retrain without each point of ``idx``."""
-    model = theory.fit_convex(model0, train, weight_decay)
-    delta = theory.upweight_val_change(model, train, val, indices=idx, weight_decay=weight_decay)  # (n_loo,)
+    model = fullbatch.fit_full_batch(model0, train, weight_decay)
+    delta = fullbatch.upweight_val_change(model, train, val, indices=idx, weight_decay=weight_decay)  # (n_loo,)
     n = len(train[0])
     prob = make_problem(model)
-    H = theory.objective_hessian(prob, *train, weight_decay)  # (p, p)
+    H = fullbatch.objective_hessian(prob, *train, weight_decay)  # (p, p)
     G = per_sample_grads(prob, train[0][idx], train[1][idx])  # (n_loo, p)
     shift = torch.linalg.solve(H, G.T).norm(dim=0) / n  # (n_loo,) ||H^-1 g_i|| / n = leave-one-out move
     return Truth(model, weight_decay, -n * delta, float(shift.median()))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ifkit.func import LossFn, as_tensors, resolve_loss
+from ..core.func import LossFn, as_tensors, resolve_loss
 
 
 @dataclass
@@ -62,24 +61,24 @@ def labelled_tensors(data, name: str, loss: str | LossFn = "cross_entropy") -> t
     return X, y
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     p = next(model.parameters(), None)
     if p is None:
         raise ValueError("the model has no parameters to train")
     return p.device, p.dtype
 
 
-def _to_model(X: Tensor, y: Tensor, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def to_model(X: Tensor, y: Tensor, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     # Floating inputs follow the model's dtype, so a float64 model (the oracle) can take float32 data.
     X = X.to(device=device, dtype=dtype if X.is_floating_point() else X.dtype)
     return X, y.to(device)
 
 
-def _state_copy(model: nn.Module) -> dict[str, Tensor]:
+def state_copy(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _checkpoint_epochs(epochs: int, n_checkpoints: int) -> set[int]:
+def checkpoint_epochs(epochs: int, n_checkpoints: int) -> set[int]:
     """Evenly spaced epochs 1..epochs, always including the last (round(epochs * j / k) for j = 1..k)."""
     if n_checkpoints > epochs:
         raise ValueError(f"n_checkpoints={n_checkpoints} > epochs={epochs}: at most one checkpoint per epoch")
@@ -103,13 +102,13 @@ def evaluate(
         (mean loss, accuracy in [0, 1]).
     """
     loss_fn = resolve_loss(loss)
-    device, dtype = _device_dtype(model)
+    device, dtype = model_device_dtype(model)
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0.0, 0
     try:
         for start in range(0, len(X), batch_size):
-            xb, yb = _to_model(X[start : start + batch_size], y[start : start + batch_size], device, dtype)
+            xb, yb = to_model(X[start : start + batch_size], y[start : start + batch_size], device, dtype)
             out = model(xb)
             total_loss += loss_fn(out, yb).sum().item()
             hits = (out.argmax(-1) == yb).float()  # (n,) or (n, T) for sequences
@@ -177,7 +176,7 @@ def train(
     model = copy.deepcopy(model)
     if device is not None:
         model = model.to(device)
-    dev, dtype = _device_dtype(model)
+    dev, dtype = model_device_dtype(model)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -186,7 +185,7 @@ def train(
     else:
         raise ValueError(f"optimizer={optimizer!r}: use 'adam' or 'sgd'")
 
-    save_at = _checkpoint_epochs(epochs, n_checkpoints) if n_checkpoints else set()
+    save_at = checkpoint_epochs(epochs, n_checkpoints) if n_checkpoints else set()
     gen = torch.Generator().manual_seed(seed)  # CPU generator: the order is the same on every device
     n = len(X)
     checkpoints: list[tuple[dict[str, Tensor], float]] = []
@@ -197,7 +196,7 @@ def train(
         order = torch.randperm(n, generator=gen)  # (n,)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            xb, yb = _to_model(X[idx], y[idx], dev, dtype)
+            xb, yb = to_model(X[idx], y[idx], dev, dtype)
             opt.zero_grad(set_to_none=True)
             loss_fn(model(xb), yb).mean().backward()
             opt.step()
@@ -208,160 +207,8 @@ def train(
         rows.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_acc']:.3f}")
         if epoch in save_at:
-            checkpoints.append((_state_copy(model), opt.param_groups[0]["lr"]))
+            checkpoints.append((state_copy(model), opt.param_groups[0]["lr"]))
     return TrainResult(model=model, checkpoints=checkpoints, history=pd.DataFrame(rows))
 
 
-def full_batch_grad_norm(
-    model: nn.Module,
-    train: tuple[Tensor, Tensor],
-    weight_decay: float,
-    loss: str | LossFn = "cross_entropy",
-) -> float:
-    """Euclidean norm of the gradient of mean loss + weight_decay/2 ||theta||^2 (a convergence check)."""
-    X, y = labelled_tensors(train, "train", loss)
-    dev, dtype = _device_dtype(model)
-    X, y = _to_model(X, y, dev, dtype)
-    params = [p for p in model.parameters() if p.requires_grad]
-    obj = resolve_loss(loss)(model(X), y).mean() + 0.5 * weight_decay * sum((p * p).sum() for p in params)
-    grads = torch.autograd.grad(obj, params)
-    return torch.sqrt(sum((g * g).sum() for g in grads)).item()
-
-
-def train_full_batch_lbfgs(
-    model: nn.Module,
-    train: tuple[Tensor, Tensor] | torch.utils.data.Dataset,
-    weight_decay: float,
-    max_iter: int = 500,
-    tol: float = 1e-10,
-    *,
-    init_state: dict[str, Tensor] | None = None,
-    loss: str | LossFn = "cross_entropy",
-    history_size: int = 50,
-    newton_steps: int = 5,
-    max_newton_params: int = 5000,
-) -> nn.Module:
-    """Minimise the full-batch objective with L-BFGS (strong-Wolfe line search) on a copy of ``model``.
-
-        theta_hat = argmin_theta 1/n sum_i loss(z_i, theta) + weight_decay/2 ||theta||^2
-
-    over ALL trainable parameters (biases included, unlike scikit-learn, which leaves the intercept
-    unpenalised). For logistic regression with weight_decay > 0 this is strictly convex, so the minimiser is
-    unique and leave-one-out retraining (the kit's ground truth for influence) is well defined;
-    warm-starting each leave-one-out fit from the full-data optimum (``init_state``) makes it a few
-    iterations. Use a float64 model (``model.double()``) to reach gradient norms near 1e-14.
-
-    Why a Newton polish: near the optimum the objective changes by less than float64 resolution
-    (Delta R ~ ||g||^2 / lambda_min ~ 1e-16 once ||g|| ~ 1e-8..1e-9), so L-BFGS's line search, which compares
-    objective values, stalls there. When the gradient is still above ``tol`` and the model is small (at most
-    ``max_newton_params`` parameters), up to ``newton_steps`` Newton steps theta <- theta - H^-1 g finish the
-    job (H computed once, at the L-BFGS solution); they use gradients only, not objective values. A step is
-    kept only if it shrinks the gradient norm, so a non-convex model is never made worse.
-
-    Args:
-        model: the model to start from (deep-copied; never modified).
-        train: ``(X, y)`` tensors or a Dataset of pairs (full batch).
-        weight_decay: L2 coefficient (> 0 for a unique optimum).
-        max_iter: maximum number of L-BFGS iterations.
-        tol: target for the Euclidean norm of the full gradient.
-        init_state: optional state dict to start from (warm start) instead of the model's own parameters.
-        loss: "cross_entropy" or a callable ``(outputs, targets) -> (n,)``.
-        history_size: L-BFGS memory.
-        newton_steps: maximum number of Newton polishing steps (0 disables them).
-        max_newton_params: skip the polish for models with more parameters (the Hessian is p x p).
-
-    Returns:
-        The trained copy (``full_batch_grad_norm`` tells how close to stationary it is).
-    """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay={weight_decay} must be >= 0")
-    X, y = labelled_tensors(train, "train", loss)
-    loss_fn = resolve_loss(loss)
-    model = copy.deepcopy(model)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    dev, dtype = _device_dtype(model)
-    X, y = _to_model(X, y, dev, dtype)
-    named = {k: p for k, p in model.named_parameters() if p.requires_grad}
-    params = list(named.values())
-    p_total = sum(p.numel() for p in params)
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=2 * max_iter,
-        # torch stops on the max-norm of the gradient; max|g| <= tol/sqrt(p) guarantees ||g||_2 <= tol.
-        tolerance_grad=tol / math.sqrt(p_total),
-        # Stop once the objective stops moving in float64; the Newton polish below takes it from there.
-        tolerance_change=1e-14,
-        history_size=history_size,
-        line_search_fn="strong_wolfe",
-    )
-
-    def objective(out: Tensor, theta_sq: Tensor) -> Tensor:
-        return loss_fn(out, y).mean() + 0.5 * weight_decay * theta_sq
-
-    def closure() -> Tensor:
-        opt.zero_grad(set_to_none=True)
-        obj = objective(model(X), sum((p * p).sum() for p in params))
-        obj.backward()
-        return obj
-
-    was_training = model.training
-    model.train()
-    opt.step(closure)
-    if newton_steps > 0 and p_total <= max_newton_params:
-
-        def objective_of(th_dict: dict[str, Tensor], theta: Tensor) -> Tensor:
-            return objective(torch.func.functional_call(model, th_dict, (X,)), (theta * theta).sum())
-
-        _newton_polish(named, objective_of, newton_steps, tol)
-    model.train(was_training)
-    for p in params:
-        p.grad = None
-    return model
-
-
-@torch.no_grad()
-def _newton_polish(named: dict[str, Tensor], objective: Callable, steps: int, tol: float) -> None:
-    """Up to ``steps`` Newton steps on the flat trainable parameters, each kept only if ||g|| shrinks."""
-    names = list(named)
-    shapes = [named[k].shape for k in names]
-    sizes = [named[k].numel() for k in names]
-
-    def f(theta: Tensor) -> Tensor:  # objective as a function of the flat (p,) vector
-        th_dict = {k: t.view(s) for k, t, s in zip(names, theta.split(sizes), shapes)}
-        return objective(th_dict, theta)
-
-    theta = torch.cat([named[k].reshape(-1) for k in names])  # (p,)
-    with torch.enable_grad():
-        g = torch.func.grad(f)(theta)  # (p,)
-    H_pinv = None
-    for _ in range(steps):
-        if g.norm() <= tol:
-            break
-        if H_pinv is None:
-            # One Hessian for all steps (the chord method): we start within ~1e-8 of the optimum, where H
-            # hardly changes, so convergence is still fast and the p x p Hessian is built only once.
-            with torch.enable_grad():
-                # reverse-over-reverse: faster than torch.func.hessian's forward-over-reverse at this size
-                H = torch.func.jacrev(torch.func.grad(f))(theta)  # (p, p)
-            H_pinv = torch.linalg.pinv(H, hermitian=True)  # (p, p); pinv: robust if H is singular
-        candidate = theta - H_pinv @ g
-        with torch.enable_grad():
-            g_new = torch.func.grad(f)(candidate)
-        if not torch.isfinite(g_new).all() or g_new.norm() >= g.norm():
-            break
-        theta, g = candidate, g_new
-    for k, t, s in zip(names, theta.split(sizes), shapes):
-        named[k].copy_(t.view(s))
-
-
-__all__ = [
-    "TrainResult",
-    "evaluate",
-    "full_batch_grad_norm",
-    "labelled_tensors",
-    "train",
-    "train_full_batch_lbfgs",
-]
+__all__ = ["TrainResult", "checkpoint_epochs", "evaluate", "labelled_tensors", "model_device_dtype", "to_model", "train"]

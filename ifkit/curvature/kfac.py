@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .func import Problem, chunks
+from ..core.func import Problem, chunks
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 FISHERS = ("exact", "sampled", "empirical")
@@ -295,7 +295,7 @@ def fit(
     1 otherwise), one eigendecomposition per factor, and for EK-FAC a second such pass for the eigenvalues.
 
     Args:
-        prob: the problem at theta (``ifkit.func.make_problem``); all its parameters must be Linear/Conv2d.
+        prob: the problem at theta (``ifkit.core.func.make_problem``); all its parameters must be Linear/Conv2d.
         X, y: the data whose curvature is approximated (the training set for classic influence).
         kind: "ekfac" (eigenvalue-corrected, default) or "kfac".
         fisher: "exact" (Gauss-Newton = true Fisher, exact expectation over labels), "sampled" (labels drawn

@@ -13,7 +13,7 @@ O(n^2 (d_in + d_out)) per layer instead of O(n^2 p), and no (n, p) per-sample gr
 ``Taps`` collects x and e for a ``Problem`` whose differentiated parameters are all weights/biases of Linear layers
 each called exactly once per forward pass (an MLP, the heads of a CNN with ``params=``); ``supported`` says
 whether that holds, so callers fall back to the generic path otherwise. VM/FVM's low-rank validation curvature
-uses it (ifkit/flat_influence.py): on the detection MLP a VM score took 4.8 s instead of 14.8 s (the rest is
+uses it (ifkit/curvature/val_inverse.py): on the detection MLP a VM score took 4.8 s instead of 14.8 s (the rest is
 now the r x r triangular solves), and the gain grows with the width of the layers.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .func import Problem
+from .func import Problem, chunks
 
 
 @dataclass
@@ -158,7 +158,7 @@ def taps(prob: Problem, X: Tensor, scalars: Callable[[Tensor], Tensor]) -> Taps:
     return Taps(layers, x, e)
 
 
-def per_sample_grads(prob: Problem, X: Tensor, y: Tensor) -> Tensor:
+def outer_product_grads(prob: Problem, X: Tensor, y: Tensor) -> Tensor:
     """(n, p) per-sample loss gradients in ``prob.names`` order, as outer products e_i x_i^T per layer.
 
     One batched forward and one backward pass, then the outer products: the same numbers as
@@ -292,27 +292,11 @@ def factor_bytes_per_row(prob: Problem) -> int:
 
 def factored_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = 4096) -> FactoredGrads:
     """Per-sample loss gradients of ``supported`` problems as factors: one forward + backward per chunk."""
-    parts = [taps(prob, X[r], lambda out: prob.loss(out, y[r]).unsqueeze(1)) for r in _chunks(len(X), chunk_size)]
+    parts = [taps(prob, X[r], lambda out: prob.loss(out, y[r]).unsqueeze(1)) for r in chunks(max(len(X), 1), chunk_size)]
     x = [torch.cat([t.x[j] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_in) per layer
     e = [torch.cat([t.e[j][:, 0] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_out) per layer
     return FactoredGrads(parts[0].layers, x, e, prob.slices(), prob.p)
 
 
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(s, min(s + size, n)) for s in range(0, max(n, 1), size)]
-
-
-def iter_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int):
-    """``func.iter_grads`` with the outer-product path when the problem is ``supported`` (checked once)."""
-    from .func import chunks
-    from .func import iter_grads as generic
-
-    if not supported(prob, X):
-        yield from generic(prob, X, y, chunk_size)
-        return
-    for rows in chunks(len(X), chunk_size):
-        yield rows, per_sample_grads(prob, X[rows], y[rows])
-
-
-__all__ = ["FactoredGrads", "Layer", "Taps", "factor_bytes_per_row", "factored_grads", "iter_grads",
-           "per_sample_grads", "supported", "taps"]
+__all__ = ["FactoredGrads", "Layer", "Taps", "factor_bytes_per_row", "factored_grads", "outer_product_grads",
+           "supported", "taps"]

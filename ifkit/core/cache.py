@@ -12,8 +12,8 @@ time. A ``GradCache`` passed as ``cache_grads=`` computes them once::
 
 What is kept:
 
-* networks of Linear layers (``layerwise.supported``): the per-layer factors (x_i, e_i) of every g_i
-  (``layerwise.FactoredGrads``) -- n * sum_l (d_in + d_out) floats, 1% of G for a 784-128-10 MLP, so 32k
+* networks of Linear layers (``factors.supported``): the per-layer factors (x_i, e_i) of every g_i
+  (``factors.FactoredGrads``) -- n * sum_l (d_in + d_out) floats, 1% of G for a 784-128-10 MLP, so 32k
   examples take 134 MB and every operation reads the factors directly;
 * any other model: the dense (n, p) matrix G (``DenseGrads``), when it fits the budget; otherwise nothing is
   kept (``stats['skipped']`` counts it) and the methods stream gradients as without a cache.
@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from . import layerwise
+from . import factors
 from .func import Problem, iter_grads
 
 
@@ -105,15 +105,15 @@ class DenseGrads:
 
 def compute(prob: Problem, X: Tensor, y: Tensor, chunk_size: int) -> GradSet:
     """Every per-sample gradient of (X, y) at ``prob``: factors for Linear-layer networks, else dense G."""
-    if layerwise.supported(prob, X):
-        return layerwise.factored_grads(prob, X, y)
+    if factors.supported(prob, X):
+        return factors.factored_grads(prob, X, y)
     return DenseGrads(torch.cat([G for _, G in iter_grads(prob, X, y, chunk_size)]), module_blocks(prob))
 
 
 def estimated_bytes(prob: Problem, X: Tensor) -> int:
     """What ``compute`` would hold for (X, y), known before computing it."""
-    if layerwise.supported(prob, X):
-        return len(X) * layerwise.factor_bytes_per_row(prob)
+    if factors.supported(prob, X):
+        return len(X) * factors.factor_bytes_per_row(prob)
     return len(X) * prob.p * prob.theta.element_size()
 
 

@@ -11,7 +11,7 @@ Every method has the shape "query-side vectors, then one pass over the training 
 The query side of if-cg, if-lissa, datainf, ekfac and self-if uses the WHOLE training set (its Hessian,
 Gauss-Newton matrix, gradients or K-FAC factors). We keep that side exactly as a single process computes it --
 redundantly on every rank, with the full training set -- and shard ONLY the final per-training-point pass
-(``Ctx.dots`` / ``Ctx.apply`` in ``ifkit/estimators.py``, through ``map_rows`` below):
+(``GradEngine.dots`` / ``GradEngine.apply`` in ``ifkit/core/grads.py``, through ``map_rows`` below):
 
 1. rank r of W takes the contiguous rows [r n / W, (r + 1) n / W): sizes differ by at most one, so any n_train
    works (n_train = 101 on 2 ranks: 50 + 51 rows) and no point is scored twice (unlike DistributedSampler's

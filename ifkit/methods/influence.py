@@ -1,0 +1,140 @@
+"""Classic influence, one function per inverse-curvature solver, and self-influence.
+
+    score_i     = -g_val^T (H_tr + damping I)^-1 g_i        (Koh & Liang 2017; paper notes Sec. 1)
+    pairwise_qi = -g_q^T   (H_tr + damping I)^-1 g_i
+
+One inverse-curvature product for the right-hand side(s) -- g_val (H symmetric), or the Q query gradients in
+one batch -- then one gradient pass for the dot products. The methods differ only in the solver
+(curvature/inverse.py); ``curvature=`` swaps it under any of them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..core import factors
+from ..core.func import ggn_vp_fn, hessian_exact, mean_grad
+from ..core.grads import GradEngine
+from ..curvature import kfac
+from ..curvature.inverse import dense_curvature, fits_dense, inverse, kronecker
+from ..curvature.solvers import check_damping
+
+
+def influence_score(eng: GradEngine, kind: str) -> Tensor:
+    """score_i = -g_val^T (H_tr + damping I)^-1 g_i with the solver ``kind``. Cost: one solve + one pass."""
+    g_val = mean_grad(eng.prob, eng.Xv, eng.yv)  # (p,)
+    v = inverse(eng, g_val, kind)  # (p,) = (H + lam I)^-1 g_val
+    return -eng.dots(v)
+
+
+def influence_pairwise(eng: GradEngine, kind: str) -> Tensor:
+    """pairwise[q, i] = -g_q^T (H_tr + damping I)^-1 g_i; one batched solve for all Q queries + one pass."""
+    Gq = eng.query_grads()  # (Q, p)
+    V = inverse(eng, Gq.T.contiguous(), kind)  # (p, Q)
+    return -eng.dots(V).T  # (Q, n)
+
+
+def if_exact_score(eng: GradEngine) -> Tensor:
+    """Classic influence with the exact Hessian (Cholesky): the oracle (paper notes Sec. 1, both steps exact in
+    step 1). Cost O(p^3) + p HVPs for H + one gradient pass."""
+    return influence_score(eng, eng.opt["curvature"] or "exact")
+
+
+def if_exact_pairwise(eng: GradEngine) -> Tensor:
+    """pairwise[q, i] = -g_q^T (H_tr + damping I)^-1 g_i, exact Hessian. Cost O(p^3) + one pass."""
+    return influence_pairwise(eng, eng.opt["curvature"] or "exact")
+
+
+def if_cg_score(eng: GradEngine) -> Tensor:
+    """Classic influence with conjugate gradient: ``iters`` curvature products + one gradient pass.
+
+    CG needs a positive-definite operator, so the default curvature is the Gauss-Newton matrix (PSD; equal to
+    the Hessian for linear models such as logistic regression). ``curvature="cg"`` uses the true Hessian, which
+    is indefinite away from a minimum of a network's loss.
+    """
+    return influence_score(eng, eng.opt["curvature"] or "ggn-cg")
+
+
+def if_cg_pairwise(eng: GradEngine) -> Tensor:
+    """pairwise[q, i] by CG, all Q right-hand sides in one batched solve: ``iters`` batched products + one pass."""
+    return influence_pairwise(eng, eng.opt["curvature"] or "ggn-cg")
+
+
+def if_lissa_score(eng: GradEngine) -> Tensor:
+    """Classic influence with LiSSA (Agarwal et al. 2017): ``iters`` curvature products + one gradient pass.
+
+    score_i = -g_val^T h,  h = LiSSA estimate of (H_tr + damping I)^-1 g_val (Gauss-Newton products by default;
+    ``curvature="cg"`` or ``"exact"`` for Hessian products, as in Koh & Liang 2017).
+    """
+    return influence_score(eng, "lissa")
+
+
+def if_lissa_pairwise(eng: GradEngine) -> Tensor:
+    """pairwise[q, i] by LiSSA over the Q query gradients at once: ``iters`` batched products + one pass."""
+    return influence_pairwise(eng, "lissa")
+
+
+def datainf_score(eng: GradEngine) -> Tensor:
+    """DataInf (Kwon et al. 2024): score_i = -g_i^T (DataInf inverse) g_val. Cost: three gradient passes, no HVP."""
+    return influence_score(eng, "datainf")
+
+
+def datainf_pairwise(eng: GradEngine) -> Tensor:
+    """pairwise[q, i] = -g_q^T (DataInf inverse) g_i; the paper's generation baseline. Cost: three passes."""
+    return influence_pairwise(eng, "datainf")
+
+
+def ekfac_kind(eng: GradEngine) -> str:
+    kind = eng.opt["curvature"] or "ekfac"
+    if kind not in kfac.KINDS:
+        raise ValueError(f"method 'ekfac' takes curvature='ekfac' (default) or 'kfac', got {kind!r}")
+    return kind
+
+
+def ekfac_score(eng: GradEngine) -> Tensor:
+    """Influence with (E)K-FAC curvature (Grosse et al. 2023): score_i = -g_val^T (F + damping I)^-1 g_i.
+
+    F: block-diagonal EK-FAC Gauss-Newton of the training set (``curvature="kfac"``: plain K-FAC eigenvalues);
+    Linear / Conv2d parameters only. Cost: two factor passes over the training set, one gradient pass.
+    """
+    return influence_score(eng, ekfac_kind(eng))
+
+
+def ekfac_pairwise(eng: GradEngine) -> Tensor:
+    """pairwise[q, i] = -g_q^T (F_ekfac + damping I)^-1 g_i; negative = helpful."""
+    return influence_pairwise(eng, ekfac_kind(eng))
+
+
+def self_if_score(eng: GradEngine) -> Tensor:
+    """Self-influence: score_i = g_i^T (H_tr + damping I)^-1 g_i (Koh & Liang 2017, Sec. 5.4).
+
+    How much point i's own loss would drop if it were up-weighted: large for points the model can only fit by
+    bending around them. Exact curvature: one eigendecomposition, then per chunk ||diag(1/sqrt(lam+d)) Q^T g||^2;
+    with CG, one batched solve per chunk of training points (cost ~ n/chunk * iters HVPs); with
+    curvature="ekfac" (or "kfac"), one Kronecker factorisation and O(p) per point -- the choice for models whose
+    dense curvature is too big and whose Hessian is indefinite (memorising networks).
+    """
+    curv = eng.opt["curvature"] or ("exact" if fits_dense(eng.prob, eng.opt["budget_mb"]) else "cg")
+    lam = check_damping(eng.opt["damping"])
+    if curv in ("exact", "ggn"):
+        M = hessian_exact(eng.prob, eng.X, eng.y, eng.opt["budget_mb"]) if curv == "exact" else dense_curvature(
+            ggn_vp_fn(eng.prob, eng.X, eng.y), eng.prob, eng.opt["budget_mb"])
+        evals, Q = torch.linalg.eigh(M)  # (p,), (p, p)
+        w = evals + lam
+        if bool((w <= 0).any()):
+            raise ValueError(
+                f"H + damping I is not positive definite (smallest eigenvalue {evals[0].item():.3g}): "
+                f"use damping > {-evals[0].item():.3g} or curvature='ggn'"
+            )
+        return eng.apply(lambda G: ((G @ Q) ** 2 / w).sum(1))
+    if curv in kfac.KINDS:  # factor once, then O(p) per training point
+        F = kronecker(eng, curv)
+        return eng.apply_sets(lambda gs: F.quad_factored(gs, lam) if isinstance(gs, factors.FactoredGrads)
+                              else (gs.dense() * F.solve(gs.dense().T, lam).T).sum(1))
+    return eng.apply(lambda G: (G * inverse(eng, G.T, curv).T).sum(1))
+
+
+__all__ = ["datainf_pairwise", "datainf_score", "ekfac_pairwise", "ekfac_score", "if_cg_pairwise", "if_cg_score",
+           "if_exact_pairwise", "if_exact_score", "if_lissa_pairwise", "if_lissa_score", "influence_pairwise",
+           "influence_score", "self_if_score"]
