@@ -25,7 +25,8 @@ DEFAULT_SEEDS = {True: 1, False: 3}
 
 # Measured wall-clock seconds per experiment on 2 CPU cores, (full, --fast), shown by `ifkit reproduce --help`.
 # Full: the `make reproduce` run quoted in RESULTS.md (two workers, one core each, default seeds). --fast: each
-# experiment run alone with `ifkit reproduce NAME --fast` (one seed), the machine shared with one other job.
+# experiment run alone with `ifkit reproduce NAME --fast` (one seed) beside one other job (load 1.3-3); with four
+# other jobs on the machine gen-text took 117 s, gen-image 44 s, theory 82 s.
 # tests/test_cli.py checks that every registered experiment has a row.
 EXPECTED_SECONDS = {
     "detection": (308, 40),
