@@ -1,4 +1,4 @@
-# ifkit: make setup | reproduce | test | lab | notebooks | figures | clean-notebooks | lint
+# ifkit: make setup | reproduce | test | test-browser | lab | notebooks | figures | clean-notebooks | lint
 #
 # Everything runs from the project's own .venv. `setup` is idempotent and cheap when nothing changed:
 #   - .venv is created only if missing;
@@ -18,19 +18,32 @@ NBVAL   := MPLBACKEND=Agg $(PYTEST) -q --nbval-lax --nbval-current-env
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FORTUNE := /usr/share/games/fortunes/fortunes
 APT_PKGS := dataset-fashion-mnist fortunes
+# The browser test drives Debian's Chromium with the `playwright` package (the `browser` extra); playwright never
+# downloads a browser of its own here.
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_STAMP := $(VENV)/.installed-browser
+# `make lab` listens on this machine only; `make lab LAB_IP=0.0.0.0` to reach it from elsewhere (it keeps its token).
+LAB_IP  ?= 127.0.0.1
+LAB_ARGS ?=
 
-.PHONY: help setup data reproduce test test-unit test-notebooks lab notebooks figures clean-notebooks lint
+.PHONY: help setup data reproduce test test-unit test-notebooks test-browser chromium lab notebooks figures \
+	clean-notebooks lint
 
 help:
 	@echo "make setup            create .venv, install ifkit (CPU torch) and the Debian data packages"
 	@echo "make reproduce        run every experiment (full size) and draw the figures"
-	@echo "make test             unit tests + every notebook in FAST mode (what CI runs)"
-	@echo "make lab              open JupyterLab"
+	@echo "make test             unit tests + every notebook in FAST mode + the browser test (what CI runs)"
+	@echo "make test-unit        unit tests only (~2.5 min)"
+	@echo "make test-notebooks   every notebook in FAST mode under nbval (~2.5 min)"
+	@echo "make test-browser     notebooks 00 and 05 run in JupyterLab in headless Chromium, widgets checked (~1.5 min)"
+	@echo "make lab              JupyterLab on 127.0.0.1 (as root too: adds --allow-root; LAB_IP=..., LAB_ARGS=...)"
 	@echo "make notebooks        run every notebook at full size (slow)"
 	@echo "make figures          redraw figures/ from results/"
 	@echo "make clean-notebooks  strip outputs and execution counts from notebooks/*.ipynb"
 	@echo "make lint             ruff check ifkit tests"
 	@echo "make bench-compare    ifkit vs captum/dattri in .venv-compare -> results/bench_compare.csv (~1 h)"
+	@echo ""
+	@echo "ifkit reproduce --help lists every experiment with its full and --fast run times."
 
 setup: $(STAMP) data
 
@@ -67,10 +80,12 @@ define run_notebooks
 	fi
 endef
 
-# One recipe, so the unit tests always run before the notebooks (also under make -j).
+# One recipe, so the unit tests always run before the notebooks, and the notebooks before the browser test
+# (also under make -j).
 test: setup
 	$(PYTEST) -q tests/
 	$(call run_notebooks,1)
+	$(MAKE) --no-print-directory test-browser
 
 test-unit: setup
 	$(PYTEST) -q tests/
@@ -81,8 +96,30 @@ test-notebooks: setup
 notebooks: setup
 	$(call run_notebooks,0)
 
+# JupyterLab refuses to start as root without --allow-root: add it only then.
 lab: setup
-	$(VENV)/bin/jupyter lab
+	$(VENV)/bin/jupyter lab --ip=$(LAB_IP) $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
+
+$(BROWSER_STAMP): $(STAMP) pyproject.toml constraints.txt
+	$(VENV)/bin/pip install -c constraints.txt -e ".[notebooks,dev,browser]"
+	touch $(BROWSER_STAMP)
+
+chromium:
+	@if [ -x $(CHROMIUM) ]; then \
+		: ; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else \
+		echo "the browser test needs Chromium at $(CHROMIUM); run:"; \
+		echo "    sudo apt-get update && sudo apt-get install -y chromium"; \
+		exit 1; \
+	fi
+
+# JupyterLab (IFKIT_FAST=1, 127.0.0.1, a random port and token) in headless Chromium: tests/browser/test_lab.py.
+# Screenshots and Lab's log land in .browser-test/.
+test-browser: setup $(BROWSER_STAMP) chromium
+	IFKIT_BROWSER_TEST=1 IFKIT_CHROMIUM=$(CHROMIUM) $(PYTEST) -q -s tests/browser
 
 figures: setup
 	$(IFKIT) figures

@@ -23,6 +23,28 @@ from pathlib import Path
 # Seeds when --seeds is not given: one quick seed for CI, several for the reported numbers.
 DEFAULT_SEEDS = {True: 1, False: 3}
 
+# Measured wall-clock seconds per experiment on 2 CPU cores, (full, --fast), shown by `ifkit reproduce --help`.
+# Full: the `make reproduce` run quoted in RESULTS.md (two workers, one core each, default seeds). --fast: each
+# experiment run alone with `ifkit reproduce NAME --fast` (one seed) beside one other job (load 1.3-3); with four
+# other jobs on the machine gen-text took 117 s, gen-image 44 s, theory 82 s.
+# tests/test_cli.py checks that every registered experiment has a row.
+EXPECTED_SECONDS = {
+    "detection": (308, 40),
+    "relabel": (203, 32),
+    "ablation": (160, 11),
+    "theory": (53, 27),
+    "gen-text": (266, 54),
+    "gen-image": (107, 18),
+}
+EXPECTED_NOTES = {
+    "detection": "full includes the paper's Fig. 2/3 training dynamics",
+    "relabel": "full: after detection in the same worker, reusing its networks",
+}
+# `ifkit reproduce all --jobs 2` (what `make reproduce` runs), full and --fast. The --fast figure is the slower
+# worker's share of the per-experiment times above (ablation, gen-image, gen-text, theory); a direct run with
+# three other jobs on the machine took 302 s.
+EXPECTED_ALL_SECONDS = (590, 110)
+
 
 def fast_from_env() -> bool:
     """True when the IFKIT_FAST environment variable is set to anything but "" or "0"."""
@@ -36,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    rep = sub.add_parser("reproduce", help="run an experiment and write its tidy CSV to --out")
+    rep = sub.add_parser("reproduce", help="run an experiment and write its tidy CSV to --out",
+                         epilog=experiments_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("experiment", metavar="EXPERIMENT",
                      help='a registered experiment name, several separated by commas, or "all"')
     rep.add_argument("--fast", action="store_true", help="small sizes for CI (also set by IFKIT_FAST=1)")
@@ -88,6 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
+
+
+def experiments_epilog() -> str:
+    """The experiments and their measured run times, for ``ifkit reproduce --help`` (imports no experiment)."""
+    width = max(map(len, EXPECTED_SECONDS))
+    lines = ["experiments (measured wall time on 2 CPU cores; full size / --fast):"]
+    for name, (full, fast) in EXPECTED_SECONDS.items():
+        note = f"  ({EXPECTED_NOTES[name]})" if name in EXPECTED_NOTES else ""
+        lines.append(f"  {name:<{width}}  {_duration(full):>8} / {_duration(fast):>5}{note}")
+    full, fast = EXPECTED_ALL_SECONDS
+    lines.append(f"  {'all':<{width}}  {_duration(full):>8} / {_duration(fast):>5}  (with --jobs 2, as in "
+                 "`make reproduce`)")
+    lines.append("")
+    lines.append("examples: ifkit reproduce detection --fast;  ifkit reproduce all --jobs 2;  "
+                 "ifkit reproduce theory,ablation")
+    return "\n".join(lines)
 
 
 # Experiments that share one process: relabel reuses detection's trained networks (an in-process cache; the

@@ -182,3 +182,18 @@ def test_figures_names_the_command_that_makes_a_missing_input(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skip bench: bench.csv" in out and "`ifkit bench`" in out
     assert "skip theory_bound" in out and "`ifkit reproduce`" in out
+
+
+def test_reproduce_help_lists_every_experiment_with_times():
+    registered = set(experiments.discover())
+    missing = registered - set(cli.EXPECTED_SECONDS)
+    assert not missing, f"add {missing} to cli.EXPECTED_SECONDS (measured full and --fast seconds)"
+    done = subprocess.run([sys.executable, "-m", "ifkit.cli", "reproduce", "--help"], check=False,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.split("experiments (measured")[1].split("examples:")[0]
+    listed = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
+    assert registered | {"all"} <= set(listed)
+    for name in registered:
+        full, fast = cli.EXPECTED_SECONDS[name]
+        assert cli._duration(full) in listed[name] and cli._duration(fast) in listed[name]
