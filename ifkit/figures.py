@@ -10,8 +10,7 @@ Add a producer with the decorator; it receives one DataFrame per input file, in 
         ...
         sns.barplot(..., hue="method", palette=palette(methods))
 
-Colours: ``METHOD_PALETTE`` gives each method one colour used by every figure; VM and FVM (the paper's
-methods) are the two warm colours, everything else is cool or grey.
+Colours and method orders come from ``ifkit.viz.palette`` (``METHOD_PALETTE``, ``palette()``, ...).
 """
 
 from __future__ import annotations
@@ -24,37 +23,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from .viz.palette import (
+    DETECTION_PALETTE,
+    METHOD_ORDER,
+    METHOD_PALETTE,
+    NOISE_ORDER,
+    PAPER_METHODS,
+    REFERENCE_METHODS,
+    detection_palette,
+    palette,
+)
+
 DPI = 150
-
-METHOD_PALETTE: dict[str, str] = {
-    # baselines without curvature: greys and greens
-    "loss": "#7f7f7f",
-    "graddot": "#bcbd22",
-    "gradcos": "#dbdb8d",
-    "tracin": "#2ca02c",
-    # classic influence (inverse-Hessian family): blues
-    "if-exact": "#1f77b4",
-    "if-cg": "#4a90c8",
-    "if-lissa": "#9ecae1",
-    "datainf": "#9467bd",
-    "ekfac": "#17becf",
-    # self-influence and ensembles
-    "self-if": "#8c564b",
-    "gex": "#e377c2",
-    # non-influence baseline (confident learning)
-    "cleanlab": "#000000",
-    # the paper's methods: the only warm colours, always these two
-    "vm": "#ff7f0e",
-    "fvm": "#d62728",
-}
-METHOD_ORDER: tuple[str, ...] = tuple(METHOD_PALETTE)
-_FALLBACK = "#c7c7c7"
-
-
-def palette(methods: Iterable[str]) -> dict[str, str]:
-    """Colours for the given method names (unknown names get a neutral grey), for seaborn's ``palette=``."""
-    return {m: METHOD_PALETTE.get(m, _FALLBACK) for m in methods}
-
 
 @dataclass(frozen=True)
 class Producer:
@@ -413,25 +393,6 @@ def generation_image_examples(examples: pd.DataFrame, max_queries: int = 3) -> F
 
 
 # ------------------------------------------------------------------------ mislabel detection and relabeling
-# Colours of the names that detection/relabel rows add to METHOD_PALETTE's: a variant keeps its method's hue (VM
-# from the early-stopped model is a light VM orange, FVM with SAM a dark FVM red); the references are greys and
-# black; controls at theta~ (names with "@") are hatched or dashed.
-DETECTION_PALETTE: dict[str, str] = {
-    "fvm-sam": "#8c1c13", "vm-early": "#fdae6b", "loss-early": "#525252",
-    "loss@theta~": "#a6a6a6", "gradnorm@theta~": "#8c6d31",
-    "pred": "#636363", "pred@theta~": "#fdd0a2",  # relabel FVM's flags with a model's prediction
-    "noisy": "#7f7f7f", "remove": "#1f77b4", "clean": "#000000",  # retraining references
-}
-PAPER_METHODS: tuple[str, ...] = ("vm", "fvm", "fvm-sam")
-REFERENCE_METHODS: tuple[str, ...] = ("cleanlab", "loss-early", "vm-early", "loss@theta~", "gradnorm@theta~")
-NOISE_ORDER: tuple[str, ...] = ("symmetric", "asymmetric", "hard")
-
-
-def detection_palette(methods: Iterable[str]) -> dict[str, str]:
-    """``palette`` extended with the detection and relabel references (``DETECTION_PALETTE``)."""
-    return {m: METHOD_PALETTE.get(m) or DETECTION_PALETTE.get(m, _FALLBACK) for m in methods}
-
-
 def _one_run(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of one run: Fashion-MNIST when present (a --fast digits run may share the file), then the most
     common validation size (ablations may add others)."""

@@ -9,7 +9,7 @@ style is applied inside a ``with`` block. Interactive use::
     interact(ifkit.widgets.plot_damping_effect, H=fixed(H), g_train=fixed(G), g_val=fixed(g_val),
              actual=fixed(loo), eps=fixed(-1 / n_train), damping=FloatLogSlider(value=1e-2, min=-5, max=1))
 
-Colours come from ``ifkit.figures.METHOD_PALETTE`` so a method looks the same in every figure.
+Colours come from ``ifkit.viz.palette`` so a method looks the same in every figure.
 """
 
 from __future__ import annotations
@@ -23,11 +23,18 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .figures import palette
+from .viz.palette import (
+    CLEAN_COLOUR,
+    FLAT_COLOURS,  # noqa: F401  (ifkit.widgets.FLAT_COLOURS)
+    FLIPPED_COLOUR,
+    SPLIT_COLOURS,
+    detection_colour,
+    is_control,
+    method_colour,
+    palette,
+)
 
 STYLE = "whitegrid"
-FLIPPED_COLOUR = "#d62728"  # red: a corrupted label
-CLEAN_COLOUR = "#7f7f7f"  # grey: a clean label
 
 ArrayLike = Tensor | np.ndarray | Sequence[float]
 
@@ -380,32 +387,8 @@ __all__ += ["plot_bound", "plot_sharpness_vs_radius"]
 
 
 # ------------------------------------------------ notebooks 02 and 04: the error split, flat validation minima
-# Colours of the flat fine-tuning optimisers: plain SGD reaches VM's theta~, LPF-SGD and SAM reach FVM's. VM and
-# FVM keep their METHOD_PALETTE colours; SAM-FVM is a darker shade of FVM's red.
-FLAT_COLOURS: dict[str, str] = {"sgd": "#ff7f0e", "lpf": "#d62728", "sam": "#8c1c13", "adam": "#ffbb78"}
-# The three estimates of a validation-loss change in notebook 02, from classic influence (the if-exact blue) to
-# the second-order term that VM/FVM are built on (the VM orange).
-SPLIT_COLOURS: tuple[str, ...] = ("#1f77b4", "#17becf", "#ff7f0e")
-
-
-def _colour(name: str) -> str:
-    """A method's colour, also for variants such as "fvm (sam)" or "fvm-lpf" and for optimiser names."""
-    key = name.lower()
-    if key in FLAT_COLOURS:
-        return FLAT_COLOURS[key]
-    if key.startswith("fvm") and "sam" in key:
-        return FLAT_COLOURS["sam"]
-    from .figures import METHOD_PALETTE
-
-    for method in sorted(METHOD_PALETTE, key=len, reverse=True):  # longest prefix first: "if-cg" before "if"
-        if key == method or key.startswith((method + " ", method + "-", method + "(", method + "@")):
-            return METHOD_PALETTE[method]
-    return "#c7c7c7"
-
-
-def _is_control(name: str) -> bool:
-    """Controls evaluated at another point (e.g. "loss@theta~"): drawn dashed or hatched."""
-    return "@" in name
+_colour = method_colour
+_is_control = is_control
 
 
 def plot_parameter_change(dtheta_pred: ArrayLike, dtheta_true: ArrayLike, flipped: ArrayLike | None = None) -> Figure:
@@ -822,11 +805,7 @@ __all__ += ["plot_top_images"]
 
 
 # ------------------------------------------------------------------ notebooks 05 and 06: detection, relabeling
-def _detection_colour(name: str) -> str:
-    """The colour of a detection/relabel method or reference, as in figures/detection_table.png."""
-    from .figures import DETECTION_PALETTE, METHOD_PALETTE
-
-    return METHOD_PALETTE.get(name) or DETECTION_PALETTE.get(name) or _colour(name)
+_detection_colour = detection_colour
 
 
 def plot_roc(scores_by_method: Mapping[str, ArrayLike], flipped: ArrayLike, ax=None, title: str | None = None) -> Figure:
