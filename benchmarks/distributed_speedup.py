@@ -10,7 +10,7 @@ rank). The median over ``--reps`` repetitions is reported. Settings:
 
     1 rank x 1 thread     the per-core baseline (scaling efficiency)
     1 rank x 2 threads    what a plain single process gets on this 2-core machine (torch's intra-op threads)
-    2 ranks x 1 thread    ifkit's sharded per-training-point pass (ifkit/distributed.py)
+    2 ranks x 1 thread    ifkit's sharded per-training-point pass (ifkit/core/distributed.py)
 
 It also times, on 2 ranks, fvm's query side (fine-tuning on S_val + the validation curvature) against a gloo
 broadcast of what that side produces (theta~ and the (r, p) low-rank factor), the alternative to computing it

@@ -214,7 +214,7 @@ def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int, out: Path
 
 
 def _figures(args: argparse.Namespace) -> int:
-    from ifkit.figures import save_all
+    from ifkit.viz.figures import save_all
 
     written = save_all(args.results, args.out)
     print(f"{len(written)} figure(s) written to {args.out}")

@@ -152,7 +152,7 @@ def top_hessian_eigenvalue(
     """Largest-magnitude eigenvalue of the Hessian of the mean loss on ``data`` at theta (power iteration on HVPs).
 
     The local, second-order view of sharpness: near a minimum (g = 0),
-    R^gamma(theta) - R(theta) ~= gamma^2 / 2 * lambda_max(H). Thin wrapper on ``ifkit.curvature.top_eigenvalue``
+    R^gamma(theta) - R(theta) ~= gamma^2 / 2 * lambda_max(H). Thin wrapper on ``ifkit.curvature.solvers.top_eigenvalue``
     over ``ifkit.core.func.hvp_fn`` (``curvature="ggn"``: the PSD Gauss-Newton matrix instead).
 
     Args:
@@ -179,7 +179,7 @@ def hessian_trace(
 
     The average curvature over all directions, p times the mean eigenvalue (the Gaussian-smoothed view of
     sharpness: E R(theta + sigma z) - R(theta) ~= sigma^2 / 2 tr(H) for z ~ N(0, I)). Unbiased; relative
-    standard error ~ sqrt(2 ||H||_F^2 / samples) / tr(H). Thin wrapper on ``ifkit.curvature.hutchinson_trace``.
+    standard error ~ sqrt(2 ||H||_F^2 / samples) / tr(H). Thin wrapper on ``ifkit.curvature.solvers.hutchinson_trace``.
     """
     if not (isinstance(samples, int) and samples >= 1):
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")

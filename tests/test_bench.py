@@ -2,7 +2,8 @@
 
 import pandas as pd
 
-from ifkit import bench, figures
+from ifkit import bench
+from ifkit.viz import figures
 
 
 def test_tiny_bench_writes_the_schema(tmp_path):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ifkit import cli, experiments, figures
+from ifkit import cli, experiments
+from ifkit.viz import figures, palette
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_figures_runs_producers_and_skips_missing_inputs(monkeypatch, tmp_path, 
     @figures.register("toy", inputs=("toy.csv",))
     def toy(df: pd.DataFrame):
         fig, ax = plt.subplots()
-        ax.bar(df["method"], df["auc"], color=[figures.METHOD_PALETTE[m] for m in df["method"]])
+        ax.bar(df["method"], df["auc"], color=[palette.METHOD_PALETTE[m] for m in df["method"]])
         return fig
 
     @figures.register("later", inputs=("not_yet.csv",))
@@ -134,12 +135,12 @@ def test_figures_runs_producers_and_skips_missing_inputs(monkeypatch, tmp_path, 
 def test_palette_covers_every_method_and_keeps_vm_fvm_distinct():
     names = ["loss", "graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "ekfac"]
     names += ["self-if", "gex", "vm", "fvm"]
-    assert set(names) <= set(figures.METHOD_PALETTE)
-    colours = [figures.METHOD_PALETTE[m] for m in names]
+    assert set(names) <= set(palette.METHOD_PALETTE)
+    colours = [palette.METHOD_PALETTE[m] for m in names]
     assert len(set(colours)) == len(colours)  # one colour per method
-    assert figures.palette(["vm", "unknown"])["unknown"] not in (
-        figures.METHOD_PALETTE["vm"],
-        figures.METHOD_PALETTE["fvm"],
+    assert palette.palette(["vm", "unknown"])["unknown"] not in (
+        palette.METHOD_PALETTE["vm"],
+        palette.METHOD_PALETTE["fvm"],
     )
 
 

@@ -1,4 +1,4 @@
-"""Offline loaders, noise models and splits (ifkit/data.py)."""
+"""Offline loaders, noise models and splits (ifkit/data/)."""
 
 from __future__ import annotations
 

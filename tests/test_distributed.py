@@ -1,6 +1,6 @@
 """Scale-out on torch.distributed: 2 gloo ranks on loopback give the single-process scores.
 
-The query side runs whole on every rank and only the per-training-point pass is sharded (ifkit/distributed.py),
+The query side runs whole on every rank and only the per-training-point pass is sharded (ifkit/core/distributed.py),
 so in float64 the distributed scores equal the single-process ones up to the summation order inside the final
 pass's chunks: RTOL = 1e-10 (we see ~1e-15).  One spawn runs every distributed case (process start-up and
 `import torch` dominate the cost), the tests below compare its saved results.

@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 import ifkit
-from ifkit import widgets
+from ifkit import viz
 from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.experiments import gen_image as G
 from ifkit.models import ConditionalVAE, add_lora, lora_names
@@ -130,12 +130,12 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
 def test_plot_top_images():
     gen = torch.Generator().manual_seed(0)
     P = torch.randn(3, 10, generator=gen)
-    fig = widgets.plot_top_images(torch.rand(3, 1, 8, 8), torch.rand(10, 1, 8, 8), {"vm": P, "tracin": -P},
+    fig = viz.plot_top_images(torch.rand(3, 1, 8, 8), torch.rand(10, 1, 8, 8), {"vm": P, "tracin": -P},
                                   torch.arange(10) % 2, torch.tensor([0, 1, 0]), query=1, method="tracin", k=4,
                                   style_names=["a", "b"])
     assert isinstance(fig, Figure) and len(fig.axes) == 5
     with pytest.raises(ValueError, match="out of range"):
-        widgets.plot_top_images(torch.rand(3, 8, 8), torch.rand(10, 8, 8), P, torch.arange(10) % 2,
+        viz.plot_top_images(torch.rand(3, 8, 8), torch.rand(10, 8, 8), P, torch.arange(10) % 2,
                                 torch.tensor([0, 1, 0]), query=5)
 
 
@@ -145,7 +145,7 @@ def test_figure_from_examples(tmp_path):
     rows = [{"seed": 0, "method": "graddot", "query": q, "query_style": cfg.styles[int(data.s_val[q])], "rank": r,
              "train_index": r, "train_style": cfg.styles[int(data.s_train[r])], "mode": "fast"}
             for q in (0, 10) for r in range(1, 6)]
-    from ifkit.figures import generation_image_examples
+    from ifkit.viz.figures_generation import generation_image_examples
 
     fig = generation_image_examples(pd.DataFrame(rows))
     assert isinstance(fig, Figure) and len(fig.axes) == 2 * 6

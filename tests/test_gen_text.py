@@ -11,11 +11,11 @@ import torch
 from matplotlib.figure import Figure
 
 import ifkit
-from ifkit import figures
 from ifkit.core import func
 from ifkit.experiments import gen_text as G
 from ifkit.models import TinyLM, add_lora, lora_names
-from ifkit.widgets import plot_top_examples
+from ifkit.viz import figures_generation as figures
+from ifkit.viz import plot_top_examples
 
 WORDS = ["you", "will", "the", "life", "day"]
 

@@ -1,4 +1,4 @@
-"""Theorem 3.2's ingredients (ifkit/theory.py) and the theory experiment (ifkit/experiments/theory.py).
+"""Theorem 3.2's ingredients (ifkit/sharpness.py) and the theory experiment (ifkit/experiments/theory.py).
 
 Sharpness R_val^gamma is checked against closed forms (a quadratic loss) and brute force (a 3-parameter logistic
 model, whose convex loss peaks on the sphere); the curvature summaries against the exact Hessian.

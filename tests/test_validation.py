@@ -1,4 +1,4 @@
-"""Input validation (ifkit/validate.py): every error names the problem and the fix; same seed -> same scores."""
+"""Input validation (ifkit/api.py): every error names the problem and the fix; same seed -> same scores."""
 
 import pytest
 import torch

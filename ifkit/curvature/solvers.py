@@ -143,7 +143,7 @@ def lissa(
             raise ConvergenceError(
                 f"LiSSA diverged at iteration {t} (step norm grew from {min_step:.3g} to {step:.3g}): scale={scale:g} "
                 "is below the top eigenvalue of H + damping I. Use a larger scale, e.g. scale="
-                f"{4 * scale:g}, or set it to ~1.5x ifkit.curvature.top_eigenvalue(...); or increase damping"
+                f"{4 * scale:g}, or set it to ~1.5x ifkit.curvature.solvers.top_eigenvalue(...); or increase damping"
             )
         if step <= tol * max(h.norm().item(), 1e-30):
             break

@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 
 import ifkit
 from ifkit import metrics
-from ifkit.experiments import detection as D
-from ifkit.experiments import register
+from ifkit.experiments import detection, register
 from ifkit.results import ResultsTable
 
 FILENAME = "ablation.csv"
@@ -51,28 +50,28 @@ class Factor:
 
 @dataclass(frozen=True)
 class Config:
-    detection: D.Config
+    detection: detection.Config
     factors: tuple[Factor, ...]
     progress: bool = True
 
 
-FULL = Config(D.FULL, factors=(
+FULL = Config(detection.FULL, factors=(
     Factor("n_val", (60, 120, 300), "asymmetric", 0.4, ("vm", "fvm", "loss@theta~"), seeds=6),
     Factor("flat_steps", (0, 20, 100, 400), "symmetric", 0.4, ("vm", "fvm"), seeds=3),
     Factor("damping", (1e-3, 1e-2, 1e-1), "symmetric", 0.4, ("vm",), seeds=3),
     Factor("hidden", (16, 32, 64), "symmetric", 0.4, ("vm", "if-cg"), seeds=3),
 ))
-FAST = Config(D.FAST, factors=(
+FAST = Config(detection.FAST, factors=(
     Factor("n_val", (60, 200), "symmetric", 0.3, ("vm", "fvm"), seeds=2),
     Factor("flat_steps", (0, 100), "symmetric", 0.3, ("vm",), seeds=1),
 ))
 
 
-def _scores(method: str, s: D.Setting, seed: int, factor: str, value) -> torch.Tensor:
+def _scores(method: str, s: detection.Setting, seed: int, factor: str, value) -> torch.Tensor:
     if factor in ("flat_steps", "damping") and method in ("vm", "fvm"):
         opt = {"flat_steps": int(value)} if factor == "flat_steps" else {"damping": float(value)}
         return ifkit.score(method, s.run.model, s.train, s.val, seed=seed, **opt)
-    return D.score_method(method, s, seed, {})
+    return detection.score_method(method, s, seed, {})
 
 
 def measure(cfg: Config, seeds: int | None, path: str | Path, factors: Iterable[Factor] | None = None) -> pd.DataFrame:
@@ -93,7 +92,7 @@ def measure(cfg: Config, seeds: int | None, path: str | Path, factors: Iterable[
             if not todo:
                 continue
             this = replace(dc, hidden=(int(value),)) if f.factor == "hidden" else dc
-            s = D.prepare(this, f.noise, f.rate, seed, n_val=int(value) if f.factor == "n_val" else None)
+            s = detection.prepare(this, f.noise, f.rate, seed, n_val=int(value) if f.factor == "n_val" else None)
             with torch.no_grad():
                 fit = float((s.run.model(s.train[0]).argmax(1) == s.train[1])[s.flipped].float().mean())
             rows = []

@@ -69,6 +69,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import ifkit
+from ifkit.core.func import cross_entropy
 from ifkit.experiments import register
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.optim.train import train
@@ -377,7 +378,7 @@ def _pretrained_state(task: str, cfg: Config, progress: bool = False) -> dict[st
     rng = np.random.default_rng(4321)
     Xp, yp = pretraining_batch(task, rng, cfg.pretrain_pool)  # fresh examples, encoded once
     gen = torch.Generator().manual_seed(4321)
-    loss_fn = ifkit.core.func.cross_entropy
+    loss_fn = cross_entropy
     for _ in tqdm(range(steps), desc=f"pretrain {task}", disable=not progress, leave=False):
         idx = torch.randint(0, len(Xp), (cfg.pretrain_batch,), generator=gen)
         X, y = Xp[idx], yp[idx]
@@ -460,7 +461,7 @@ def _lissa_scale(model, data: TaskData, cfg: Config) -> float:
     the Gauss-Newton matrix on a few mini-batches (the default, 1.5 x the full-batch one from 30 power steps,
     diverged here: mini-batch curvature is spikier)."""
     from ifkit.core.func import ggn_vp_fn, make_problem
-    from ifkit.curvature import solvers as C
+    from ifkit.curvature.solvers import top_eigenvalue
 
     prob = make_problem(model, lora_names(model))
     gen = torch.Generator().manual_seed(0)
@@ -468,14 +469,14 @@ def _lissa_scale(model, data: TaskData, cfg: Config) -> float:
     for _ in range(4):
         idx = torch.randint(0, len(data.X_train), (cfg.lissa_batch,), generator=gen)
         mv = ggn_vp_fn(prob, data.X_train[idx], data.y_train[idx])
-        lam = max(lam, abs(C.top_eigenvalue(mv, prob.p, iters=20, seed=0)))
+        lam = max(lam, abs(top_eigenvalue(mv, prob.p, iters=20, seed=0)))
     return 3 * (lam + cfg.damping)
 
 
 def flat_pairwise(method: str, model, data: TaskData, cfg: Config) -> Tensor:
     """VM / FVM pairwise influence with DataInf's closed-form inverse of the VALIDATION curvature.
 
-        pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i        at theta~ (``ifkit/flat_influence.py``)
+        pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i        at theta~ (``ifkit/methods/flat.py``)
 
     theta~: a copy of the model fine-tuned on S_val over the LoRA parameters by ``ifkit.optim.flat_finetune.flat_finetune``
     with the library's VM (SGD) or FVM (LPF-SGD) defaults. ``ifkit.pairwise("vm", ...)`` would then build the

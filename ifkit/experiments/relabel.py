@@ -33,8 +33,7 @@ from tqdm.auto import tqdm
 
 import ifkit
 from ifkit import metrics
-from ifkit.experiments import detection as D
-from ifkit.experiments import register
+from ifkit.experiments import detection, register
 from ifkit.methods.flat import FVM_DEFAULTS
 from ifkit.optim.flat_finetune import flat_finetune
 from ifkit.optim.train import evaluate, train
@@ -51,24 +50,24 @@ CLEANING = ("noisy", "remove", "clean")  # retrain references
 
 @dataclass(frozen=True)
 class Config:
-    detection: D.Config
+    detection: detection.Config
     settings: tuple[tuple[str, float], ...]
     methods: tuple[str, ...] = INFLUENCE + BASELINES + CLEANING
     progress: bool = True
 
 
-FAST = Config(D.FAST, settings=(("symmetric", 0.3),))
-FULL = Config(D.FULL, settings=(("symmetric", 0.4), ("asymmetric", 0.4)))
+FAST = Config(detection.FAST, settings=(("symmetric", 0.3),))
+FULL = Config(detection.FULL, settings=(("symmetric", 0.4), ("asymmetric", 0.4)))
 
 
-def new_labels(method: str, s: D.Setting, idx: Tensor, seed: int) -> Tensor:
+def new_labels(method: str, s: detection.Setting, idx: Tensor, seed: int) -> Tensor:
     """argmin_c score_method((x_i, c)) for the training points ``idx``: (k,) labels."""
     C = 10
     X = s.train[0][idx]
     Xc = X.repeat_interleave(C, dim=0)  # (k*C, ...) every flagged point once per class
     yc = torch.arange(C).repeat(len(idx))  # (k*C,)
     model, tr, va = s.run.model, s.train, s.val
-    opts = {"checkpoints": D.tracin_checkpoints(s)} if method == "tracin" else {}
+    opts = {"checkpoints": detection.tracin_checkpoints(s)} if method == "tracin" else {}
     if method in ("gex", "if-lissa", "fvm", "vm"):
         opts["seed"] = seed
     scores = ifkit.score(method, model, tr, va, candidates=(Xc, yc), **opts)  # (k*C,)
@@ -78,12 +77,12 @@ def new_labels(method: str, s: D.Setting, idx: Tensor, seed: int) -> Tensor:
 RETRAIN_EPOCHS = 100  # the noisy runs peak on S_val by epoch ~25 (measured); 100 leaves cleaned sets room
 
 
-def retrain_accuracy(s: D.Setting, X: Tensor, y: Tensor, seed: int, epochs: int = RETRAIN_EPOCHS) -> float:
+def retrain_accuracy(s: detection.Setting, X: Tensor, y: Tensor, seed: int, epochs: int = RETRAIN_EPOCHS) -> float:
     """Test accuracy of the architecture retrained on (X, y) for ``epochs`` epochs, early-stopped on S_val among
     10 evenly spaced checkpoints (the same protocol for every variant, the noisy set included)."""
     cfg = s.cfg
     epochs = min(epochs, cfg.epochs)
-    run = train(D.build_model(cfg, seed), (X, y), epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+    run = train(detection.build_model(cfg, seed), (X, y), epochs=epochs, lr=cfg.lr, batch_size=cfg.batch_size,
                 seed=seed, n_checkpoints=min(10, epochs), progress=False)
     best, best_acc = None, -1.0
     model = run.model
@@ -96,7 +95,7 @@ def retrain_accuracy(s: D.Setting, X: Tensor, y: Tensor, seed: int, epochs: int 
     return evaluate(model, *s.test)[1]
 
 
-def _relabel_row(method: str, s: D.Setting, seed: int, flags: dict[str, Tensor], cache: dict) -> dict:
+def _relabel_row(method: str, s: detection.Setting, seed: int, flags: dict[str, Tensor], cache: dict) -> dict:
     X, y = s.train
     clean, flipped = s.split.y_train_clean, s.flipped
     k = int(flipped.sum())
@@ -156,17 +155,17 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path) -> pd.DataFrame
             todo = [m for m in cfg.methods if not table.has(**key, method=m)]
             if not todo:
                 continue
-            s = D.prepare(dc, noise, rate, seed)
+            s = detection.prepare(dc, noise, rate, seed)
             k = int(s.flipped.sum())
             cache: dict = {}
-            tilde = D.theta_tilde(s, seed)
+            tilde = detection.theta_tilde(s, seed)
             fvm_tilde = flat_finetune(s.run.model, s.val, seed=seed, progress=False, **FVM_DEFAULTS).model
             with torch.no_grad():
                 cache["tilde_pred"] = tilde(s.train[0]).argmax(1)  # (n,) VM's theta~
                 cache["fvm_tilde_pred"] = fvm_tilde(s.train[0]).argmax(1)  # (n,) FVM's (LPF-SGD) theta~
             flags = {}
             for m in {m if m in INFLUENCE else "fvm" for m in todo}:
-                flags[m] = torch.topk(D.score_method(m, s, seed, {}), k).indices  # (k,) most harmful first
+                flags[m] = torch.topk(detection.score_method(m, s, seed, {}), k).indices  # (k,) most harmful first
             for method in tqdm(todo, desc=f"{noise} {rate} seed {seed}", leave=False, disable=not cfg.progress):
                 row = _relabel_row(method, s, seed, flags, cache)
                 table.add([{**key, **row, "n_train": dc.n_train}])

@@ -7,7 +7,7 @@ with the measured sign error, R_val^gamma, the sharpness R_val^gamma - R_val and
 
 Setting (chosen so that the truth is exact and cheap): L2-regularised multinomial logistic regression (650
 parameters, float64) on scikit-learn's 8x8 digits with 30% symmetric label noise in S_tr and a clean S_val. The
-objective is strictly convex, so leave-one-out retraining has one answer (``ifkit.theory.upweight_val_change``:
+objective is strictly convex, so leave-one-out retraining has one answer (``ifkit.optim.fullbatch.upweight_val_change``:
 warm-started Newton to a gradient of 1e-10), computed for a random subset of ``n_loo`` training points.
 
 Influences are in score units, I = dR_val/d eps (the change of the mean validation loss per unit up-weighting;

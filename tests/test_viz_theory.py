@@ -1,4 +1,4 @@
-"""Notebook 03's plotting functions (ifkit/widgets.py) and the theory figures (ifkit/figures.py)."""
+"""Notebook 03's plotting functions (ifkit/viz/theory.py) and the theory figures (ifkit/viz/figures_theory.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from ifkit import figures, widgets
 from ifkit import sharpness as theory
+from ifkit import viz
+from ifkit.viz import figures, figures_theory
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def table():
 
 def test_plot_sharpness_vs_radius_draws_every_view():
     g = np.array([0.0, 0.5, 1.0])
-    fig = widgets.plot_sharpness_vs_radius(g, [0.0, 0.2, 0.7], [0.0, 0.18, 0.5], grad_norm=0.3, top_eig=1.2,
+    fig = viz.plot_sharpness_vs_radius(g, [0.0, 0.2, 0.7], [0.0, 0.18, 0.5], grad_norm=0.3, top_eig=1.2,
                                            trace=10.0, p=650, gamma=0.5)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     assert len(fig.axes[0].get_lines()) == 5  # ascent, one step, two model curves, the gamma marker
@@ -40,15 +41,15 @@ def test_plot_sharpness_vs_radius_draws_every_view():
 
 
 def test_plot_sharpness_vs_radius_minimal_and_bad_shapes():
-    fig = widgets.plot_sharpness_vs_radius([0.0, 1.0], [0.0, 1.0], [0.0, 0.5])
+    fig = viz.plot_sharpness_vs_radius([0.0, 1.0], [0.0, 1.0], [0.0, 0.5])
     assert len(fig.axes[0].get_lines()) == 2
     with pytest.raises(ValueError, match="one length"):
-        widgets.plot_sharpness_vs_radius([0.0, 1.0], [0.0], [0.0, 0.5])
+        viz.plot_sharpness_vs_radius([0.0, 1.0], [0.0], [0.0, 0.5])
 
 
 @pytest.mark.parametrize("gamma, shown", [(0.0, "0"), (0.4, "0.5"), (9.0, "0.5")])
 def test_plot_bound_picks_the_nearest_radius(table, gamma, shown):
-    fig = widgets.plot_bound(table, gamma=gamma)
+    fig = viz.plot_bound(table, gamma=gamma)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     ax = fig.axes[0]
     assert sum(len(c.get_offsets()) for c in ax.collections) == 12  # rows at that radius
@@ -56,12 +57,12 @@ def test_plot_bound_picks_the_nearest_radius(table, gamma, shown):
 
 
 def test_plot_bound_uses_the_given_margin(table):
-    title = widgets.plot_bound(table, gamma=0.0, mu=0.0).axes[0].get_title()
+    title = viz.plot_bound(table, gamma=0.0, mu=0.0).axes[0].get_title()
     assert "12/12 under the bound" in title  # mu = 0: the bound is 1, vacuous
     with pytest.raises(ValueError, match="mu"):
-        widgets.plot_bound(table, gamma=0.0, mu=-1.0)
+        viz.plot_bound(table, gamma=0.0, mu=-1.0)
     with pytest.raises(ValueError, match="columns"):
-        widgets.plot_bound(table.drop(columns="R_gamma"), gamma=0.0)
+        viz.plot_bound(table.drop(columns="R_gamma"), gamma=0.0)
 
 
 @pytest.mark.parametrize("name, n_axes", [("theory_bound", 2), ("theory_trajectories", 4)])
@@ -73,8 +74,8 @@ def test_theory_figures(table, name, n_axes):
 
 
 def test_theory_bound_title_reports_the_rank_correlation(table):
-    fig = figures.theory_bound(table)
+    fig = figures_theory.theory_bound(table)
     assert "Spearman" in fig._suptitle.get_text()
     small = table.assign(n_train=10)  # a --fast run in the same file is ignored
     both = pd.concat([table, small.assign(sign_error=0.9)])
-    assert fig._suptitle.get_text() == figures.theory_bound(both)._suptitle.get_text()
+    assert fig._suptitle.get_text() == figures_theory.theory_bound(both)._suptitle.get_text()

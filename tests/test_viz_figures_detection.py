@@ -1,4 +1,4 @@
-"""Figure producers of the detection, relabel and ablation results (ifkit/figures.py), on small synthetic frames.
+"""Figure producers of the detection, relabel and ablation results (ifkit/viz/figures_detection.py, figures_relabel.py), on small synthetic frames.
 
 The frames have the schemas of results/detection.csv, detection_dynamics.csv, ablation.csv and relabel.csv; no
 training happens here. Every producer must also draw a partial file (missing methods, settings or kinds).
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from ifkit import figures
 from ifkit.experiments.ablation import paired_gap
+from ifkit.viz import figures, figures_detection, figures_relabel, palette
 
 DET_METHODS = ("loss", "graddot", "tracin", "if-lissa", "if-cg", "ekfac", "datainf", "self-if", "gex", "vm", "fvm",
                "fvm-sam", "loss-early", "vm-early", "cleanlab", "loss@theta~", "gradnorm@theta~")
@@ -130,7 +130,7 @@ def test_save_all_writes_the_detection_figures(tmp_path):
 # ------------------------------------------------------------------------------------------------ detection
 def test_detection_table_orders_methods_by_mean_auc():
     df = detection_frame()
-    fig = figures.detection_table(df)
+    fig = figures_detection.detection_table(df)
     assert isinstance(fig, Figure) and _renders(fig)
     heat = fig.axes[0]
     labels = [t.get_text() for t in heat.get_yticklabels()]
@@ -149,7 +149,7 @@ def test_detection_table_handles_missing_cells_and_mixed_runs():
     partial = full[~((full["method"] == "cleanlab") & (full["noise"] == "hard"))]  # a run still in progress
     fast = detection_frame(seeds=1, methods=("loss", "vm"), settings=(("symmetric", 0.3),), dataset="digits", n_val=200)
     other_nval = detection_frame(seeds=1, methods=("vm",), settings=(("asymmetric", 0.4),), n_val=60).head(1)
-    fig = figures.detection_table(pd.concat([partial, fast, other_nval, full.head(0)]))
+    fig = figures_detection.detection_table(pd.concat([partial, fast, other_nval, full.head(0)]))
     assert _renders(fig)
     heat = fig.axes[0]
     assert "symmetric 30%" not in [t.get_text() for t in heat.get_xticklabels()]  # the digits run is left out
@@ -159,19 +159,19 @@ def test_detection_table_handles_missing_cells_and_mixed_runs():
 
 
 def test_detection_table_on_empty_rows():
-    fig = figures.detection_table(detection_frame().iloc[:0])
+    fig = figures_detection.detection_table(detection_frame().iloc[:0])
     assert isinstance(fig, Figure) and _renders(fig)
 
 
 def test_detection_palette_keeps_vm_and_fvm_colours():
-    pal = figures.detection_palette(["vm", "fvm", "cleanlab", "vm-early", "something-new"])
-    assert pal["vm"] == figures.METHOD_PALETTE["vm"] and pal["fvm"] == figures.METHOD_PALETTE["fvm"]
+    pal = palette.detection_palette(["vm", "fvm", "cleanlab", "vm-early", "something-new"])
+    assert pal["vm"] == palette.METHOD_PALETTE["vm"] and pal["fvm"] == palette.METHOD_PALETTE["fvm"]
     assert len(set(pal.values())) == len(pal)
 
 
 # ------------------------------------------------------------------------------------------------ Fig. 2 / 3
 def test_fig2_one_line_per_method_and_fit_flipped_colourbar():
-    fig = figures.fig2_auc_vs_val_acc(dynamics_frame(seeds=2))
+    fig = figures_detection.fig2_auc_vs_val_acc(dynamics_frame(seeds=2))
     assert _renders(fig)
     ax_v = fig.axes[0]
     assert {ln.get_label() for ln in ax_v.get_lines()} == {"loss", "if-cg", "vm"}
@@ -181,7 +181,7 @@ def test_fig2_one_line_per_method_and_fit_flipped_colourbar():
 
 
 def test_fig3_auc_and_shrinking_clean_spread():
-    fig = figures.fig3_flat_finetuning(dynamics_frame())
+    fig = figures_detection.fig3_flat_finetuning(dynamics_frame())
     assert _renders(fig)
     ax_a, ax_s, ax_r = fig.axes[0], fig.axes[1], fig.axes[2]
     assert {ln.get_label() for ln in ax_a.get_lines()} == {r"if-cg at $\theta_t$", "vm", "fvm"}
@@ -194,7 +194,7 @@ def test_fig3_auc_and_shrinking_clean_spread():
 @pytest.mark.parametrize("kinds", [("training",), ("flat",), ()])
 def test_dynamics_figures_with_one_kind_missing(kinds):
     df = dynamics_frame(kinds=kinds) if kinds else dynamics_frame().iloc[:0]
-    for producer in (figures.fig2_auc_vs_val_acc, figures.fig3_flat_finetuning):
+    for producer in (figures_detection.fig2_auc_vs_val_acc, figures_detection.fig3_flat_finetuning):
         fig = producer(df)
         assert isinstance(fig, Figure) and _renders(fig)
 
@@ -202,7 +202,7 @@ def test_dynamics_figures_with_one_kind_missing(kinds):
 @pytest.mark.parametrize("dropped", [["clean_std", "clean_abs_median", "noisy_abs_median"], ["clean_abs_median"]])
 def test_fig3_without_some_spread_columns(dropped):
     df = dynamics_frame(kinds=("flat",)).drop(columns=dropped)
-    fig = figures.fig3_flat_finetuning(df)
+    fig = figures_detection.fig3_flat_finetuning(df)
     assert _renders(fig)
     assert len(fig.axes[1].get_lines()) == (3 if "clean_std" in df else 0)  # falls back to clean_std
 
@@ -210,7 +210,7 @@ def test_fig3_without_some_spread_columns(dropped):
 # ------------------------------------------------------------------------------------------------ ablation
 def test_ablation_one_panel_per_factor_and_the_paired_gap():
     df = ablation_frame()
-    fig = figures.ablation(df)
+    fig = figures_relabel.ablation(df)
     assert _renders(fig)
     axes = _data_axes(fig)
     assert len(axes) == len(FACTORS) + 1
@@ -224,19 +224,19 @@ def test_ablation_one_panel_per_factor_and_the_paired_gap():
 
 def test_ablation_partial():
     df = ablation_frame(seeds=1, factors=("flat_steps",))  # no n_val rows yet: no gap panel
-    fig = figures.ablation(df)
+    fig = figures_relabel.ablation(df)
     assert _renders(fig) and len(_data_axes(fig)) == 1
     only_vm = ablation_frame(seeds=2, factors=("n_val",))
     only_vm = only_vm[only_vm["method"] != "fvm"]
-    fig = figures.ablation(only_vm)
+    fig = figures_relabel.ablation(only_vm)
     assert _renders(fig) and len(_data_axes(fig)) == 1
-    assert _renders(figures.ablation(ablation_frame().iloc[:0]))
+    assert _renders(figures_relabel.ablation(ablation_frame().iloc[:0]))
 
 
 # ------------------------------------------------------------------------------------------------ relabel
 def test_relabel_three_panels_and_reference_lines():
     df = relabel_frame()
-    fig = figures.relabel(df)
+    fig = figures_relabel.relabel(df)
     assert _renders(fig)
     ax_r, ax_t, ax_a = fig.axes[:3]
     assert len(ax_r.containers) == len(RELABEL)  # one bar group per relabelling method
@@ -248,7 +248,7 @@ def test_relabel_three_panels_and_reference_lines():
 
 def test_relabel_partial():
     only_refs = relabel_frame(methods=("noisy", "clean"), settings=(("symmetric", 0.4),))
-    assert _renders(figures.relabel(only_refs))
+    assert _renders(figures_relabel.relabel(only_refs))
     some = relabel_frame(methods=("fvm", "pred@theta~"), seeds=1)
-    assert _renders(figures.relabel(some))
-    assert _renders(figures.relabel(relabel_frame().iloc[:0]))
+    assert _renders(figures_relabel.relabel(some))
+    assert _renders(figures_relabel.relabel(relabel_frame().iloc[:0]))

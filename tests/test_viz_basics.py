@@ -1,4 +1,4 @@
-"""The notebooks' plotting functions (ifkit/widgets.py): each returns a Figure of the expected shape."""
+"""The notebooks' plotting functions (ifkit/viz/basics.py): each returns a Figure of the expected shape."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from ifkit import widgets
+from ifkit import viz
+from ifkit.viz import palette
 
 
 def _points(ax) -> int:
@@ -35,7 +36,7 @@ def detection():
 @pytest.mark.parametrize("k, ncols", [(16, 8), (5, 8), (7, 3)])
 def test_plot_suspicious_one_axis_per_suspect(detection, k, ncols):
     images, given, true, scores, _ = detection
-    fig = widgets.plot_suspicious(images, given, true, scores, k=k, ncols=ncols, classes=[str(c) for c in range(10)])
+    fig = viz.plot_suspicious(images, given, true, scores, k=k, ncols=ncols, classes=[str(c) for c in range(10)])
     assert isinstance(fig, Figure)
     assert len(fig.axes) == k
     # most suspicious first: the first panel shows the highest-scoring image
@@ -47,27 +48,27 @@ def test_plot_suspicious_one_axis_per_suspect(detection, k, ncols):
 def test_plot_suspicious_marks_mislabelled_in_red(detection):
     images, given, true, _, flipped = detection
     scores = flipped.double()  # the 10 flipped points are the top 10
-    fig = widgets.plot_suspicious(images[:, 0], given, true, scores, k=12)  # (n, H, W) images work too
+    fig = viz.plot_suspicious(images[:, 0], given, true, scores, k=12)  # (n, H, W) images work too
     colours = [ax.title.get_color() for ax in fig.axes]
-    assert colours.count(widgets.FLIPPED_COLOUR) == 10
+    assert colours.count(palette.FLIPPED_COLOUR) == 10
     assert "10 mislabelled" in fig.get_suptitle()
 
 
 def test_plot_suspicious_rejects_mismatched_lengths(detection):
     images, given, true, scores, _ = detection
     with pytest.raises(ValueError, match="same length"):
-        widgets.plot_suspicious(images, given[:-1], true, scores)
+        viz.plot_suspicious(images, given[:-1], true, scores)
 
 
 def test_plot_score_distributions(detection):
     *_, scores, flipped = detection
-    fig = widgets.plot_score_distributions({"loss": scores, "graddot": -scores, "tracin": scores.numpy()}, flipped)
+    fig = viz.plot_score_distributions({"loss": scores, "graddot": -scores, "tracin": scores.numpy()}, flipped)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 3
     assert "AUC" in fig.axes[0].get_title()
     assert fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
     with pytest.raises(ValueError, match="shape"):
-        widgets.plot_score_distributions({"loss": scores[:5]}, flipped)
+        viz.plot_score_distributions({"loss": scores[:5]}, flipped)
 
 
 def test_plot_agreement_one_scatter_per_method():
@@ -75,7 +76,7 @@ def test_plot_agreement_one_scatter_per_method():
     actual = torch.randn(25, generator=gen)
     predicted = {"if-exact": actual.clone(), "if-cg": actual + 0.01, "tracin": torch.randn(25, generator=gen),
                  "datainf": 2 * actual}
-    fig = widgets.plot_agreement(predicted, actual)
+    fig = viz.plot_agreement(predicted, actual)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 4
     assert all(_points(ax) == 25 for ax in fig.axes)
@@ -96,7 +97,7 @@ def test_plot_damping_effect_matches_direct_solve():
     H, G, g_val = _quadratic_problem()
     damping, eps = 0.3, -1 / 50
     actual = -eps * G @ torch.linalg.solve(H + damping * torch.eye(len(H), dtype=H.dtype), g_val)  # = eps * score
-    fig = widgets.plot_damping_effect(H, G, g_val, actual, eps=eps, damping=damping, weight_decay=damping)
+    fig = viz.plot_damping_effect(H, G, g_val, actual, eps=eps, damping=damping, weight_decay=damping)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 2
     scatter, curve = fig.axes
@@ -110,8 +111,8 @@ def test_plot_damping_effect_validates_input():
     H, G, g_val = _quadratic_problem()
     actual = torch.zeros(len(G))
     with pytest.raises(ValueError, match="damping"):
-        widgets.plot_damping_effect(H, G, g_val, actual, eps=-0.1, damping=0.0)
+        viz.plot_damping_effect(H, G, g_val, actual, eps=-0.1, damping=0.0)
     with pytest.raises(ValueError, match="shapes"):
-        widgets.plot_damping_effect(H, G[:, :-1], g_val, actual, eps=-0.1)
+        viz.plot_damping_effect(H, G[:, :-1], g_val, actual, eps=-0.1)
     with pytest.raises(ValueError, match="rows"):
-        widgets.plot_damping_effect(H, G, g_val, actual[:-1], eps=-0.1)
+        viz.plot_damping_effect(H, G, g_val, actual[:-1], eps=-0.1)

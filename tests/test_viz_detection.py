@@ -1,4 +1,5 @@
-"""Plotting functions of notebooks 05 (mislabel detection) and 06 (relabeling) in ifkit/widgets.py."""
+"""Plots of notebooks 05 (mislabel detection) and 06 (relabeling) in ifkit/viz/detection.py, and the
+detection dashboard of ifkit/widgets.py (ifkit.experiments.detection.explore + viz.plot_detection_setting)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from ifkit import widgets
-from ifkit.figures import METHOD_PALETTE
+from ifkit import viz, widgets
+from ifkit.viz import palette
+from ifkit.viz.palette import METHOD_PALETTE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +43,7 @@ def detection():
 # ------------------------------------------------------------------------------------------------ ROC
 def test_plot_roc_one_curve_per_method_best_first(detection):
     *_, scores, flipped = detection
-    fig = widgets.plot_roc(scores, flipped)
+    fig = viz.plot_roc(scores, flipped)
     assert isinstance(fig, Figure) and _renders(fig)
     ax = fig.axes[0]
     lines = ax.get_lines()
@@ -58,23 +60,23 @@ def test_plot_roc_draws_on_a_given_axis(detection):
     *_, scores, flipped = detection
     fig = Figure()
     ax = fig.subplots()
-    assert widgets.plot_roc({"vm": scores["vm"]}, flipped, ax=ax) is fig
+    assert viz.plot_roc({"vm": scores["vm"]}, flipped, ax=ax) is fig
     assert len(ax.get_lines()) == 2
 
 
 def test_plot_roc_rejects_bad_input(detection):
     *_, scores, flipped = detection
     with pytest.raises(ValueError, match="shape"):
-        widgets.plot_roc({"vm": scores["vm"][:-1]}, flipped)
+        viz.plot_roc({"vm": scores["vm"][:-1]}, flipped)
     with pytest.raises(ValueError, match="some but not all"):
-        widgets.plot_roc(scores, torch.zeros_like(flipped))
+        viz.plot_roc(scores, torch.zeros_like(flipped))
 
 
 # ------------------------------------------------------------------------------------------------ noise models
 def test_plot_noise_models_row_normalised_transitions():
     y = torch.arange(100) % 10
     noisy = {"none": y, "shift": (y + 1) % 10}
-    fig = widgets.plot_noise_models(y, noisy, classes=[f"c{i}" for i in range(10)])
+    fig = viz.plot_noise_models(y, noisy, classes=[f"c{i}" for i in range(10)])
     assert _renders(fig)
     heat = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     assert len(heat) == 2
@@ -82,7 +84,7 @@ def test_plot_noise_models_row_normalised_transitions():
     annotated = [float(t.get_text()) for t in heat[0].texts]
     assert sorted(annotated)[-10:] == [100.0] * 10  # identity: every row all on its diagonal
     with pytest.raises(ValueError, match="shape"):
-        widgets.plot_noise_models(y, {"bad": y[:-1]})
+        viz.plot_noise_models(y, {"bad": y[:-1]})
 
 
 # ------------------------------------------------------------------------------------------------ suggestions
@@ -93,32 +95,32 @@ def test_plot_suggested_labels_panels_and_colours(detection, n, shape):
     suggested = clean[idx].clone()
     suggested[:4] = (suggested[:4] + 1) % 10  # four wrong suggestions
     imgs = images[idx].reshape(len(idx), *shape)
-    fig = widgets.plot_suggested_labels(imgs, given[idx], suggested, clean[idx], n=n, ncols=8)
+    fig = viz.plot_suggested_labels(imgs, given[idx], suggested, clean[idx], n=n, ncols=8)
     assert _renders(fig) and len(fig.axes) == min(n, 20)
     colours = [ax.title.get_color() for ax in fig.axes]
-    assert colours[:min(n, 4)] == [widgets.FLIPPED_COLOUR] * min(n, 4)
+    assert colours[:min(n, 4)] == [palette.FLIPPED_COLOUR] * min(n, 4)
     assert all(c == "#2ca02c" for c in colours[4:])
     if n > 15:  # the false alarms get a grey frame
-        assert fig.axes[15].spines["top"].get_edgecolor()[:3] == matplotlib.colors.to_rgb(widgets.CLEAN_COLOUR)
+        assert fig.axes[15].spines["top"].get_edgecolor()[:3] == matplotlib.colors.to_rgb(palette.CLEAN_COLOUR)
 
 
 def test_plot_suggested_labels_rejects_mismatched_lengths(detection):
     images, given, clean, *_ = detection
     with pytest.raises(ValueError, match="same non-zero length"):
-        widgets.plot_suggested_labels(images, given, given[:-1], clean)
+        viz.plot_suggested_labels(images, given, given[:-1], clean)
 
 
 # ------------------------------------------------------------------------------------------------ pairwise
 def test_plot_hurt_queries_most_harmed_first(detection):
     images, given, clean, *_ = detection
     infl = torch.linspace(-1, 1, 30)  # query 29 hurt most
-    fig = widgets.plot_hurt_queries(images[0], images[:30], infl, clean[:30], given=int(given[0]),
+    fig = viz.plot_hurt_queries(images[0], images[:30], infl, clean[:30], given=int(given[0]),
                                     clean=int(clean[0]), k=4)
     assert _renders(fig) and len(fig.axes) == 5
     assert fig.axes[1].get_title().startswith(f"val {int(clean[29])}")
     assert "+1" in fig.axes[1].get_title()
     with pytest.raises(ValueError, match="same length"):
-        widgets.plot_hurt_queries(images[0], images[:30], infl[:-1], clean[:30], given=0)
+        viz.plot_hurt_queries(images[0], images[:30], infl[:-1], clean[:30], given=0)
 
 
 # ------------------------------------------------------------------------------------------------ dashboard
@@ -136,3 +138,41 @@ def test_plot_detection_dashboard_rejects_unknown_names():
         widgets.plot_detection_dashboard(method="nope")
     with pytest.raises(ValueError, match="unknown dataset"):
         widgets.plot_detection_dashboard(dataset="cifar")
+
+
+def test_plot_detection_setting_draws_an_explore_result_without_training(detection):
+    images, given, clean, scores, flipped = detection
+    result = dict(dataset="digits", noise="symmetric", rate=0.25, method="vm", seed=0,
+                  scores={"vm": scores["vm"], "loss": scores["if-cg"]}, flipped=flipped,
+                  state=dict(fit_flipped=0.98, test_acc=0.71), images=images, given=given, clean=clean,
+                  classes=[str(c) for c in range(10)])
+    fig = viz.plot_detection_setting(result, k=5)
+    assert _renders(fig)
+    assert len([ax for ax in fig.axes if ax.images]) == 5
+    roc = [ax for ax in fig.axes if ax.get_xlabel().startswith("false positive")]
+    assert len(roc) == 1 and len(roc[0].get_lines()) == 3  # vm, loss, chance
+    with pytest.raises(ValueError, match="lacks the keys"):
+        viz.plot_detection_setting({k: v for k, v in result.items() if k != "state"})
+
+
+def test_explore_returns_what_the_dashboard_draws():
+    from ifkit.experiments import detection as D
+
+    result = D.explore(n_train=100, n_val=40, epochs=20, method="loss-early")
+    assert set(result["scores"]) == {"loss-early", "loss"}
+    n = len(result["flipped"])
+    assert n == 100 and all(s.shape == (n,) for s in result["scores"].values())
+    assert len(result["images"]) == len(result["given"]) == len(result["clean"]) == n
+    assert bool(((result["given"] != result["clean"]) == result["flipped"]).all())
+    assert {"fit_flipped", "test_acc"} <= set(result["state"])
+    with pytest.raises(ValueError, match="unknown method"):
+        D.explore(method="nope")
+
+
+def test_detection_dashboard_builds_an_interact():
+    pytest.importorskip("ipywidgets")
+    shown = widgets.detection_dashboard(noise="hard", rate=0.3, method="loss", n_train=100, n_val=40, epochs=20,
+                                        k=4, methods=["loss", "loss-early"])
+    controls = {w.description: w for w in shown.widget.children if hasattr(w, "description")}
+    assert controls["noise"].value == "hard" and list(controls["method"].options) == ["loss", "loss-early"]
+    assert controls["dataset"].value == "digits" and abs(controls["rate"].value - 0.3) < 1e-9

@@ -1,0 +1,84 @@
+"""Small helpers shared by the plot modules and the figure producers of ``ifkit.viz``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from .palette import NOISE_ORDER
+
+STYLE = "whitegrid"  # seaborn style of the notebook plots, applied inside ``with sns.axes_style(STYLE)``
+
+ArrayLike = Tensor | np.ndarray | Sequence[float]
+
+
+def as_numpy(x: ArrayLike) -> np.ndarray:
+    """A tensor (any device) or array-like as a NumPy array."""
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; NaN when either side is constant."""
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def sign_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of entries where ``a`` and ``b`` have the same sign."""
+    return float((np.sign(a) == np.sign(b)).mean())
+
+
+def grid_shape(n: int, ncols: int) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``n`` panels with at most ``ncols`` per row."""
+    ncols = max(1, min(ncols, n))
+    return math.ceil(n / ncols), ncols
+
+
+def facets(n: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    """A styled figure with one panel per item, ``ncols`` per row; panels are ``width`` x ``height`` inches."""
+    rows, cols = grid_shape(n, ncols)
+    with sns.axes_style(STYLE):
+        fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    return fig, axes
+
+
+def note_figure(title: str, note: str) -> Figure:
+    """What a figure producer returns when its rows are not there yet (a partial results file)."""
+    fig = Figure(figsize=(6, 2), layout="constrained")
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=10, wrap=True)
+    fig.suptitle(title)
+    return fig
+
+
+def one_run(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one run: Fashion-MNIST when present (a --fast digits run may share the file), then the most
+    common validation size (ablations may add others)."""
+    if "dataset" in df and df["dataset"].nunique() > 1:
+        datasets = set(df["dataset"])
+        df = df[df["dataset"] == ("fashion" if "fashion" in datasets else df["dataset"].value_counts().idxmax())]
+    if "n_val" in df and df["n_val"].nunique() > 1:
+        df = df[df["n_val"] == df["n_val"].value_counts().idxmax()]
+    return df
+
+
+def with_settings(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Add a readable ``setting`` column ("symmetric 40%") and return it with the settings in reading order."""
+    df = df.assign(setting=[f"{n} {r:.0%}" for n, r in zip(df["noise"], df["rate"])])
+    first = df.drop_duplicates("setting")
+    rank = {n: i for i, n in enumerate(NOISE_ORDER)}
+    first = first.assign(_k=first["noise"].map(lambda n: rank.get(n, len(rank)))).sort_values(["_k", "rate"])
+    return df, list(first["setting"])
+
+
+__all__ = ["STYLE", "ArrayLike", "as_numpy", "facets", "grid_shape", "note_figure", "one_run", "pearson",
+           "sign_agreement", "with_settings"]

@@ -1,0 +1,147 @@
+"""The package's layers import only downward, and no module reaches into another's private names.
+
+Each module of ifkit/ belongs to a layer (LAYERS below, lowest first). A module may import modules of a lower
+layer, and modules of its own layer only inside its own package (core may use core, but optim may not use
+curvature). Checked twice: statically, on every import statement (including the ones inside functions), and
+at run time, by importing each layer alone in a fresh interpreter and listing what got loaded.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ifkit
+
+ROOT = Path(ifkit.__file__).parent
+
+# (rank, prefixes): a module's layer is the entry whose prefix matches its dotted name (longest prefix wins)
+LAYERS: dict[str, int] = {
+    "ifkit.core": 0,
+    "ifkit.curvature": 1,
+    "ifkit.optim": 1,
+    "ifkit.data": 1,
+    "ifkit.models": 1,
+    "ifkit.metrics": 1,
+    "ifkit.results": 1,
+    "ifkit.methods": 2,
+    "ifkit.sharpness": 2,
+    "ifkit.api": 3,
+    "ifkit": 3,  # the package's __init__: lazy re-exports of the api layer
+    "ifkit.experiments": 4,  # each returns a tidy DataFrame: no plotting
+    "ifkit.viz": 5,  # figures read results and the experiments' constants
+    "ifkit.widgets": 6,
+    "ifkit.bench": 7,
+    "ifkit.cli": 7,
+}
+
+
+def layer_of(module: str) -> tuple[str, int]:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return best, LAYERS[best]
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> list[tuple[str, list[str], int]]:
+    """(imported module, names, line) for every import in the file, relative imports resolved."""
+    mod = module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("ifkit")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("ifkit"):
+                names = [a.name for a in node.names]
+                # `from ifkit.x import y` where y is a submodule imports ifkit.x.y
+                subs = [n for n in names if (ROOT.parent / (target + "." + n).replace(".", "/")).with_suffix(".py").exists()
+                        or (ROOT.parent / (target + "." + n).replace(".", "/") / "__init__.py").exists()]
+                out += [(target + "." + n, [], node.lineno) for n in subs]
+                rest = [n for n in names if n not in subs]
+                if rest:
+                    out.append((target, rest, node.lineno))
+    return out
+
+
+FILES = sorted(ROOT.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    for path in FILES:
+        name = module_name(path)
+        assert any(name == p or name.startswith(p + ".") for p in LAYERS), f"{name} has no layer in LAYERS"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: module_name(p))
+def test_imports_go_down(path: Path):
+    me = module_name(path)
+    my_layer, my_rank = layer_of(me)
+    for target, names, line in imports_of(path):
+        if target == "ifkit" and not names:
+            continue  # `import ifkit`: the lazy front door, resolved on attribute access
+        layer, rank = layer_of(target)
+        if target == "ifkit" and set(names) <= {"__version__"}:
+            continue
+        ok = rank < my_rank or (rank == my_rank and layer == my_layer)
+        if me == "ifkit":  # the package's __init__ re-exports the api layer (lazily)
+            ok = rank <= LAYERS["ifkit.api"]
+        if target == "ifkit":  # `from ifkit import score`: the api layer
+            ok = my_rank > LAYERS["ifkit.api"] or me == "ifkit"
+        assert ok, (f"{me} (layer {my_layer}, rank {my_rank}) imports {target} {names} at line {line} "
+                    f"(layer {layer}, rank {rank}): lower layers must not import higher ones")
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: module_name(p))
+def test_no_private_names_across_modules(path: Path):
+    me = module_name(path)
+    for target, names, line in imports_of(path):
+        private = [n for n in names if n.startswith("_") and n != "__version__"]
+        assert not private or target == me, f"{me} imports private {private} from {target} (line {line})"
+
+
+@pytest.mark.parametrize("layer", ["ifkit.core", "ifkit.curvature", "ifkit.optim", "ifkit.data", "ifkit.methods",
+                                   "ifkit.api"])
+def test_each_layer_imports_alone(layer: str):
+    """Importing every module of a layer in a fresh interpreter loads nothing from a higher layer."""
+    pkg = ROOT.parent / layer.replace(".", "/")
+    mods = [module_name(p) for p in sorted(pkg.rglob("*.py"))] if pkg.is_dir() else [layer]
+    code = ("import json, sys\n" + "".join(f"import {m}\n" for m in mods)
+            + "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ifkit'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       cwd=ROOT.parent).stdout)
+    rank = LAYERS[layer]
+    above = [m for m in loaded if m != "ifkit" and layer_of(m)[1] > rank]
+    assert not above, f"importing {layer} loaded higher layers: {above}"
+
+
+def test_public_api_unchanged():
+    assert callable(ifkit.score) and callable(ifkit.pairwise)
+    assert ifkit.METHODS == ("loss", "graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf",
+                             "self-if", "gex", "ekfac", "vm", "fvm")
+    assert ifkit.GradCache.__name__ == "GradCache"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ifkit.nope  # noqa: B018
+
+
+def test_no_module_is_too_long():
+    """One idea per module: nothing outside experiments/ over 440 lines."""
+    long = {module_name(p): n for p in FILES if "experiments" not in p.parts
+            and (n := len(p.read_text().splitlines())) > 440}
+    assert not long, f"modules over 440 lines: {long}"
