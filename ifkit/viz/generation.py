@@ -12,6 +12,18 @@ from .common import ArrayLike, as_numpy
 from .palette import FLIPPED_COLOUR, HIT_COLOUR
 
 
+def select_method(pairwise, method: str | None) -> tuple[np.ndarray, str | None]:
+    """The (n_queries, n_train) array to draw: ``pairwise`` itself, or ``pairwise[method]`` from a dict of
+    methods (default: its first entry); a clear error for an empty dict or a missing method."""
+    if not isinstance(pairwise, Mapping):
+        return as_numpy(pairwise), method
+    if not pairwise:
+        raise ValueError("pairwise is an empty dict: pass {method: (n_queries, n_train) matrix}")
+    method = method if method is not None else next(iter(pairwise))
+    if method not in pairwise:
+        raise ValueError(f"no pairwise scores for method {method!r}; available: {list(pairwise)}")
+    return as_numpy(pairwise[method]), method
+
 def plot_top_examples(pairwise: Mapping[str, ArrayLike] | ArrayLike, query_texts: Sequence[str],
                       train_texts: Sequence[str], cls_train: ArrayLike, cls_query: ArrayLike, query: int = 0,
                       method: str | None = None, k: int = 5) -> Figure:
@@ -30,15 +42,7 @@ def plot_top_examples(pairwise: Mapping[str, ArrayLike] | ArrayLike, query_texts
     Returns:
         A Figure with one axis of text: the query, then its top-k training examples with their influence.
     """
-    if isinstance(pairwise, Mapping):
-        if not pairwise:
-            raise ValueError("pairwise is an empty dict: pass {method: (n_queries, n_train) matrix}")
-        method = method if method is not None else next(iter(pairwise))
-        if method not in pairwise:
-            raise ValueError(f"no pairwise scores for method {method!r}; available: {list(pairwise)}")
-        P = as_numpy(pairwise[method])
-    else:
-        P = as_numpy(pairwise)
+    P, method = select_method(pairwise, method)
     ct, cq = as_numpy(cls_train), as_numpy(cls_query)
     if P.ndim != 2 or P.shape != (len(query_texts), len(train_texts)) or len(ct) != P.shape[1] or len(cq) != P.shape[0]:
         raise ValueError(f"pairwise must be (n_queries, n_train) = ({len(query_texts)}, {len(train_texts)}) with "
@@ -88,14 +92,8 @@ def plot_top_images(
         k: how many training images.
         style_names: names of the style ids (default: the ids).
     """
-    if isinstance(pairwise, Mapping):
-        if not pairwise:
-            raise ValueError("pairwise is an empty dict: pass {method: (n_queries, n_train) matrix}")
-        method = method if method is not None else next(iter(pairwise))
-        if method not in pairwise:
-            raise ValueError(f"no pairwise scores for method {method!r}; available: {list(pairwise)}")
-        pairwise = pairwise[method]
-    P, Q, T = as_numpy(pairwise), as_numpy(query_images), as_numpy(train_images)
+    P, method = select_method(pairwise, method)
+    Q, T = as_numpy(query_images), as_numpy(train_images)
     st, sq = as_numpy(train_style), as_numpy(query_style)
     if P.ndim != 2 or P.shape != (len(Q), len(T)) or len(st) != len(T) or len(sq) != len(Q):
         raise ValueError(f"pairwise must be (n_queries, n_train) = ({len(Q)}, {len(T)}) with one style per image, "
@@ -124,4 +122,4 @@ def plot_top_images(
 
 
 
-__all__ = ["plot_top_examples", "plot_top_images"]
+__all__ = ["plot_top_examples", "plot_top_images", "select_method"]
