@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = dict(
     rho=None,
     sigma=None,
     flat_val=None,  # pairwise VM/FVM: the validation set to fine-tune on, when the queries are not S_val
+    # VM/FVM: where the fine-tuning on S_val starts. None: the model given; a state_dict: that checkpoint (e.g.
+    # the early-stopped one); "best-val": of checkpoints=, the one with the lowest mean S_val loss
+    checkpoint=None,
     # None: under an initialised torch.distributed process group, each rank does the per-training-point pass
     # on its shard and the results are gathered (core/distributed.py); False: always the whole set here
     distributed=None,
@@ -84,6 +87,9 @@ def resolve(method: str, options: dict[str, Any]) -> dict[str, Any]:
         fix = "; ".join(f"{k!r} -> did you mean {v[0]!r}?" if v else f"{k!r} is not an option" for k, v in hints.items())
         raise TypeError(f"unknown option(s) for ifkit.{method}: {fix}. Options: {', '.join(DEFAULTS)}")
     opt = {**DEFAULTS, **options, "_given": frozenset(options)}
+    if opt["checkpoint"] is not None and method not in ("vm", "fvm"):
+        raise TypeError(f"checkpoint= chooses where VM/FVM fine-tune on S_val; {method!r} does not use it (TracIn's "
+                        "checkpoints go in checkpoints=)")
     if opt["damping"] is not None and opt["damping"] != "auto":
         check_damping(opt["damping"])
     return opt

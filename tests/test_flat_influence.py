@@ -112,3 +112,39 @@ def test_vm_with_a_custom_loss_and_non_class_targets(method):
     Q = ifkit.pairwise(method, m, (X, Y), (Xv[:3], Yv[:3]), loss=mse, flat_val=(Xv, Yv), flat_steps=5,
                        curvature="ggn-cg", iters=200, tol=1e-12)
     torch.testing.assert_close(P, Q, rtol=1e-6, atol=1e-8)
+
+
+def test_vm_at_a_checkpoint_equals_vm_of_that_model(tiny_mlp):
+    """checkpoint=state_dict starts the fine-tuning there; "best-val" picks the lowest-S_val-loss checkpoint
+    among checkpoints=; the given model is untouched and the options are refused where they mean nothing."""
+    model, train, val, flipped = tiny_mlp
+    torch.manual_seed(3)
+    early = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10)).double()
+    opt = torch.optim.Adam(early.parameters(), lr=1e-2)
+    for _ in range(40):  # an early-stopped stand-in: a few steps on the same noisy training set
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(early(train[0]), train[1]).backward()
+        opt.step()
+    before = copy.deepcopy(model.state_dict())
+    kw = dict(flat_steps=20, seed=1)
+    at_early = ifkit.score("vm", early, train, val, **kw)
+    via_option = ifkit.score("vm", model, train, val, checkpoint=early.state_dict(), **kw)
+    torch.testing.assert_close(via_option, at_early, **EXACT)
+    assert not torch.allclose(via_option, ifkit.score("vm", model, train, val, **kw))  # it did start elsewhere
+    # "best-val": the early state has the lower validation loss of the two (the memorising one overfits)
+    loss = lambda m: torch.nn.functional.cross_entropy(m(val[0]), val[1]).item()  # noqa: E731
+    best, other = (early, model) if loss(early) < loss(model) else (model, early)
+    cps = [(other.state_dict(), 0.1), best.state_dict()]
+    picked = ifkit.score("vm", model, train, val, checkpoints=cps, checkpoint="best-val", **kw)
+    torch.testing.assert_close(picked, ifkit.score("vm", best, train, val, **kw), **EXACT)
+    P = ifkit.pairwise("fvm", model, train, (val[0][:4], val[1][:4]), checkpoint=early.state_dict(),
+                       flat_val=val, **kw)
+    torch.testing.assert_close(P, ifkit.pairwise("fvm", early, train, (val[0][:4], val[1][:4]), flat_val=val, **kw),
+                               **EXACT)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="checkpoints="):
+        ifkit.score("vm", model, train, val, checkpoint="best-val")
+    with pytest.raises(ValueError, match="'best-val'"):
+        ifkit.score("vm", model, train, val, checkpoint="last")
+    with pytest.raises(TypeError, match="VM/FVM"):
+        ifkit.score("graddot", model, train, val, checkpoint=early.state_dict())
