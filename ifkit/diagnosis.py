@@ -325,11 +325,12 @@ def _judge(d: Diagnosis, n_classes: int) -> tuple[list[str], list[str]]:
                                f"{d.val_grad_norm:.3g} -> {d.val_grad_norm_tilde:.3g}, validation loss "
                                f"{d.val_loss:.3f} -> {d.val_loss_tilde:.3f}): VM's second-order score assumes "
                                "g~_val ~ 0; raise flat_steps or flat_lr"))
+    fix = "method='fvm', more flat_steps" if d.method == "vm" else "more flat_steps, or a larger sigma / rho"
     if d.sam_sharpness_tilde > SHARPNESS_MAX * d.rho / DEFAULT_RHO or d.top_eig_tilde > TOP_EIG_MAX:
         out.append(("caution", f"validation risk is sharp at theta~ (SAM sharpness {d.sam_sharpness_tilde:.3f}, "
                                f"top {d.curvature.upper()} eigenvalue {d.top_eig_tilde:.1f}; limits "
-                               f"{SHARPNESS_MAX * d.rho / DEFAULT_RHO:.3g}, {TOP_EIG_MAX:g}): fine-tune flat first "
-                               "(method='fvm', more flat_steps) or score an early-stopped checkpoint"))
+                               f"{SHARPNESS_MAX * d.rho / DEFAULT_RHO:.3g}, {TOP_EIG_MAX:g}): fine-tune flat first ("
+                               f"{fix}) or score an early-stopped checkpoint"))
     if not (math.isfinite(d.spearman_loss_tilde)):
         out.append(("caution", "the scores are constant (Spearman undefined): they rank nothing"))
     elif d.spearman_loss_tilde > CONTROL_SPEARMAN:
