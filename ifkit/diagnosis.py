@@ -222,7 +222,7 @@ def diagnose(
     below the validation loss) and the Spearman correlations of the scores with the controls (training loss at
     theta~ and theta, per-sample gradient norm at theta~). Thresholds: module constants, measured as the module
     docstring says. Cost: the method's own cost plus two power iterations on S_val and one gradient pass
-    (about 3 s on the 2,000-point Fashion-MNIST detection setting, one core).
+    (1.6-2.3 s on the 2,000-point Fashion-MNIST detection setting, one core).
 
     Args:
         model: the trained classifier at theta; never modified.
