@@ -17,13 +17,14 @@ Layers, each importing only the ones below it (tests/test_layers.py checks):
     methods/      one function per method, one static REGISTRY
     api           options, input checks, ``score`` / ``pairwise``
     sharpness     validation sharpness and the paper's sign-error bound
+    diagnosis     ``ifkit.diagnose(model, train, val)``: the trust report to read before acting on VM/FVM scores
     viz/, experiments/, widgets, bench, cli
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["score", "pairwise", "METHODS", "GradCache"]
+__all__ = ["score", "pairwise", "diagnose", "METHODS", "GradCache"]
 
 
 def __getattr__(name: str):
@@ -32,6 +33,12 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in ("diagnose", "Diagnosis"):
+        # The module is ``diagnosis``, not ``diagnose``: importing a submodule binds its name on the package,
+        # which would shadow the function ifkit.diagnose.
+        from . import diagnosis
+
+        return getattr(diagnosis, name)
     if name == "METHODS":
         from .methods import REGISTRY
 
