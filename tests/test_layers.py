@@ -32,12 +32,13 @@ LAYERS: dict[str, int] = {
     "ifkit.methods": 2,
     "ifkit.sharpness": 2,
     "ifkit.api": 3,
-    "ifkit": 3,  # the package's __init__: lazy re-exports of the api layer
-    "ifkit.experiments": 4,  # each returns a tidy DataFrame: no plotting
-    "ifkit.viz": 5,  # figures read results and the experiments' constants
-    "ifkit.widgets": 6,
-    "ifkit.bench": 7,
-    "ifkit.cli": 7,
+    "ifkit.diagnosis": 4,  # the trust report: scores through the api, plus sharpness and controls
+    "ifkit": 4,  # the package's __init__: lazy re-exports of the api and the trust report
+    "ifkit.experiments": 5,  # each returns a tidy DataFrame: no plotting
+    "ifkit.viz": 6,  # figures read results and the experiments' constants
+    "ifkit.widgets": 7,
+    "ifkit.bench": 8,
+    "ifkit.cli": 8,
 }
 
 
@@ -100,10 +101,10 @@ def test_imports_go_down(path: Path):
         if target == "ifkit" and set(names) <= {"__version__"}:
             continue
         ok = rank < my_rank or (rank == my_rank and layer == my_layer)
-        if me == "ifkit":  # the package's __init__ re-exports the api layer (lazily)
-            ok = rank <= LAYERS["ifkit.api"]
+        if me == "ifkit":  # the package's __init__ re-exports the api layer and diagnose (lazily)
+            ok = rank <= LAYERS["ifkit"]
         if target == "ifkit":  # `from ifkit import score`: the api layer
-            ok = my_rank > LAYERS["ifkit.api"] or me == "ifkit"
+            ok = my_rank > LAYERS["ifkit"] or me == "ifkit"
         assert ok, (f"{me} (layer {my_layer}, rank {my_rank}) imports {target} {names} at line {line} "
                     f"(layer {layer}, rank {rank}): lower layers must not import higher ones")
 
@@ -117,7 +118,7 @@ def test_no_private_names_across_modules(path: Path):
 
 
 @pytest.mark.parametrize("layer", ["ifkit.core", "ifkit.curvature", "ifkit.optim", "ifkit.data", "ifkit.methods",
-                                   "ifkit.api"])
+                                   "ifkit.api", "ifkit.diagnosis"])
 def test_each_layer_imports_alone(layer: str):
     """Importing every module of a layer in a fresh interpreter loads nothing from a higher layer."""
     pkg = ROOT.parent / layer.replace(".", "/")
