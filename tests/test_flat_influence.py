@@ -148,3 +148,23 @@ def test_vm_at_a_checkpoint_equals_vm_of_that_model(tiny_mlp):
         ifkit.score("vm", model, train, val, checkpoint="last")
     with pytest.raises(TypeError, match="VM/FVM"):
         ifkit.score("graddot", model, train, val, checkpoint=early.state_dict())
+
+
+@pytest.mark.parametrize("method", ["vm", "fvm"])
+def test_datainf_validation_curvature_is_datainf_at_theta_tilde(tiny_mlp, method):
+    """curvature="datainf" inverts the VALIDATION curvature at theta~ with DataInf's closed form: the same numbers
+    as fine-tuning a copy by hand and calling the "datainf" method with S_val as its training set (the formula is
+    symmetric in the two gradients), for the default (Kwon et al.'s) damping and an explicit one."""
+    from ifkit.methods.flat import FVM_DEFAULTS, VM_DEFAULTS
+    from ifkit.optim.flat_finetune import flat_finetune
+
+    model, train, val, _ = tiny_mlp
+    queries = (val[0][:6], val[1][:6])
+    defaults = {**(VM_DEFAULTS if method == "vm" else FVM_DEFAULTS), "flat_steps": 30}
+    tuned = flat_finetune(model, val, seed=0, progress=False, **defaults).model.eval()
+    for extra in ({}, {"damping": 0.05}):
+        P = ifkit.pairwise(method, model, train, queries, flat_val=val, curvature="datainf", flat_steps=30, **extra)
+        by_hand = ifkit.pairwise("datainf", tuned, val, train, **extra)[:, :6].T  # (6, n_train)
+        torch.testing.assert_close(P, by_hand, rtol=1e-8, atol=1e-10)
+    s = ifkit.score(method, model, train, val, curvature="datainf", flat_steps=30)
+    assert s.shape == (len(train[0]),) and (s > 0).all()  # g^T M^-1 g with M positive definite

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 
 from ..core import factors
+from ..core.cache import module_blocks
 from ..core.func import Problem, ggn_vp_fn, hessian_exact, hvp_fn
+from ..core.grads import stream_grads
 from . import kfac
 from .inverse import dense_curvature
 from .solvers import check_damping, conjugate_gradient
@@ -34,6 +36,8 @@ class ValInverse:
       a VM score took 4.8 s instead of 14.8 s, equal to 1e-6 relative in float32.
     * "exact": the dense Hessian of R_val (may be indefinite: damping must exceed its most negative eigenvalue).
     * "ggn-cg" / "cg": batched conjugate gradient with products over S_val (for models too big for the above).
+    * "datainf": DataInf's per-layer closed form from the validation gradients at theta~ (approximate; no
+      curvature product, for models whose validation Gauss-Newton is too costly, e.g. LoRA language models).
     * "ekfac" / "kfac": the block-diagonal (E)K-FAC Gauss-Newton of ``curvature/kfac.py`` (Linear/Conv2d layers only);
       approximate, but one factorisation serves every training point at O(p) per solve.
     """
@@ -71,9 +75,11 @@ class ValInverse:
             self.mv = ggn_vp_fn(prob, Xv, yv) if self.kind == "ggn-cg" else hvp_fn(prob, Xv, yv)
         elif self.kind in kfac.KINDS:
             self.kron = kfac.fit(prob, Xv, yv, kind=self.kind, seed=opt["seed"])
+        elif self.kind == "datainf":
+            self._init_datainf(prob, Xv, yv)
         else:
             raise ValueError(f"unknown curvature {self.kind!r} for VM/FVM: use 'ggn', 'exact', 'ggn-cg', 'cg', "
-                             "'ekfac' or 'kfac'")
+                             "'ekfac', 'kfac' or 'datainf'")
 
     def _init_structured(self, prob: Problem, Xv: Tensor, yv: Tensor) -> None:
         """Kernel A A^T from layer-wise factors: A = blockdiag(H_out^(1/2)) J / sqrt(n_val) (ifkit/factors.py)."""
@@ -102,6 +108,34 @@ class ValInverse:
             out.append((t.sq_norms()[:, 0] - (Z * Z).sum(0)) / self.damping)
         return torch.cat(out)
 
+    def _init_datainf(self, prob: Problem, Xv: Tensor, yv: Tensor) -> None:
+        """DataInf's closed form (Kwon et al. 2024) of the validation curvature, one block per layer:
+
+            (G~_l^T G~_l / n_val + lam_l I)^-1 v ~= (v - 1/n_val sum_j g~_jl (g~_jl^T v) / (lam_l + ||g~_jl||^2)) / lam_l
+
+        from the per-sample validation gradients g~_j at theta~ (n_val x p, small), with lam_l = damping when given,
+        else Kwon et al.'s 0.1 x mean_j ||g~_jl||^2 / p_l. No curvature product at all: the choice for models whose
+        Gauss-Newton over S_val is too costly to build (LoRA language models: one product per parameter).
+        """
+        self.blocks = module_blocks(prob)
+        self.Gv = torch.cat([G for _, G in stream_grads(prob, Xv, yv, self.opt["chunk_size"])])  # (n_val, p)
+        sq = torch.stack([(self.Gv[:, b] ** 2).sum(1) for b in self.blocks], 1)  # (n_val, L)
+        if "damping" not in self.opt.get("_given", ()) or self.opt["damping"] in (None, "auto"):
+            sizes = torch.tensor([b.stop - b.start for b in self.blocks], dtype=sq.dtype, device=sq.device)
+            self.lams = 0.1 * sq.mean(0) / sizes  # (L,)
+        else:
+            self.lams = torch.full((len(self.blocks),), self.damping, dtype=sq.dtype, device=sq.device)
+        self.sq = sq
+
+    def _solve_datainf(self, G: Tensor) -> Tensor:
+        out = torch.empty_like(G)  # (c, p)
+        n = len(self.Gv)
+        for j, b in enumerate(self.blocks):
+            Gb, Vb = G[:, b], self.Gv[:, b]  # (c, p_l), (n_val, p_l)
+            coef = (Gb @ Vb.T) / (self.lams[j] + self.sq[:, j])  # (c, n_val)
+            out[:, b] = (Gb - coef @ Vb / n) / self.lams[j]
+        return out
+
     def solve(self, G: Tensor) -> Tensor:
         """Rows of G (c, p) -> rows of (H~ + damping I)^-1 G^T, shape (c, p)."""
         if self.lowrank:
@@ -111,6 +145,8 @@ class ValInverse:
             return ((G @ self.Q) / (self.evals + self.damping)) @ self.Q.T
         if self.kind in kfac.KINDS:
             return self.kron.solve(G.T, self.damping).T
+        if self.kind == "datainf":
+            return self._solve_datainf(G)
         return conjugate_gradient(self.mv, G.T, self.damping, iters=self.opt["iters"] or 100, tol=self.opt["tol"]).T
 
     def quad(self, G: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, and r
 the top k = 90 (the number of same-class training points). Methods: graddot, tracin (the LoRA fine-tuning's
 checkpoints), datainf, if-lissa (mini-batch Gauss-Newton products: full-batch LiSSA over 900 sequences x 100
 queries is far beyond a CPU budget), vm and fvm (theta~ fine-tuned on the validation set, as the paper does, and
-DataInf's inverse of the validation curvature: ``flat_pairwise`` says why).
+DataInf's inverse of the validation curvature, ``curvature="datainf"``: ``method_options`` says why).
 
 Measured (full run, 3 seeds; README "Generation (text)"): AUC 66-82%, recall@90 32-48% for every method, TracIn
 best, VM = FVM ~ DataInf; far below the paper's 95-99.99%. Once the adapters know the task, the remaining answer
@@ -450,7 +450,10 @@ def method_options(method: str, cfg: Config, data: TaskData, model) -> dict:
         opts.update(damping=cfg.damping, iters=cfg.lissa_iters, lissa_batch=cfg.lissa_batch,
                     scale=_lissa_scale(model, data, cfg))
     elif method in ("vm", "fvm"):
-        opts.update(damping=cfg.damping, flat_val=data.val, flat_steps=cfg.flat_steps)
+        # DataInf's closed form of the VALIDATION curvature at theta~ (ifkit/curvature/val_inverse.py): the exact
+        # Gauss-Newton over 100 sequences needs one product per LoRA parameter, measured at 240 s for a rank-1
+        # (512-parameter) adapter here -- beyond the budget. Kwon et al.'s damping, as for "datainf".
+        opts.update(flat_val=data.val, flat_steps=cfg.flat_steps, curvature="datainf")
     elif method == "if-cg":
         opts.update(damping=cfg.damping)
     return opts
@@ -473,36 +476,12 @@ def _lissa_scale(model, data: TaskData, cfg: Config) -> float:
     return 3 * (lam + cfg.damping)
 
 
-def flat_pairwise(method: str, model, data: TaskData, cfg: Config) -> Tensor:
-    """VM / FVM pairwise influence with DataInf's closed-form inverse of the VALIDATION curvature.
-
-        pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i        at theta~ (``ifkit/methods/flat.py``)
-
-    theta~: a copy of the model fine-tuned on S_val over the LoRA parameters by ``ifkit.optim.flat_finetune.flat_finetune``
-    with the library's VM (SGD) or FVM (LPF-SGD) defaults. ``ifkit.pairwise("vm", ...)`` would then build the
-    exact Gauss-Newton matrix of the validation loss: one product per parameter over 100 sequences, measured at
-    240 s for a rank-1 (512-parameter) adapter on this machine -- beyond the budget. DataInf's closed form
-    approximates (H~_val + damping I)^-1 from the per-sample validation gradients instead, and the formula is
-    symmetric in (q, i), so it is ``ifkit.pairwise("datainf", theta~, train=S_val, queries=S_train)``
-    transposed: DataInf's inverse is built from its ``train`` argument, here S_val.
-    """
-    from ifkit.methods.flat import FVM_DEFAULTS, VM_DEFAULTS
-    from ifkit.optim.flat_finetune import flat_finetune
-
-    d = {**(VM_DEFAULTS if method == "vm" else FVM_DEFAULTS), "flat_steps": cfg.flat_steps}
-    tuned = flat_finetune(model, data.val, params=lora_names(model), progress=False, seed=0, **d).model.eval()
-    P = ifkit.pairwise("datainf", tuned, data.val, data.train, params=lora_names(tuned), cache_grads=True)
-    return P.T  # (n_queries, n_train)
-
-
 def pairwise(method: str, model, data: TaskData, cfg: Config, checkpoints=()) -> Tensor:
     """(n_queries, n_train) ``ifkit.pairwise`` of ``method`` over the LoRA parameters, queries = validation set.
 
     TracIn is sum_c lr_c * pairwise("tracin", model at checkpoint c): exactly what ``checkpoints=`` computes,
     but one call per checkpoint lets each use the cached per-sample gradients (tested equal).
     """
-    if method in ("vm", "fvm"):
-        return flat_pairwise(method, model, data, cfg)
     if method != "tracin" or not checkpoints:
         return ifkit.pairwise(method, model, data.train, data.val, **method_options(method, cfg, data, model))
     total = torch.zeros(len(data.X_val), len(data.X_train))
