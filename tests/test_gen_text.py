@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 import ifkit
 from ifkit.core import func
+from ifkit.data import text as T
 from ifkit.experiments import gen_text as G
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.viz import figures_generation as figures
@@ -33,8 +34,8 @@ WORDS = ["you", "will", "the", "life", "day"]
     ("swap-pairs", ["will", "you", "life", "the", "day"]),
 ])
 def test_sentence_classes_transform_correctly(cls, expected):
-    assert G.SENTENCE_CLASSES[cls](list(WORDS)) == expected
-    assert len(G.SENTENCE_CLASSES) == 10
+    assert T.SENTENCE_CLASSES[cls](list(WORDS)) == expected
+    assert len(T.SENTENCE_CLASSES) == 10
 
 
 MATH_TRUTH = {  # class -> (first operand, operator, second operand) from the story's numbers a > b
@@ -45,47 +46,47 @@ MATH_TRUTH = {  # class -> (first operand, operator, second operand) from the st
 }
 
 
-@pytest.mark.parametrize("cls", G.MATH_CLASSES)
+@pytest.mark.parametrize("cls", T.MATH_CLASSES)
 def test_math_classes_answer_correctly(cls):
     rng = np.random.default_rng(0)
     for _ in range(20):
-        q, ans = G.math_example(cls, rng)
+        q, ans = T.math_example(cls, rng)
         a, b = [int(w) for w in q if w.isdigit()][-2:]  # the story: "{n} has {a} {o} and {m} has {b} {o} ."
         x, op, y = MATH_TRUTH[cls](a, b)
         value = {"+": x + y, "-": x - y, "*": x * y}[op]
         assert ans == [str(x), op, str(y), "=", str(value)], (cls, q, ans)
         assert a > b >= 2 and value >= 0
-    q, _ = G.math_example(cls, rng, question=False)  # the pretraining format names no class
+    q, _ = T.math_example(cls, rng, question=False)  # the pretraining format names no class
     assert q[1] == "has" and len(q) == 10
 
 
-@pytest.mark.parametrize("task", G.TASKS)
+@pytest.mark.parametrize("task", T.TASKS)
 def test_split_is_90_10_per_class_and_deterministic(task):
-    d = G.make_task(task, seed=3)
+    d = T.make_task(task, seed=3)
     assert d.X_train.shape[0] == 900 and d.X_val.shape[0] == 100
     assert (np.bincount(d.cls_train) == 90).all() and (np.bincount(d.cls_val) == 10).all()
     assert len(set(d.text_train) | set(d.text_val)) == 1000  # distinct examples, no train/val overlap
-    again = G.make_task(task, seed=3)
+    again = T.make_task(task, seed=3)
     assert torch.equal(d.X_train, again.X_train) and torch.equal(d.y_val, again.y_val)
-    assert not torch.equal(d.X_train, G.make_task(task, seed=4).X_train)
+    assert not torch.equal(d.X_train, T.make_task(task, seed=4).X_train)
 
 
 def test_encoding_masks_the_prompt():
-    d = G.make_task("sentence", seed=0, per_class=4, n_val_per_class=1)
-    lay = G.LAYOUTS["sentence"]
-    voc = G.vocabulary("sentence")
+    d = T.make_task("sentence", seed=0, per_class=4, n_val_per_class=1)
+    lay = T.LAYOUTS["sentence"]
+    voc = T.vocabulary("sentence")
     assert (d.y_train[:, : lay.prompt_len - 1] == -100).all()
     # the targets are the answer words then <eos>, and nothing else
     i = 0
     answer = [voc[t] for t in d.y_train[i].tolist() if t != -100]
-    assert answer[-1] == G.EOS and " ".join(answer[:-1]) == d.text_train[i].split(" => ")[1]
-    assert voc[d.X_train[i, lay.prompt_len - 1]] == G.SEP
-    assert voc[d.X_train[i, lay.prompt_len - 2 - G.SENTENCE_LEN]] == G.cue(G.classes("sentence")[0])
+    assert answer[-1] == T.EOS and " ".join(answer[:-1]) == d.text_train[i].split(" => ")[1]
+    assert voc[d.X_train[i, lay.prompt_len - 1]] == T.SEP
+    assert voc[d.X_train[i, lay.prompt_len - 2 - T.SENTENCE_LEN]] == T.cue(T.classes("sentence")[0])
 
 
 def test_source_words_fall_back_to_the_builtin_list(tmp_path):
     with pytest.warns(UserWarning, match="built-in"):
-        words, source = G.source_words(10, tmp_path / "missing")
+        words, source = T.source_words(10, tmp_path / "missing")
     assert source == "built-in" and len(words) == 10
 
 
@@ -164,7 +165,7 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
 
 
 def test_tracin_per_checkpoint_equals_the_library_option():
-    data = G.make_task("sentence", 0, TINY.per_class, TINY.n_val_per_class)
+    data = T.make_task("sentence", 0, TINY.per_class, TINY.n_val_per_class)
     res = G.finetune(G.pretrained("sentence", TINY), data, TINY, seed=0)
     ours = G.pairwise("tracin", res.model, data, TINY, res.checkpoints)
     lib = ifkit.pairwise("tracin", res.model, data.train, data.val, params=lora_names(res.model),

@@ -52,13 +52,10 @@ examples per method).
 
 from __future__ import annotations
 
-import collections
 import copy
 import functools
-import re
 import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -70,6 +67,22 @@ from tqdm.auto import tqdm
 
 import ifkit
 from ifkit.core.func import cross_entropy
+from ifkit.data.text import (
+    ANY,
+    BOS,
+    EOS,
+    LAYOUTS,
+    N_WORDS,
+    TASKS,
+    TaskData,
+    classes,
+    decode,
+    encode,
+    make_task,
+    pretraining_batch,
+    source_words,
+    vocabulary,
+)
 from ifkit.experiments import register
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.optim.train import train
@@ -79,261 +92,6 @@ FILENAME = "generation.csv"
 EXAMPLES = "generation_text_examples.csv"
 KEY = ["task", "seed", "method"]  # shared with gen-image (task "style") in the same file: keep exactly this
 REQUIRED = ["auc", "recall"]
-TASKS = ("sentence", "math")
-FORTUNES = Path("/usr/share/games/fortunes/fortunes")
-
-# Specials first, so their ids never move.
-PAD, BOS, SEP, EOS, ANY = "<pad>", "<bos>", "<sep>", "<eos>", "<any>"
-SPECIALS = (PAD, BOS, SEP, EOS, ANY)
-
-BUILTIN_WORDS = (
-    "you", "will", "the", "your", "and", "have", "are", "for", "our", "but", "day", "life", "that", "can", "not",
-    "this", "with", "today", "good", "very", "may", "too", "one", "all", "get", "out", "never", "soon", "person",
-    "from", "mind", "year", "things", "like", "time", "love", "long", "any", "lucky", "ever",
-)
-
-
-# ------------------------------------------------------------------------------------------------ words
-@functools.lru_cache(maxsize=4)
-def source_words(n: int = 40, path: str | Path = FORTUNES) -> tuple[tuple[str, ...], str]:
-    """The ``n`` most frequent 3-6 letter words of the fortunes file (ties broken alphabetically).
-
-    Returns:
-        (words, source) with source "fortunes" or "built-in" (the fallback when the file is missing).
-    """
-    path = Path(path)
-    if path.is_file():
-        text = path.read_text(encoding="utf-8", errors="replace")
-        counts = collections.Counter(w.lower() for w in re.findall(r"[A-Za-z]+", text) if 3 <= len(w) <= 6)
-        words = tuple(w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n])
-        if len(words) == n:
-            return words, "fortunes"
-    warnings.warn(f"{path} not found (Debian package 'fortunes-min'/'fortune-mod'; `make setup` installs it): "
-                  "using the built-in word list", stacklevel=2)
-    return BUILTIN_WORDS[:n], "built-in"
-
-
-def _novowel(w: str) -> str:
-    return "".join(c for c in w if c not in "aeiou") or w[0]
-
-
-# ------------------------------------------------------------------------------------- sentence classes
-def _swap_pairs(ws: list[str]) -> list[str]:
-    out = list(ws)
-    for i in range(0, len(ws) - 1, 2):
-        out[i], out[i + 1] = ws[i + 1], ws[i]
-    return out
-
-
-SENTENCE_CLASSES: dict[str, Callable[[list[str]], list[str]]] = {
-    "reverse": lambda ws: ws[::-1],
-    "upper": lambda ws: [w.upper() for w in ws],
-    "novowel": lambda ws: [_novowel(w) for w in ws],
-    "first-last": lambda ws: [ws[0], ws[-1]],
-    "double": lambda ws: [x for w in ws for x in (w, w)],
-    "initials": lambda ws: [w[0] for w in ws],
-    "rotate": lambda ws: ws[1:] + ws[:1],
-    "swap-ends": lambda ws: ws[-1:] + ws[1:-1] + ws[:1],
-    "evens": lambda ws: ws[::2],
-    "swap-pairs": _swap_pairs,
-}
-
-
-SENTENCE_LEN = 5  # words per source sentence (fixed: every transformation is then a fixed pattern of copies)
-N_WORDS = 24  # distinct source words
-
-
-def sentence_example(cls: str, rng: np.random.Generator, words: Sequence[str]) -> tuple[list[str], list[str]]:
-    """One (source words, answer words) pair of class ``cls``: SENTENCE_LEN distinct words, transformed."""
-    ws = [words[i] for i in rng.choice(len(words), size=SENTENCE_LEN, replace=False)]
-    return ws, SENTENCE_CLASSES[cls](ws)
-
-
-# ----------------------------------------------------------------------------------------- math classes
-NAMES = ("tom", "ann", "bob", "eva", "max", "lea", "sam", "kim", "joe", "zoe")
-OBJECTS = ("apples", "cards", "coins", "books", "pens", "stamps", "shells", "balls")
-
-# class -> (question template, answer expression over the story's numbers a > b). The question comes first, so
-# the story and <sep> sit at the same positions as in the cue-less pretraining (prompts are left-padded).
-MATH_QUESTIONS: dict[str, tuple[str, Callable[[int, int], list]]] = {
-    "together": ("how many {o} together ?", lambda a, b: [a, "+", b, "=", a + b]),
-    "more": ("how many more has {n} ?", lambda a, b: [a, "-", b, "=", a - b]),
-    "product": ("what is their product ?", lambda a, b: [a, "*", b, "=", a * b]),
-    "twice": ("twice what {n} has ?", lambda a, b: [2, "*", a, "=", 2 * a]),
-    "ten-more": ("{m} finds ten more . how many now ?", lambda a, b: [b, "+", 10, "=", b + 10]),
-    "square": ("what is {n} 's number squared ?", lambda a, b: [a, "*", a, "=", a * a]),
-    "three-times": ("three times what {m} has ?", lambda a, b: [3, "*", b, "=", 3 * b]),
-    "gives-one": ("{n} gives one away . how many left ?", lambda a, b: [a, "-", 1, "=", a - 1]),
-    "loses-two": ("{m} loses two . how many left ?", lambda a, b: [b, "-", 2, "=", b - 2]),
-    "five-more": ("{n} gets five more . how many now ?", lambda a, b: [a, "+", 5, "=", a + 5]),
-}
-MATH_CLASSES: tuple[str, ...] = tuple(MATH_QUESTIONS)
-
-
-def math_story(rng: np.random.Generator) -> tuple[list[str], dict]:
-    """"{n} has {a} {o} and {m} has {b} {o} ." with 2 <= b < a <= 9 (numbers are single tokens)."""
-    n, m = (NAMES[i] for i in rng.choice(len(NAMES), size=2, replace=False))
-    o = OBJECTS[int(rng.integers(len(OBJECTS)))]
-    a = int(rng.integers(3, 10))
-    b = int(rng.integers(2, a))
-    return f"{n} has {a} {o} and {m} has {b} {o} .".split(), dict(n=n, m=m, o=o, a=a, b=b)
-
-
-def math_example(cls: str, rng: np.random.Generator, question: bool = True) -> tuple[list[str], list[str]]:
-    """One (question + story words, worked answer) pair of class ``cls``, e.g.
-    "how many more has tom ? tom has 7 apples and ann has 3 apples ." -> "7 - 3 = 4".
-
-    ``question=False`` leaves the question out (the cue-less pretraining format).
-    """
-    if cls not in MATH_QUESTIONS:
-        raise ValueError(f"unknown math class {cls!r}: use one of {MATH_CLASSES}")
-    story, v = math_story(rng)
-    template, answer = MATH_QUESTIONS[cls]
-    q = template.format(**v).split() if question else []
-    return q + story, [str(t) for t in answer(v["a"], v["b"])]
-
-
-def classes(task: str) -> tuple[str, ...]:
-    if task == "sentence":
-        return tuple(SENTENCE_CLASSES)
-    if task == "math":
-        return MATH_CLASSES
-    raise ValueError(f"unknown task {task!r}: use 'sentence' or 'math'")
-
-
-def example(task: str, cls: str, rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    """(prompt words, answer words) of one example of ``task`` / ``cls`` (without specials or cue)."""
-    return sentence_example(cls, rng, source_words(N_WORDS)[0]) if task == "sentence" else math_example(cls, rng)
-
-
-def pretraining_example(task: str, cls: str, rng: np.random.Generator) -> tuple[list[str], list[str]]:
-    """Like ``example`` but without anything that names the class (math: no question)."""
-    return example(task, cls, rng) if task == "sentence" else math_example(cls, rng, question=False)
-
-
-# --------------------------------------------------------------------------------------------- encoding
-def cue(cls: str) -> str:
-    return f"<{cls}>"
-
-
-@functools.lru_cache(maxsize=4)
-def vocabulary(task: str) -> tuple[str, ...]:
-    """Every token the task can produce, in a fixed order (independent of the seed)."""
-    if task == "sentence":
-        words = source_words(N_WORDS)[0]
-        toks = [*words, *(w.upper() for w in words), *(_novowel(w) for w in words), *(w[0] for w in words)]
-    else:
-        toks = [*NAMES, *OBJECTS, *"has and . + - * =".split(), *(str(i) for i in range(100))]
-        toks += [w for t, _ in MATH_QUESTIONS.values() for w in t.split() if "{" not in w]
-    toks += [cue(c) for c in classes(task)]
-    return SPECIALS + tuple(dict.fromkeys(t for t in toks if t not in SPECIALS))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Fixed sequence layout of a task: prompts left-padded to ``prompt_len``, answers right-padded."""
-
-    prompt_len: int  # <bos> <cue> words <sep>, left-padded
-    answer_len: int  # answer words <eos>, right-padded
-
-    @property
-    def seq_len(self) -> int:  # model input length (the last token is only a target)
-        return self.prompt_len + self.answer_len - 1
-
-
-LAYOUTS = {"sentence": Layout(prompt_len=SENTENCE_LEN + 3, answer_len=2 * SENTENCE_LEN + 1),
-           "math": Layout(prompt_len=22, answer_len=6)}
-
-
-def encode(task: str, prompts: Sequence[list[str]], answers: Sequence[list[str]], cues: Sequence[str]
-           ) -> tuple[Tensor, Tensor]:
-    """Token ids (n, L) and targets (n, L): next tokens, -100 on the prompt and on padding.
-
-    The loss of a sequence is then the mean cross-entropy of its answer tokens (and <eos>).
-    """
-    stoi = {t: i for i, t in enumerate(vocabulary(task))}
-    lay = LAYOUTS[task]
-    rows = []
-    for p, a, c in zip(prompts, answers, cues):
-        head = [BOS, c, *p, SEP]
-        tail = [*a, EOS]
-        if len(head) > lay.prompt_len or len(tail) > lay.answer_len:
-            raise ValueError(f"example longer than the {task} layout {lay}: {head} -> {tail}")
-        rows.append([PAD] * (lay.prompt_len - len(head)) + head + tail + [PAD] * (lay.answer_len - len(tail)))
-    seq = torch.tensor([[stoi[t] for t in r] for r in rows])  # (n, P + A)
-    X, y = seq[:, :-1].clone(), seq[:, 1:].clone()  # (n, L)
-    y[:, : lay.prompt_len - 1] = -100  # targets inside the prompt
-    y[y == stoi[PAD]] = -100
-    return X, y
-
-
-def decode(task: str, ids: Iterable[int]) -> list[str]:
-    voc = vocabulary(task)
-    return [voc[i] for i in ids]
-
-
-# ------------------------------------------------------------------------------------------------- data
-@dataclass
-class TaskData:
-    """One seed's split of a task: tensors for the model, class ids and readable texts for the reader."""
-
-    task: str
-    X_train: Tensor  # (n_train, L) token ids
-    y_train: Tensor  # (n_train, L) next-token targets, -100 outside the answer
-    X_val: Tensor
-    y_val: Tensor
-    cls_train: np.ndarray  # (n_train,) class index
-    cls_val: np.ndarray
-    text_train: list[str]  # "prompt => answer"
-    text_val: list[str]
-    answers_val: list[list[str]]
-
-    @property
-    def train(self) -> tuple[Tensor, Tensor]:
-        return self.X_train, self.y_train
-
-    @property
-    def val(self) -> tuple[Tensor, Tensor]:
-        return self.X_val, self.y_val
-
-
-def make_task(task: str, seed: int, per_class: int = 100, n_val_per_class: int = 10) -> TaskData:
-    """``per_class`` distinct examples of each of the 10 classes; the last ``n_val_per_class`` of each go to
-    validation. Deterministic in ``seed``."""
-    rng = np.random.default_rng([seed, TASKS.index(task)])
-    parts: dict[str, list] = {k: [] for k in ("p", "a", "c", "k", "split")}
-    for k, cls in enumerate(classes(task)):
-        seen: set[tuple[str, ...]] = set()
-        tries = 0
-        while len(seen) < per_class:
-            p, a = example(task, cls, rng)
-            tries += 1
-            if tries > 100 * per_class:
-                raise ValueError(f"cannot draw {per_class} distinct {task}/{cls} examples")
-            if tuple(p) in seen:
-                continue
-            seen.add(tuple(p))
-            parts["p"].append(p)
-            parts["a"].append(a)
-            parts["c"].append(cue(cls))
-            parts["k"].append(k)
-            parts["split"].append("val" if len(seen) > per_class - n_val_per_class else "train")
-    X, y = encode(task, parts["p"], parts["a"], parts["c"])
-    split = np.array(parts["split"])
-    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    text = [f"{c} {' '.join(p)} => {' '.join(a)}" for p, a, c in zip(parts["p"], parts["a"], parts["c"])]
-    k = np.array(parts["k"])
-    return TaskData(task, X[tr], y[tr], X[va], y[va], k[tr], k[va], [text[i] for i in tr], [text[i] for i in va],
-                    [parts["a"][i] for i in va])
-
-
-def pretraining_batch(task: str, rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:
-    """``n`` fresh examples of random classes with the generic cue ``<any>`` instead of the class cue."""
-    cls = classes(task)
-    pairs = [pretraining_example(task, cls[int(rng.integers(len(cls)))], rng) for _ in range(n)]
-    return encode(task, [p for p, _ in pairs], [a for _, a in pairs], [ANY] * n)
-
-
 # ------------------------------------------------------------------------------------------------ model
 @dataclass(frozen=True)
 class Config:
