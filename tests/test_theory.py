@@ -15,7 +15,7 @@ import pytest
 import torch
 from tolerances import HUTCHINSON_REL
 
-from ifkit import sharpness as theory
+from ifkit import sharpness
 from ifkit.core.func import ggn_vp_fn, hessian_exact, make_problem
 from ifkit.experiments import discover
 from ifkit.experiments import theory as exp_theory
@@ -47,8 +47,8 @@ def small_logreg():
 def test_sharpness_properties(small_logreg, gamma):
     model, val = small_logreg
     before = copy.deepcopy(model.state_dict())
-    ascent = theory.sharpness(model, val, gamma, steps=10)
-    one = theory.sharpness(model, val, gamma, one_step=True)
+    ascent = sharpness.sharpness(model, val, gamma, steps=10)
+    one = sharpness.sharpness(model, val, gamma, one_step=True)
     assert ascent["R_gamma"] >= ascent["R_val"]
     assert ascent["sharpness"] == pytest.approx(ascent["R_gamma"] - ascent["R_val"])
     assert ascent["R_gamma"] >= one["R_gamma"] - 1e-12  # the ascent starts from SAM's step and keeps the best
@@ -61,7 +61,7 @@ def test_sharpness_properties(small_logreg, gamma):
 
 def test_sharpness_at_zero_radius_is_the_validation_loss(small_logreg):
     model, (Xv, yv) = small_logreg
-    out = theory.sharpness(model, (Xv, yv), 0.0)
+    out = sharpness.sharpness(model, (Xv, yv), 0.0)
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(model(Xv), yv).item()
     assert out["R_val"] == pytest.approx(loss, rel=1e-12)
@@ -70,7 +70,7 @@ def test_sharpness_at_zero_radius_is_the_validation_loss(small_logreg):
 
 def test_one_step_matches_sam_sharpness(small_logreg):
     model, val = small_logreg
-    one = theory.sharpness(model, val, 0.3, one_step=True)
+    one = sharpness.sharpness(model, val, 0.3, one_step=True)
     sam = sam_sharpness(model, val, rho=0.3)
     assert one["sharpness"] == pytest.approx(sam["sharpness"], rel=1e-9)
     assert one["grad_norm"] == pytest.approx(sam["grad_norm"], rel=1e-9)
@@ -78,7 +78,7 @@ def test_one_step_matches_sam_sharpness(small_logreg):
 
 def test_more_ascent_steps_never_lower(small_logreg):
     model, val = small_logreg
-    values = [theory.sharpness(model, val, 1.0, steps=s)["R_gamma"] for s in (1, 3, 10)]
+    values = [sharpness.sharpness(model, val, 1.0, steps=s)["R_gamma"] for s in (1, 3, 10)]
     assert values == sorted(values)
 
 
@@ -118,10 +118,10 @@ def test_sharpness_of_a_quadratic_at_its_minimum_is_half_lambda_max_gamma_square
     model = Quadratic(A, torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
     data = (torch.zeros(5, 1, dtype=torch.float64), torch.zeros(5))
     gamma = 0.7
-    out = theory.sharpness(model, data, gamma, steps=200, loss=_quadratic_loss)  # g = 0: random start
+    out = sharpness.sharpness(model, data, gamma, steps=200, loss=_quadratic_loss)  # g = 0: random start
     assert out["grad_norm"] == 0.0
     assert out["sharpness"] == pytest.approx(0.5 * 3.0 * gamma**2, rel=1e-8)
-    assert theory.sharpness(model, data, gamma, one_step=True, loss=_quadratic_loss)["sharpness"] == 0.0
+    assert sharpness.sharpness(model, data, gamma, one_step=True, loss=_quadratic_loss)["sharpness"] == 0.0
 
 
 @pytest.mark.parametrize("gamma", [0.1, 1.0, 3.0])
@@ -133,7 +133,7 @@ def test_sharpness_of_a_quadratic_matches_the_trust_region_solution(gamma):
     x0 = torch.randn(5, generator=gen, dtype=torch.float64)
     model = Quadratic(A, b, x0)
     data = (torch.zeros(3, 1, dtype=torch.float64), torch.zeros(3))
-    out = theory.sharpness(model, data, gamma, steps=300, loss=_quadratic_loss)
+    out = sharpness.sharpness(model, data, gamma, steps=300, loss=_quadratic_loss)
     expected = _worst_case_quadratic(A, A @ x0 + b, gamma)  # the gradient at x0 is A x0 + b
     assert out["sharpness"] == pytest.approx(expected, rel=1e-7)
     assert out["perturbation_norm"] == pytest.approx(gamma, rel=1e-9)
@@ -147,7 +147,7 @@ def test_sharpness_of_logistic_regression_matches_brute_force_on_the_sphere():
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[0.5], [-0.3], [0.1]]))
     gamma = 0.8
-    out = theory.sharpness(model, (X, y), gamma, steps=100)
+    out = sharpness.sharpness(model, (X, y), gamma, steps=100)
     # The loss is convex in the weights, so its maximum over the ball lies on the sphere: a Fibonacci grid.
     k = 200_000
     i = torch.arange(k, dtype=torch.float64) + 0.5
@@ -168,7 +168,7 @@ def test_sharpness_of_logistic_regression_matches_brute_force_on_the_sphere():
 def test_sharpness_refuses_bad_arguments(small_logreg, kwargs, match):
     model, val = small_logreg
     with pytest.raises(ValueError, match=match):
-        theory.sharpness(model, val, **kwargs)
+        sharpness.sharpness(model, val, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ curvature summaries
@@ -188,7 +188,7 @@ def test_top_hessian_eigenvalue_matches_the_exact_hessian(tiny_tanh):
     model, data, H = tiny_tanh
     evals = torch.linalg.eigvalsh(H)
     expected = evals[evals.abs().argmax()].item()  # power iteration finds the largest magnitude, with its sign
-    got = theory.top_hessian_eigenvalue(model, data, iters=3000, tol=1e-13)
+    got = sharpness.top_hessian_eigenvalue(model, data, iters=3000, tol=1e-13)
     assert got == pytest.approx(expected, rel=1e-5)
 
 
@@ -197,45 +197,45 @@ def test_top_ggn_eigenvalue_matches_the_dense_ggn(tiny_tanh):
     prob = make_problem(model)
     G = ggn_vp_fn(prob, X, y)(torch.eye(prob.p, dtype=torch.float64))  # (p, p)
     expected = torch.linalg.eigvalsh((G + G.T) / 2).max().item()  # PSD: largest = largest magnitude
-    got = theory.top_hessian_eigenvalue(model, (X, y), iters=3000, tol=1e-13, curvature="ggn")
+    got = sharpness.top_hessian_eigenvalue(model, (X, y), iters=3000, tol=1e-13, curvature="ggn")
     assert got == pytest.approx(expected, rel=1e-5)
 
 
 def test_hessian_trace_matches_the_exact_trace(tiny_tanh):
     model, data, H = tiny_tanh
-    est = theory.hessian_trace(model, data, samples=2000)
+    est = sharpness.hessian_trace(model, data, samples=2000)
     assert est == pytest.approx(torch.trace(H).item(), rel=HUTCHINSON_REL)
 
 
 def test_curvature_refuses_unknown_curvature(tiny_tanh):
     model, data, _ = tiny_tanh
     with pytest.raises(ValueError, match="curvature"):
-        theory.top_hessian_eigenvalue(model, data, curvature="fisher")
+        sharpness.top_hessian_eigenvalue(model, data, curvature="fisher")
     with pytest.raises(ValueError, match="samples"):
-        theory.hessian_trace(model, data, samples=0)
+        sharpness.hessian_trace(model, data, samples=0)
 
 
 # ---------------------------------------------------------------------------------------------- the bound
 def test_sign_error_bound_values():
-    assert theory.sign_error_bound(1.0, 1.0) == pytest.approx(math.exp(-2))
-    assert theory.sign_error_bound(0.5, 2.0) == pytest.approx(math.exp(-2 * 0.25 / 4))
-    assert theory.sign_error_bound(0.0, 3.0) == 1.0  # no margin: vacuous
-    assert theory.sign_error_bound(0.0, 0.0) == 1.0
-    assert theory.sign_error_bound(0.3, 0.0) == 0.0  # the limit R -> 0
-    assert isinstance(theory.sign_error_bound(1.0, 2.0), float)
+    assert sharpness.sign_error_bound(1.0, 1.0) == pytest.approx(math.exp(-2))
+    assert sharpness.sign_error_bound(0.5, 2.0) == pytest.approx(math.exp(-2 * 0.25 / 4))
+    assert sharpness.sign_error_bound(0.0, 3.0) == 1.0  # no margin: vacuous
+    assert sharpness.sign_error_bound(0.0, 0.0) == 1.0
+    assert sharpness.sign_error_bound(0.3, 0.0) == 0.0  # the limit R -> 0
+    assert isinstance(sharpness.sign_error_bound(1.0, 2.0), float)
 
 
 def test_sign_error_bound_broadcasts_and_grows_with_R():
     R = np.array([0.5, 1.0, 2.0, 4.0])
-    b = theory.sign_error_bound(0.7, R)
+    b = sharpness.sign_error_bound(0.7, R)
     assert b.shape == (4,) and np.all(np.diff(b) > 0) and np.all((b > 0) & (b < 1))
-    np.testing.assert_allclose(theory.sign_error_bound(torch.tensor([0.7], dtype=torch.float64), torch.tensor(R)), b)
+    np.testing.assert_allclose(sharpness.sign_error_bound(torch.tensor([0.7], dtype=torch.float64), torch.tensor(R)), b)
 
 
 @pytest.mark.parametrize("mu, R", [(-0.1, 1.0), (0.1, -1.0), (float("nan"), 1.0), (0.1, float("inf"))])
 def test_sign_error_bound_refuses_bad_input(mu, R):
     with pytest.raises(ValueError):
-        theory.sign_error_bound(mu, R)
+        sharpness.sign_error_bound(mu, R)
 
 
 # ------------------------------------------------------------------------------------------ the experiment
@@ -257,7 +257,7 @@ def test_theory_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     assert not on_disk.duplicated(exp_theory.KEY).any()
     assert (on_disk["R_gamma"] >= on_disk["val_loss"]).all()
     assert on_disk["sign_error"].between(0, 1).all() and on_disk["bound"].between(0, 1).all()
-    np.testing.assert_allclose(on_disk["bound"], theory.sign_error_bound(on_disk["mu"], on_disk["R_gamma"]))
+    np.testing.assert_allclose(on_disk["bound"], sharpness.sign_error_bound(on_disk["mu"], on_disk["R_gamma"]))
     assert on_disk["mu"].nunique() == 1  # one margin per seed
     assert [p.name for p in tmp_path.iterdir()] == ["theory.csv"]  # no temporary file left behind
 

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from ifkit import sharpness as theory
-from ifkit import viz
+from ifkit import sharpness, viz
 from ifkit.viz import figures, figures_theory
 
 
@@ -27,7 +26,7 @@ def table():
                 for method, extra in (("if-exact", 0.0), ("graddot", 0.2)):
                     rows.append(dict(trajectory=traj, checkpoint=f"{traj}-{c}", seed=0, n_train=100, gamma=gamma,
                                      method=method, val_loss=loss, R_gamma=R, sharpness=gamma, mu=0.6,
-                                     bound=theory.sign_error_bound(0.6, R), sign_error=err + extra))
+                                     bound=sharpness.sign_error_bound(0.6, R), sign_error=err + extra))
     return pd.DataFrame(rows)
 
 
