@@ -12,8 +12,11 @@ functions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import torch
 from matplotlib.figure import Figure
 
 from ifkit.viz.detection import plot_detection_setting
@@ -85,4 +88,43 @@ def detection_dashboard(
                     seed=fixed(seed), n_train=fixed(n_train), n_val=fixed(n_val), epochs=fixed(epochs), k=fixed(k))
 
 
-__all__ = ["detection_dashboard", "plot_detection_dashboard"]
+def checkpoint_diagnoses(model: torch.nn.Module, train, val, checkpoints: Sequence, method: str = "fvm",
+                         **options: Any) -> Callable[[int], Any]:
+    """index -> ``ifkit.diagnose`` of ``model`` with checkpoint ``index`` loaded (state_dicts or (state_dict, lr)
+    pairs, as ``ifkit.optim.train.train`` saves them), computed once per index; ``model`` is never modified."""
+    from ifkit.diagnosis import diagnose
+
+    states = [c[0] if isinstance(c, tuple) else c for c in checkpoints]
+    if not states:
+        raise ValueError("no checkpoints: train with ifkit.optim.train.train(..., n_checkpoints=k) to save some")
+    reports: dict[int, Any] = {}
+
+    def report(index: int):
+        if index not in reports:
+            at = copy.deepcopy(model)
+            at.load_state_dict(states[index])
+            reports[index] = diagnose(at, train, val, method, **options)
+        return reports[index]
+
+    return report
+
+
+def checkpoint_report(model: torch.nn.Module, train, val, checkpoints: Sequence, method: str = "fvm",
+                      **options: Any):
+    """A slider over the saved training checkpoints showing ``ifkit.diagnose``'s trust report at each (its verdict,
+    reasons and table): where along training the influence scores become trustworthy, and where memorisation
+    starts. Starts at the last checkpoint; each new position costs one diagnosis (~0.5-2 s), then is cached.
+
+    Returns:
+        What ``ipywidgets.interact`` returns (the decorated function, with its widget).
+    """
+    from IPython.display import display
+    from ipywidgets import IntSlider, interact
+
+    report = checkpoint_diagnoses(model, train, val, checkpoints, method, **options)
+    last = len(checkpoints) - 1
+    return interact(lambda checkpoint: display(report(checkpoint)),
+                    checkpoint=IntSlider(value=last, min=0, max=last, description="checkpoint"))
+
+
+__all__ = ["checkpoint_diagnoses", "checkpoint_report", "detection_dashboard", "plot_detection_dashboard"]

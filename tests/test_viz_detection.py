@@ -176,3 +176,29 @@ def test_detection_dashboard_builds_an_interact():
     controls = {w.description: w for w in shown.widget.children if hasattr(w, "description")}
     assert controls["noise"].value == "hard" and list(controls["method"].options) == ["loss", "loss-early"]
     assert controls["dataset"].value == "digits" and abs(controls["rate"].value - 0.3) < 1e-9
+
+
+def test_checkpoint_report_diagnoses_each_checkpoint_once(tiny_mlp):
+    """The slider's report at checkpoint c is ifkit.diagnose of the model with c loaded (cached per position);
+    the model itself is left as it was; an empty checkpoint list is refused with the fix."""
+    pytest.importorskip("ipywidgets")
+    import copy
+
+    import ifkit
+
+    model, train, val, _ = tiny_mlp
+    before = copy.deepcopy(model.state_dict())
+    shaken = {k: v + 0.05 * torch.randn_like(v) for k, v in before.items()}
+    cps = [(shaken, 0.1), before]
+    report = widgets.checkpoint_diagnoses(model, train, val, cps, "vm", flat_steps=10)
+    first = report(0)
+    at = copy.deepcopy(model)
+    at.load_state_dict(shaken)
+    assert torch.equal(first.scores, ifkit.diagnose(at, train, val, "vm", flat_steps=10).scores)
+    assert report(0) is first and not torch.equal(report(1).scores, first.scores)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    shown = widgets.checkpoint_report(model, train, val, cps, "vm", flat_steps=10)
+    slider = next(w for w in shown.widget.children if getattr(w, "description", "") == "checkpoint")
+    assert (slider.min, slider.max, slider.value) == (0, 1, 1)
+    with pytest.raises(ValueError, match="n_checkpoints"):
+        widgets.checkpoint_diagnoses(model, train, val, [])
