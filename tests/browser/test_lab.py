@@ -246,7 +246,22 @@ def test_mislabel_detection_dashboard_renders(lab, browser):
     base, token = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     seconds = _run_notebook(page, base, token, "05_mislabel_detection.ipynb")
-    widget = page.locator(".jupyter-widgets.widget-interact").first
+    # the trust report along the checkpoints: a slider whose output is ifkit.diagnose's table; one step left
+    # re-diagnoses an earlier checkpoint and the report's text changes
+    report = page.locator(".jupyter-widgets.widget-interact").filter(has_text="checkpoint").first
+    report.scroll_into_view_if_needed()
+    output = report.locator(".widget-output")
+    output.get_by_text("ifkit.diagnose(fvm)").wait_for(timeout=30_000)
+    before = output.inner_text()
+    assert "theta~" in before and "SAM sharpness" in before
+    report.locator(".noUi-handle").first.focus()
+    page.keyboard.press("ArrowLeft")
+    deadline = time.monotonic() + 60
+    while output.inner_text() == before and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert output.inner_text() != before, "the checkpoint slider did not change the report"
+    report.screenshot(path=str(OUT / "05_checkpoint_report.png"))
+    widget = page.locator(".jupyter-widgets.widget-interact").filter(has=page.locator(".widget-dropdown")).first
     widget.scroll_into_view_if_needed()
     assert widget.locator(".widget-dropdown select").count() >= 3  # dataset, noise, method
     assert widget.locator(".widget-slider").count() >= 1  # rate
