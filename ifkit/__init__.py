@@ -18,13 +18,14 @@ Layers, each importing only the ones below it (tests/test_layers.py checks):
     api           options, input checks, ``score`` / ``pairwise``
     sharpness     validation sharpness and the paper's sign-error bound
     diagnosis     ``ifkit.diagnose(model, train, val)``: the trust report to read before acting on VM/FVM scores
+    cleaning      ``ifkit.clean(model, train, val, checkpoints=...)``: best-val checkpoint, report, flags, relabels
     viz/, experiments/, widgets, bench, cli
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["score", "pairwise", "diagnose", "METHODS", "GradCache"]
+__all__ = ["score", "pairwise", "diagnose", "clean", "METHODS", "GradCache"]
 
 
 def __getattr__(name: str):
@@ -39,6 +40,10 @@ def __getattr__(name: str):
         from . import diagnosis
 
         return getattr(diagnosis, name)
+    if name in ("clean", "Cleaning"):
+        from . import cleaning
+
+        return getattr(cleaning, name)
     if name == "METHODS":
         from .methods import REGISTRY
 

@@ -33,12 +33,13 @@ LAYERS: dict[str, int] = {
     "ifkit.sharpness": 2,
     "ifkit.api": 3,
     "ifkit.diagnosis": 4,  # the trust report: scores through the api, plus sharpness and controls
-    "ifkit": 4,  # the package's __init__: lazy re-exports of the api and the trust report
-    "ifkit.experiments": 5,  # each returns a tidy DataFrame: no plotting
-    "ifkit.viz": 6,  # figures read results and the experiments' constants
-    "ifkit.widgets": 7,
-    "ifkit.bench": 8,
-    "ifkit.cli": 8,
+    "ifkit.cleaning": 5,  # ifkit.clean: checkpoint choice + the trust report + flags + relabels
+    "ifkit": 5,  # the package's __init__: lazy re-exports of the api, the trust report and clean
+    "ifkit.experiments": 6,  # each returns a tidy DataFrame: no plotting
+    "ifkit.viz": 7,  # figures read results and the experiments' constants
+    "ifkit.widgets": 8,
+    "ifkit.bench": 9,
+    "ifkit.cli": 9,
 }
 
 
@@ -118,7 +119,7 @@ def test_no_private_names_across_modules(path: Path):
 
 
 @pytest.mark.parametrize("layer", ["ifkit.core", "ifkit.curvature", "ifkit.optim", "ifkit.data", "ifkit.methods",
-                                   "ifkit.api", "ifkit.diagnosis"])
+                                   "ifkit.api", "ifkit.diagnosis", "ifkit.cleaning"])
 def test_each_layer_imports_alone(layer: str):
     """Importing every module of a layer in a fresh interpreter loads nothing from a higher layer."""
     pkg = ROOT.parent / layer.replace(".", "/")
@@ -137,6 +138,7 @@ def test_public_api_unchanged():
     assert ifkit.METHODS == ("loss", "graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf",
                              "self-if", "gex", "ekfac", "vm", "fvm")
     assert ifkit.GradCache.__name__ == "GradCache"
+    assert callable(ifkit.diagnose) and callable(ifkit.clean)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ifkit.nope  # noqa: B018
 
