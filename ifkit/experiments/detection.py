@@ -19,6 +19,8 @@ methods (vm; fvm with LPF-SGD; fvm-sam with SAM), three kinds of reference rows 
 
 * ``loss-early``: the training loss under the early-stopped model (the epoch of best validation accuracy), and
   ``vm-early``: VM computed from that model instead of the memorising one;
+* ``vm-best-val`` / ``fvm-best-val``: ``ifkit.clean`` -- VM / FVM from the saved checkpoint of lowest S_val LOSS
+  (``vm-early`` picks by validation accuracy, on the same checkpoints every ``dynamics_every`` epochs);
 * ``cleanlab``: confident learning (cleanlab's label-quality score; score = 1 - quality) on K-fold out-of-fold
   probabilities of the same architecture trained for the early-stopping number of epochs;
 * ``loss@theta~`` and ``gradnorm@theta~``: the training loss and the gradient norm at VM's fine-tuned model
@@ -58,7 +60,8 @@ REQUIRED = ["auc", "ap", "recall_at_10pct"]
 
 INFLUENCE = ("loss", "graddot", "tracin", "if-lissa", "if-cg", "ekfac", "datainf", "self-if", "gex", "vm", "fvm",
              "fvm-sam")
-REFERENCE = ("loss-early", "vm-early", "cleanlab", "loss@theta~", "gradnorm@theta~")
+PIPELINE = ("vm-best-val", "fvm-best-val")  # ifkit.clean: the recommended way (its module docstring)
+REFERENCE = ("loss-early", "vm-early", *PIPELINE, "cleanlab", "loss@theta~", "gradnorm@theta~")
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,9 @@ def score_method(method: str, s: Setting, seed: int, cache: dict) -> Tensor:
         return ifkit.score("loss", s.early, tr, va)
     if method == "vm-early":  # VM from the early-stopped model instead of the memorising one
         return ifkit.score("vm", s.early, tr, va, seed=seed)
+    if method in PIPELINE:  # the recommended pipeline, as a user calls it
+        return ifkit.clean(s.run.model, tr, va, method.split("-")[0], checkpoints=s.run.checkpoints, seed=seed,
+                           k=0, relabel=False).scores
     if method == "cleanlab":
         return cleanlab_scores(s, seed)
     if "tilde" not in cache:
@@ -361,7 +367,7 @@ def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     return df
 
 
-__all__ = ["FAST", "FULL", "INFLUENCE", "REFERENCE", "Config", "Setting", "dynamics", "measure", "prepare", "run",
+__all__ = ["FAST", "FULL", "INFLUENCE", "PIPELINE", "REFERENCE", "Config", "Setting", "dynamics", "measure", "prepare", "run",
            "score_method", "summary"]
 
 
