@@ -19,6 +19,7 @@ ROWS = {
     "controls at theta~: loss / gradient norm": ["loss@theta~", "gradnorm@theta~"],
     "references: loss of the early-stopped model": ["loss-early"], "cleanlab": ["cleanlab"],
     "VM computed from the early-stopped model": ["vm-early"],
+    "ifkit.clean": ["vm-best-val"], "ifkit.clean / with FVM": ["vm-best-val", "fvm-best-val"],
 }
 
 

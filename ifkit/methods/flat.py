@@ -24,7 +24,7 @@ Averaged over S_val the first-order term vanishes at the minimum: that is why th
 
 Where to start the fine-tuning (``checkpoint=``): a network trained until it memorises its noisy labels gives
 VM/FVM a theta* far from any validation minimum; started from the early-stopped checkpoint instead, VM beat
-cleanlab on 3 of 4 Fashion-MNIST settings (RESULTS.md). ``checkpoint=state_dict`` starts there,
+cleanlab on all 4 Fashion-MNIST settings (RESULTS.md; ``ifkit.clean``). ``checkpoint=state_dict`` starts there,
 ``checkpoint="best-val"`` picks the lowest-S_val-loss state among ``checkpoints=``.
 """
 
