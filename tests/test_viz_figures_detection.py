@@ -92,7 +92,7 @@ def relabel_frame(seeds=2, methods=RELABEL + ("noisy", "remove", "clean"),
                 if m in RELABEL:
                     row.update(flagged_by=m if m not in ("pred", "pred@theta~") else "fvm", precision=0.8,
                                relabel_acc=0.1 * i, relabel_acc_flagged=0.1 * i, agree_theta_tilde=0.5 + 0.05 * i,
-                               changed=0.9)
+                               changed=0.9, clean_bound=0.85 + 0.01 * seed)
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -244,6 +244,10 @@ def test_relabel_three_panels_and_reference_lines():
     assert sorted(c.get_label() for c in refs) == ["clean", "noisy", "remove"]
     hatched = [p for c in ax_r.containers if c.get_label() == "pred@theta~" for p in c]
     assert hatched and all(p.get_hatch() == "//" for p in hatched)
+    ticks = [c for c in ax_r.collections if c.get_segments()]  # the clean-label bound: one tick per bar
+    assert sum(len(c.get_segments()) for c in ticks) == len(RELABEL) * 2
+    assert all(seg[0][1] == pytest.approx(0.855) for c in ticks for seg in c.get_segments())  # mean over 2 seeds
+    assert "clean-label bound" in [t.get_text() for t in fig.legends[0].get_texts()]
 
 
 def test_relabel_partial():

@@ -79,7 +79,9 @@ def ablation(ablation: pd.DataFrame) -> Figure:
 def relabel(relabel: pd.DataFrame) -> Figure:
     """Relabeling the flagged training points: per setting and method, bars of means over seeds (whiskers: std).
 
-    Left: relabel accuracy (share of the flagged, truly flipped points whose new label is the clean one).
+    Left: relabel accuracy (share of the flagged, truly flipped points whose new label is the clean one); the black
+    tick on each bar is ``clean_bound``, what a network trained on the clean labels of the unflagged points gets on
+    the same points. ``vm-best-val`` / ``fvm-best-val`` are ``ifkit.clean`` (the best-val checkpoint).
     Middle: test accuracy after retraining on the relabelled set; horizontal lines give the retraining references
     (train on the noisy set as it is, drop FVM's flagged points, train on the clean labels). Right: how often the
     new label equals the prediction of VM's fine-tuned model theta~ -- near 1, influence relabeling adds nothing
@@ -113,6 +115,13 @@ def relabel(relabel: pd.DataFrame) -> Figure:
                     for patch in bars:
                         patch.set_hatch("//")
                         patch.set_edgecolor("white")
+                if col == "relabel_acc" and "clean_bound" in data and len(bars) == len(settings):  # bound: a tick
+                    bound = data[data["method"] == m].groupby("setting")["clean_bound"].mean()
+                    for patch, setting in zip(bars, settings):
+                        if pd.notna(bound.get(setting)):
+                            x0 = patch.get_x()
+                            ax.hlines(bound[setting], x0, x0 + patch.get_width(), color="black", lw=1.5,
+                                      label="clean-label bound" if (m, setting) == (hue[0], settings[0]) else None)
         ax.set_xlabel("")
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.02)
@@ -136,6 +145,10 @@ def relabel(relabel: pd.DataFrame) -> Figure:
         if lab in refs:
             handles.append(h)
             labels.append(f"retrain on {lab}")
+    for h, lab in zip(*axes[0].get_legend_handles_labels()):
+        if lab == "clean-label bound":
+            handles.append(h)
+            labels.append(lab)
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False,
                    title="new label by (bars) / retraining references (lines)", title_fontsize=8)
