@@ -41,6 +41,7 @@ FALLBACK_COLOUR = "#c7c7c7"  # a name no palette knows: neutral light grey
 DETECTION_PALETTE: dict[str, str] = {
     "fvm-sam": "#8c1c13", "vm-early": "#fdae6b", "loss-early": "#525252",
     "vm-best-val": "#fd8d3c", "fvm-best-val": "#fb6a4a",  # ifkit.clean: VM/FVM at the best-S_val-loss checkpoint
+    "refit": "#a63603", "pred@fvm-theta~": "#fcbba1",  # ifkit.clean then remove-and-retrain; FVM theta~ predicts
     "loss@theta~": "#a6a6a6", "gradnorm@theta~": "#8c6d31",
     "pred": "#636363", "pred@theta~": "#fdd0a2",  # relabel FVM's flags with a model's prediction
     "noisy": "#7f7f7f", "remove": "#1f77b4", "clean": "#000000",  # retraining references
