@@ -625,6 +625,7 @@ def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     return df
 
 
-__all__ = ["CONFIGS", "FAST", "FULL", "OVERLAYS", "STYLES", "TRANSFORMS", "VARIANTS", "Config", "StyleData", "attribution_sets", "build_data",
+__all__ = ["CONFIGS", "FAST", "FULL", "OVERLAYS", "STYLES", "TRANSFORMS", "VARIANTS", "Config", "StyleData",
+           "attributed", "attribution_sets", "build_data",
            "finetune_lora", "measure", "pretrain", "ranking_metrics", "run", "style_check", "stylize",
            "summary", "top_helpful"]

@@ -145,7 +145,8 @@ def generation_image_examples(examples: pd.DataFrame, max_queries: int = 3, vari
                     ax.set_ylabel(method, fontsize=9, color=METHOD_PALETTE.get(method, "k"))
             for c in range(len(cells), top + 1):
                 axes[r, j * (top + 1) + c].axis("off")
-    fig.suptitle(f"Image generation, {variant} variant ({mode}, seed {seed}): each query and its top-{top} most helpful training "
+    fig.suptitle(f"Image generation, {variant} variant ({mode}, seed {seed}): each query and its top-{top} most "
+                 "helpful training "
                  "images (green: same style, red: another style)", fontsize=10)
     return fig
 
