@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -101,8 +99,11 @@ def test_ranking_metrics():
     train_style = np.array([0, 0, 1, 1, 2, 2])
     query_style = np.array([0, 1])
     perfect = np.where(train_style[None, :] == query_style[:, None], -1.0, 1.0)  # same style most helpful
-    assert G.ranking_metrics(perfect, train_style, query_style) == {"auc": 1.0, "recall": 1.0}
-    assert G.ranking_metrics(-perfect, train_style, query_style) == {"auc": 0.0, "recall": 0.0}
+    # 2 same-style points out of 6: a perfect ranking has both in its top 5, the reversed one only its last
+    assert G.ranking_metrics(perfect, train_style, query_style) == {"auc": 1.0, "recall": 1.0, "precision5": 0.4}
+    assert G.ranking_metrics(-perfect, train_style, query_style) == {"auc": 0.0, "recall": 0.0, "precision5": 0.2}
+    many = np.repeat(np.arange(2), 8)  # 8 per style: the top 5 of a perfect ranking are all the query's style
+    assert G.ranking_metrics(np.where(many[None] == np.array([[1]]), -1.0, 1.0), many, [1])["precision5"] == 1.0
     with pytest.raises(ValueError, match="shape"):
         G.ranking_metrics(perfect[:, :3], train_style, query_style)
     assert G.top_helpful(torch.tensor(perfect), k=2).tolist() == [[0, 1], [2, 3]]
@@ -111,20 +112,48 @@ def test_ranking_metrics():
 def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     df = G.measure(TINY, [0], tmp_path, progress=False)
     out = pd.read_csv(tmp_path / G.FILENAME)
-    assert {"task", "seed", "method", "auc", "recall", "n_train", "n_queries", "seconds", "mode"} <= set(out.columns)
+    assert {"task", "variant", "seed", "method", "auc", "recall", "precision5", "n_train", "n_queries", "seconds",
+            "mode"} <= set(out.columns)
     assert set(out["method"]) == set(TINY.methods) and (out["task"] == "style").all()
-    assert out["auc"].between(0, 1).all() and out["recall"].between(0, 1).all()
+    assert (out["variant"] == TINY.variant).all()
+    for col in ("auc", "recall", "precision5"):
+        assert out[col].between(0, 1).all()
     assert len(df) == len(TINY.methods)
     ex = pd.read_csv(tmp_path / G.EXAMPLES_FILENAME)
     assert len(ex) == len(TINY.methods) * len(TINY.styles) * TINY.n_examples * G.TOP
     assert pd.read_csv(tmp_path / G.STYLES_FILENAME)["style"].tolist() == ["inverted", "flipped", "plain"]
     # another task's rows in the same file (gen-text) are kept, and a rerun computes nothing
     ifkit.results.ResultsTable(tmp_path / G.FILENAME, G.KEY, G.REQUIRED).add(
-        [{"task": "sentence", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}])
+        [{"task": "sentence", "variant": "protocol", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8,
+          "precision5": 1.0}])
     monkeypatch.setattr(ifkit, "pairwise", lambda *a, **k: pytest.fail("a finished run must not recompute"))
     G.measure(TINY, [0], tmp_path, progress=False)
     again = pd.read_csv(tmp_path / G.FILENAME)
     assert len(again) == len(TINY.methods) + 1 and "sentence" in set(again["task"])
+
+
+def test_a_file_from_before_the_variant_column_keeps_the_text_rows(tmp_path):
+    pd.DataFrame([{"task": "style", "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.4},
+                  {"task": "math", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}]).to_csv(
+        tmp_path / G.FILENAME, index=False)
+    G._migrate(tmp_path / G.FILENAME)
+    out = pd.read_csv(tmp_path / G.FILENAME)
+    assert out["task"].tolist() == ["math"] and out["variant"].tolist() == ["protocol"]
+
+
+def test_the_two_variants_differ_in_what_a_style_shares():
+    """protocol: a style's pattern is drawn over every image (shared pixels) and the prompt names the style;
+    harder: a style transforms each image's content and the prompt does not name it."""
+    P, H = G.CONFIGS["full"]["protocol"], G.CONFIGS["full"]["harder"]
+    assert P.style_prompt and not H.style_prompt and len(P.styles) == len(H.styles) == 6
+    assert set(P.styles) <= set(G.OVERLAYS) and set(H.styles) <= set(G.TRANSFORMS)
+    x = torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
+    for style in P.styles:  # the pattern's pixels are the same in every styled image
+        shared = (G.stylize(x, style) == G.stylize(x, style)[:1]).all(0).float().mean()
+        assert shared > 0.05, style
+    for style in H.styles:
+        shared = (G.stylize(x, style) == G.stylize(x, style)[:1]).all(0).float().mean()
+        assert shared < 0.05, style
 
 
 def test_plot_top_images():
@@ -140,7 +169,7 @@ def test_plot_top_images():
 
 
 def test_figure_from_examples(tmp_path):
-    cfg = dataclasses.replace(G.FAST, methods=("graddot",))
+    cfg = G.CONFIGS["fast"]["protocol"]
     data = G.build_data(cfg, 0)
     rows = [{"seed": 0, "method": "graddot", "query": q, "query_style": cfg.styles[int(data.s_val[q])], "rank": r,
              "train_index": r, "train_style": cfg.styles[int(data.s_train[r])], "mode": "fast"}
@@ -149,3 +178,16 @@ def test_figure_from_examples(tmp_path):
 
     fig = generation_image_examples(pd.DataFrame(rows))
     assert isinstance(fig, Figure) and len(fig.axes) == 2 * 6
+
+
+def test_figure_of_the_harder_variant(tmp_path):
+    cfg = G.CONFIGS["fast"]["harder"]
+    data = G.build_data(cfg, 0)
+    rows = [{"variant": "harder", "seed": 0, "method": "vm", "query": 0, "query_style": cfg.styles[int(data.s_val[0])],
+             "rank": r, "train_index": r, "train_style": cfg.styles[int(data.s_train[r])], "mode": "fast"}
+            for r in range(1, 6)]
+    from ifkit.viz.figures_generation import generation_image_examples, generation_image_examples_harder
+
+    assert len(generation_image_examples_harder(pd.DataFrame(rows)).axes) == 6
+    with pytest.raises(ValueError, match="no example rows"):
+        generation_image_examples(pd.DataFrame(rows))  # protocol rows are asked for, there are none

@@ -100,20 +100,25 @@ def generation_text_examples(examples: pd.DataFrame, methods: Iterable[str] = ("
 
 # ------------------------------------------------------------------------------------------ generation (image)
 @register("generation_image_examples", inputs=("generation_image_examples.csv",))
-def generation_image_examples(examples: pd.DataFrame, max_queries: int = 3) -> Figure:
+def generation_image_examples(examples: pd.DataFrame, max_queries: int = 3, variant: str = "protocol") -> Figure:
     """Image generation: a few queries (one per style) and their top-5 most helpful training images per method.
 
-    The images are not stored: ``ifkit.experiments.gen_image.build_data`` redraws them from the seed and the
-    run's mode (deterministic). Frames: green = the training image has the query's style, red = another style.
+    The images are not stored: ``ifkit.experiments.gen_image.build_data`` redraws them from the seed, the run's
+    mode and the variant (deterministic). Frames: green = the training image has the query's style, red = another.
     """
     import numpy as np
 
     from ifkit.experiments import gen_image
 
+    if "variant" not in examples:
+        examples = examples.assign(variant="protocol")
+    examples = examples[examples["variant"] == variant]
+    if examples.empty:
+        raise ValueError(f"no example rows for variant {variant!r}")
     seed = int(examples["seed"].min())
     df = examples[examples["seed"] == seed]
     mode = str(df["mode"].iloc[0])
-    data = gen_image.build_data(gen_image.CONFIGS[mode], seed)
+    data = gen_image.build_data(gen_image.CONFIGS[mode][variant], seed)
     queries = df.drop_duplicates("query_style")["query"].tolist()[:max_queries]  # one query per style
     methods = method_order(df["method"])
     top = int(df["rank"].max())
@@ -140,10 +145,17 @@ def generation_image_examples(examples: pd.DataFrame, max_queries: int = 3) -> F
                     ax.set_ylabel(method, fontsize=9, color=METHOD_PALETTE.get(method, "k"))
             for c in range(len(cells), top + 1):
                 axes[r, j * (top + 1) + c].axis("off")
-    fig.suptitle(f"Image generation ({mode}, seed {seed}): each query and its top-{top} most helpful training "
+    fig.suptitle(f"Image generation, {variant} variant ({mode}, seed {seed}): each query and its top-{top} most "
+                 "helpful training "
                  "images (green: same style, red: another style)", fontsize=10)
     return fig
 
 
+@register("generation_image_examples_harder", inputs=("generation_image_examples.csv",))
+def generation_image_examples_harder(examples: pd.DataFrame, max_queries: int = 3) -> Figure:
+    """``generation_image_examples`` for the harder variant (styles that transform content, not in the prompt)."""
+    return generation_image_examples(examples, max_queries, variant="harder")
 
-__all__ = ["PAPER_GENERATION", "generation_auc", "generation_image_examples", "generation_text_examples"]
+
+__all__ = ["PAPER_GENERATION", "generation_auc", "generation_image_examples", "generation_image_examples_harder",
+           "generation_text_examples"]
