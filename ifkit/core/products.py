@@ -9,14 +9,15 @@ data and every product is a backward pass through it:
     G v = J^T H_out J v:   J v = d/du (J^T u)^T v   (the "double-vjp" trick: J^T u is linear in u),
                            H_out w = d/dz (grad_z l)^T w,   J^T w = d/dtheta z^T w
 
-Measured on the 784-64-10 MLP at 4,000 Fashion-MNIST points (one thread): H v 127 -> 35-56 ms, G v 99-115 ->
-44 ms, with the same numbers to float rounding (tests/test_products.py checks both against func.hvp_fn /
-func.ggn_vp_fn and the dense Hessian in float64).
+Measured on the 784-64-10 MLP at 4,000 Fashion-MNIST points (one thread, load 4-5): H v 127-135 -> 35-42 ms,
+G v 99-130 -> 44-55 ms, with the same numbers to float rounding (tests/test_products.py checks both against
+func.hvp_fn / func.ggn_vp_fn and the dense matrices in float64).
 
-Memory: a retained graph holds the chunk's activations (and the backward's intermediates). The bytes of the
-first chunk's saved tensors are counted (``saved_tensors_hooks``) and chunks are kept while the total stays within
-``keep_mb``; chunks beyond it are rebuilt on every product, which is still a plain double backward. A model
-whose ops have no double-backward formula falls back to ``func.hvp_fn`` / ``func.ggn_vp_fn``.
+Memory: a retained graph holds the chunk's activations (and the backward's intermediates). With several chunks,
+each chunk's saved tensors are counted (``saved_tensors_hooks``) and chunks are kept while the total stays
+within ``keep_mb`` (the first always: the old products held the same graph while they ran); the rest are rebuilt
+on every product, still a plain double backward. A model whose ops have no double-backward formula falls back
+to ``func.hvp_fn`` / ``func.ggn_vp_fn``.
 """
 
 from __future__ import annotations
