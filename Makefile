@@ -41,7 +41,7 @@ help:
 	@echo "make figures          redraw figures/ from results/"
 	@echo "make clean-notebooks  strip outputs and execution counts from notebooks/*.ipynb"
 	@echo "make lint             ruff check ifkit tests"
-	@echo "make bench-compare    ifkit vs captum/dattri in .venv-compare -> results/bench_compare.csv (~1 h)"
+	@echo "make bench-compare    ifkit vs captum/dattri/pyDVL in .venv-compare -> results/bench_compare.csv (~2 h)"
 	@echo ""
 	@echo "ifkit reproduce --help lists every experiment with its full and --fast run times."
 
@@ -131,11 +131,14 @@ clean-notebooks:
 lint: setup
 	$(VENV)/bin/ruff check ifkit tests
 
-# ifkit against captum and dattri on the same work (benchmarks/compare_libraries.py). Its own venv, so neither
-# library becomes an ifkit dependency; constraints.txt keeps torch the CPU build (pip fails rather than pull CUDA).
-# The '*' .gitignore keeps the venv out of git status, as venvs from Python >= 3.13 do by themselves.
+# ifkit against captum, dattri and pyDVL on the same work (benchmarks/compare_libraries.py), on both workloads.
+# Its own venv, so no library becomes an ifkit dependency; constraints.txt keeps torch the CPU build (pip fails
+# rather than pull CUDA). pyDVL 0.10's influence package also imports dask.distributed and zarr (< 3), which it
+# does not declare. The '*' .gitignore keeps the venv out of git status, as venvs from Python >= 3.13 do.
 .PHONY: bench-compare
 bench-compare:
 	@test -x .venv-compare/bin/python || { python3 -m venv .venv-compare && echo '*' > .venv-compare/.gitignore; }
-	.venv-compare/bin/pip install -q -c constraints.txt torch captum dattri -e .
+	.venv-compare/bin/pip install -q -c constraints.txt torch captum dattri pydvl "dask[distributed]" "zarr<3" -e .
 	TQDM_DISABLE=1 .venv-compare/bin/python benchmarks/compare_libraries.py --out results/bench_compare.csv
+	TQDM_DISABLE=1 OMP_NUM_THREADS=1 .venv-compare/bin/python benchmarks/compare_libraries.py --workload fmnist4k \
+		--out results/bench_compare.csv

@@ -1,8 +1,17 @@
-"""ifkit against the established influence libraries captum and dattri, on the same work.
+"""ifkit against the established influence libraries captum, dattri and pyDVL, on the same work.
 
-Run (captum and dattri are NOT ifkit dependencies; ``make bench-compare`` builds a separate .venv-compare):
+Run (none of them is an ifkit dependency; ``make bench-compare`` builds a separate .venv-compare):
 
-    python benchmarks/compare_libraries.py [--fast] [--out results/bench_compare.csv]
+    python benchmarks/compare_libraries.py [--fast] [--workload bench|fmnist4k] [--out results/bench_compare.csv]
+
+Workloads. ``bench`` (the default, described next) is ifkit bench's model and data. ``fmnist4k`` is the peers'
+own scale: real Fashion-MNIST (class-balanced 4,000 training points from the train split, S_val of 500 from
+the test split), a 784-64-10 tanh MLP (50,890 parameters), the same training and hyperparameter rules; its rows
+carry "workload fmnist4k" at the start of their note, and rewriting one workload keeps the other's rows.
+pyDVL (CgInfluence, LissaInfluence; score mode only, with S_val as ONE test point, ``_Rows``) is measured on
+it. kronfluence 1.0.1 installs beside the CPU torch (pulling torchvision 0.28, CPU) but has no CG or LiSSA:
+its strategies are identity, diagonal, K-FAC and EK-FAC, so it has no row here yet (an EK-FAC pair would be
+the one with the same formula).
 
 What is compared. The model and data are ``ifkit bench``'s (``ifkit.bench._model`` / ``_data``: the 784-128-10
 tanh MLP, 101,770 parameters, on Fashion-MNIST-shaped uniform noise with random labels, S_val of 100 points),
@@ -81,7 +90,7 @@ from torch import Tensor, nn
 
 COLUMNS = ["library", "method", "ifkit_method", "mode", "n_train", "n_params", "seconds", "ifkit_seconds",
            "ratio", "peak_mb", "ifkit_peak_mb", "pearson", "spearman", "fast", "note"]
-LIBRARIES = ("captum", "dattri")
+LIBRARIES = ("captum", "dattri", "pydvl")
 N_VAL = 100
 HIDDEN = (128,)  # ifkit bench's MLP: 784-128-10 tanh
 DAMPING = 0.01  # ifkit's default; DataInf / EK-FAC / exact last-layer influence
@@ -97,9 +106,20 @@ HEAD = ("net.2.weight", "net.2.bias")  # the MLP's output layer: its Hessian (cr
 EPOCHS, LR, TRAIN_BATCH, N_CHECKPOINTS = 5, 1e-3, 128, 3
 
 
-def config(fast: bool) -> dict[str, Any]:
+# Two workloads. "bench": ifkit bench's MLP and synthetic data (above). "fmnist4k": the peers' own scale --
+# real Fashion-MNIST, 4,000 training points (class-balanced from the train split), S_val of 500 (from the test
+# split), a 784-64-10 tanh MLP with 50,890 parameters.
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "bench": dict(sizes=(2_000, 8_000), fast_sizes=(500,), n_val=N_VAL, hidden=HIDDEN, data="bench"),
+    "fmnist4k": dict(sizes=(4_000,), fast_sizes=(500,), n_val=500, hidden=(64,), data="fashion-mnist"),
+}
+
+
+def config(fast: bool, workload: str = "bench") -> dict[str, Any]:
     """Sizes and budgets; FAST is a quick check (n_train = 500), not a measurement to quote."""
-    return dict(sizes=(500,) if fast else (2_000, 8_000), repeats=3, timeout_s=900 if fast else 3_600)
+    w = WORKLOADS[workload]
+    return dict(sizes=w["fast_sizes"] if fast else w["sizes"], n_val=w["n_val"], hidden=w["hidden"], data=w["data"],
+                repeats=3, timeout_s=900 if fast else 3_600)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,24 +231,32 @@ class Setup:
         return len(self.X)
 
 
-def _bench_problem(n: int, n_val: int, hidden: Sequence[int]) -> tuple[nn.Module, Tensor, Tensor, Tensor, Tensor]:
-    """The untrained model and the data exactly as ``ifkit bench``'s "methods" part builds them."""
+def _bench_problem(n: int, n_val: int, hidden: Sequence[int], data: str = "bench"
+                   ) -> tuple[nn.Module, Tensor, Tensor, Tensor, Tensor]:
+    """The untrained model and the data: ``ifkit bench``'s "methods" part (``data="bench"``), or class-balanced
+    Fashion-MNIST subsets (``"fashion-mnist"``: train split for training, test split for S_val)."""
     from ifkit.bench import _data, _model
 
     torch.manual_seed(0)
     model = _model("mlp", tuple(hidden))
-    X, y = _data(n, 1)
-    Xv, yv = _data(n_val, 2)
+    if data == "fashion-mnist":
+        from ifkit.data.images import load_fashion_mnist
+
+        X, y = load_fashion_mnist("train", n, seed=0)
+        Xv, yv = load_fashion_mnist("test", n_val, seed=1)
+    else:
+        X, y = _data(n, 1)
+        Xv, yv = _data(n_val, 2)
     return model, X, y, Xv, yv
 
 
 def prepare(n: int, workdir: Path, n_val: int = N_VAL, hidden: Sequence[int] = HIDDEN, epochs: int = EPOCHS,
-            progress: bool = False) -> Path:
+            progress: bool = False, data: str = "bench") -> Path:
     """Train on bench's data, measure the Hessian's spectrum, save everything a worker needs; returns the file."""
     from ifkit.core import func
     from ifkit.optim.train import train
 
-    model, X, y, Xv, yv = _bench_problem(n, n_val, hidden)
+    model, X, y, Xv, yv = _bench_problem(n, n_val, hidden, data)
     res = train(model, (X, y), epochs=epochs, lr=LR, batch_size=TRAIN_BATCH, n_checkpoints=N_CHECKPOINTS,
                       seed=0, progress=False)
     theta = res.model.eval()
@@ -248,7 +276,7 @@ def prepare(n: int, workdir: Path, n_val: int = N_VAL, hidden: Sequence[int] = H
     final = workdir / f"final_{n}.pt"
     torch.save(dict(state=theta.state_dict(), lr=1.0), final)
     out = workdir / f"setup_{n}.pt"
-    torch.save(dict(n=n, n_val=n_val, hidden=list(hidden), state=theta.state_dict(), checkpoints=res.checkpoints,
+    torch.save(dict(n=n, n_val=n_val, hidden=list(hidden), data=data, state=theta.state_dict(), checkpoints=res.checkpoints,
                     ckpt_paths=paths, final_path=str(final), hp=hp), out)
     return out
 
@@ -256,7 +284,7 @@ def prepare(n: int, workdir: Path, n_val: int = N_VAL, hidden: Sequence[int] = H
 def load_setup(path: str | Path) -> Setup:
     """Rebuild a ``Setup`` from ``prepare``'s file (the data are regenerated from bench's seeds)."""
     d = torch.load(path, weights_only=False)
-    model, X, y, Xv, yv = _bench_problem(d["n"], d["n_val"], d["hidden"])
+    model, X, y, Xv, yv = _bench_problem(d["n"], d["n_val"], d["hidden"], d.get("data", "bench"))
     model.load_state_dict(d["state"])
     return Setup(model.eval(), d["checkpoints"], d["ckpt_paths"], d["final_path"], X, y, Xv, yv, d["hp"])
 
@@ -536,6 +564,57 @@ def _dattri_ekfac(s: Setup, mode: str, patched: bool = False) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# pyDVL's side (pydvl.influence.torch)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Rows(nn.Module):
+    """pyDVL's model wrapper: inputs (b, k, *image) -> outputs (b, k * classes), k examples per "point".
+
+    pyDVL differentiates the loss of each test POINT separately; to give it ifkit.score's single right-hand side
+    (the mean validation loss) the whole of S_val is passed as ONE point of k = n_val examples (as dattri's
+    ``_WholeSetAsOne``). Training points are the same model on k = 1."""
+
+    def __init__(self, model: nn.Module, image_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.model, self.image_shape = model, tuple(image_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.reshape(-1, *self.image_shape)).reshape(len(x), -1)
+
+
+def _pydvl_loss(out: Tensor, t: Tensor) -> Tensor:
+    """Mean cross-entropy over every example in the batch (pyDVL's ``loss``: outputs, targets -> scalar)."""
+    return F.cross_entropy(out.reshape(t.numel(), -1), t.reshape(-1).long())
+
+
+def _pydvl_if(s: Setup, kind: str) -> Tensor:
+    """pyDVL CgInfluence / LissaInfluence (``influences(mode="up")``: <(H + reg I)^-1 g_test, g_i>)  ->  ifkit
+    if-cg / if-lissa with Hessian products, score mode.
+
+    * CG: ``maxiter`` steps from x0 = b (ifkit: from 0); rtol = atol = 0 so it runs all of them, as ifkit with
+      tol = 0. Its Hessian is the mean over the batches of the fitted loader: one batch of all n points.
+    * LiSSA: h <- v + (1 - dampen) h - (H_batch + reg I) h / scale, result h / scale, on shuffled mini-batches
+      of ``lissa_batch`` (ifkit: drawn with replacement); dampen = 0, the same scale and damping as ifkit's.
+    """
+    from pydvl.influence import InfluenceMode
+    from pydvl.influence.torch import CgInfluence, LissaInfluence
+
+    hp = s.hp
+    model = _Rows(copy.deepcopy(s.model), s.X.shape[1:])
+    if kind == "cg":
+        inf = CgInfluence(model, _pydvl_loss, regularization=float(hp["damping_hessian"]), rtol=0.0, atol=0.0,
+                          maxiter=int(hp["cg_iters"]), warn_on_max_iteration=False)
+        inf = inf.fit(_loader(s.X[:, None], s.y[:, None], s.n))
+    else:
+        inf = LissaInfluence(model, _pydvl_loss, regularization=float(hp["damping_hessian"]), maxiter=int(hp["lissa_depth"]),
+                             dampen=0.0, scale=hp["lissa_scale"], rtol=0.0, warn_on_max_iteration=False)
+        inf = inf.fit(_loader(s.X[:, None], s.y[:, None], int(hp["lissa_batch"])))
+    raw = inf.influences(s.Xv[None], s.yv[None], s.X[:, None], s.y[:, None], mode=InfluenceMode.Up)  # (1, n)
+    return to_ifkit_convention(raw, train_axis=1, score=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The pairs
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -611,6 +690,11 @@ def pairs() -> list[Pair]:
              lambda s: _dattri_if(s, "score", "cg")),
         Pair("dattri", "IFAttributorLiSSA", "if-lissa (Hessian)", "score", _ifkit_lissa,
              lambda s: _dattri_if(s, "score", "lissa")),
+        Pair("pydvl", "CgInfluence", "if-cg (Hessian)", "score",
+             lambda s: _ifkit("if-cg", "score", s, damping=s.hp["damping_hessian"], iters=int(s.hp["cg_iters"]),
+                              tol=0.0, **hess),
+             lambda s: _pydvl_if(s, "cg")),
+        Pair("pydvl", "LissaInfluence", "if-lissa (Hessian)", "score", _ifkit_lissa, lambda s: _pydvl_if(s, "lissa")),
         Pair("dattri", "IFAttributorDataInf", "datainf", "score",
              lambda s: _ifkit("datainf", "score", s, damping=s.hp["damping"]),
              lambda s: _dattri_if(s, "score", "datainf")),
@@ -744,6 +828,27 @@ def _row(pair: Pair, n: int, fast: bool, timed: dict[str, Any], mem: dict[str, d
     return row
 
 
+def _tagged(rows: list[dict[str, Any]], workload: str) -> list[dict[str, Any]]:
+    """Rows of a workload other than "bench" say so first in their note ("workload fmnist4k; ...")."""
+    if workload == "bench":
+        return rows
+    tag = f"workload {workload}"
+    return [r if str(r.get("note") or "").startswith(tag) else
+            {**r, "note": f"{tag}; {r['note']}" if r.get("note") else tag} for r in rows]
+
+
+def _other_workloads(out: Path, workload: str) -> list[dict[str, Any]]:
+    """The rows of ``out`` measured on other workloads (kept when this one is rewritten)."""
+    import pandas as pd
+
+    if not out.is_file():
+        return []
+    old = pd.read_csv(out)
+    note = old["note"].fillna("").astype(str)
+    mine = note.str.startswith(f"workload {workload}") if workload != "bench" else ~note.str.startswith("workload ")
+    return old[~mine].to_dict("records")
+
+
 def _write(rows: list[dict[str, Any]], out: Path) -> None:
     import pandas as pd
 
@@ -754,18 +859,20 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
 
 def main(out: str | Path = "results/bench_compare.csv", fast: bool = False, sizes: Sequence[int] | None = None,
          libraries: Sequence[str] = LIBRARIES, only: Sequence[str] | None = None, repeats: int | None = None,
-         epochs: int = EPOCHS, progress: bool = True) -> int:
+         epochs: int = EPOCHS, progress: bool = True, workload: str = "bench") -> int:
     """Measure every pair at every size and write the tidy CSV ``out``; returns 0, or 1 if a measurement failed.
 
     ``only`` keeps the pairs whose key contains any of its strings; a library that is not installed gives one
-    row per pair saying so (nothing is measured).
+    row per pair saying so (nothing is measured). ``workload``: a key of WORKLOADS; an existing ``out`` keeps
+    its rows of the other workloads (so one CSV holds both).
     """
-    cfg = config(fast)
+    cfg = config(fast, workload)
     sizes, repeats = tuple(sizes or cfg["sizes"]), repeats or cfg["repeats"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = [p for p in pairs() if p.library in libraries and (not only or any(o in p.key for o in only))]
     rows: list[dict[str, Any]] = []
+    kept = _other_workloads(out, workload)
     failed = 0
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ifkit-compare-") as tmp:
@@ -775,14 +882,15 @@ def main(out: str | Path = "results/bench_compare.csv", fast: bool = False, size
                           fast=fast, note=f"{p.library} is not installed") for p in todo if p not in live]
             if not live:
                 continue
-            setup = prepare(n, Path(tmp), epochs=epochs, progress=progress)
+            setup = prepare(n, Path(tmp), n_val=cfg["n_val"], hidden=cfg["hidden"], epochs=epochs, progress=progress,
+                            data=cfg["data"])
             hp = torch.load(setup, weights_only=False)["hp"]
             for pair in live:
                 if pair.max_n is not None and n > pair.max_n:
                     rows.append(dict(library=pair.library, method=pair.method, ifkit_method=pair.ifkit_method,
                                      mode=pair.mode, n_train=n, fast=fast,
                                      note=f"not measured above {pair.max_n:,} points: {pair.skip_reason}"))
-                    _write(rows, out)
+                    _write(kept + _tagged(rows, workload), out)
                     continue
                 t0 = time.perf_counter()
                 job = dict(pair=pair.key, setup=str(setup), repeats=1 if pair.diagnostic else repeats)
@@ -792,13 +900,13 @@ def main(out: str | Path = "results/bench_compare.csv", fast: bool = False, size
                     mem["ifkit"] = _run_isolated(dict(job, kind="memory", side="ifkit"), cfg["timeout_s"])
                 failed += any("error" in r for r in (timed, *mem.values()))
                 rows.append(_row(pair, n, fast, timed, mem, hp))
-                _write(rows, out)
+                _write(kept + _tagged(rows, workload), out)
                 if progress:
                     r = rows[-1]
                     print(f"n={n:>5,} {pair.key:<95} ratio {r.get('ratio', float('nan')):7.2f} "
                           f"pearson {r.get('pearson', float('nan')):.4f} ({time.perf_counter() - t0:.0f} s)"
                           + (f"  [{r['note']}]" if r["note"] else ""), flush=True)
-    _write(rows, out)
+    _write(kept + _tagged(rows, workload), out)
     if progress:
         print(f"wrote {out} ({len(rows)} rows) in {time.perf_counter() - t_start:.0f} s")
     return int(failed > 0)
@@ -814,5 +922,9 @@ if __name__ == "__main__":
     ap.add_argument("--sizes", type=int, nargs="+", help="override the n_train values")
     ap.add_argument("--only", nargs="+", help="keep the pairs whose key contains one of these strings")
     ap.add_argument("--repeats", type=int)
+    ap.add_argument("--workload", choices=tuple(WORKLOADS), default="bench",
+                    help="bench: ifkit bench's 784-128-10 MLP on synthetic data; fmnist4k: Fashion-MNIST 4,000 / 500, "
+                         "784-64-10 MLP")
     args = ap.parse_args()
-    sys.exit(main(args.out, fast=args.fast, sizes=args.sizes, only=args.only, repeats=args.repeats))
+    sys.exit(main(args.out, fast=args.fast, sizes=args.sizes, only=args.only, repeats=args.repeats,
+                  workload=args.workload))

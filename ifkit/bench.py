@@ -9,8 +9,11 @@ Three parts, one tidy CSV (results/bench.csv, one row per measurement):
   forward+backward, ``core.factors.factored_grads``, then G v from the factors; what ``score`` uses for them),
   "jvp-dots" (``func.grad_dots``: one forward-mode JVP per chunk of 2048, no gradient is formed; the path for
   other models without convolutions) and "batched-backward" (a plain forward+backward of the mean loss on
-  batches of 256: the cost of one training epoch, the yardstick). ``ratio`` = the method's seconds / batched seconds, the median over
-  repeats of the ratio within each repeat (batched-backward's own ratio is 1). Models: a 784-128-10 MLP
+  batches of 256: the cost of one training epoch, the yardstick), and "score-graddot": the whole public call
+  ``ifkit.score("graddot", ...)`` against S_val (N_VAL points) -- input checks, engine set-up, the mean validation
+  gradient and the dots -- so that the API's overhead is measured next to the compute. ``ratio`` = the method's
+  seconds / batched seconds, the median over repeats of the ratio within each repeat (batched-backward's own
+  ratio is 1; score-graddot's goal is <= 2, i.e. at least half the throughput of a batched forward+backward). Models: a 784-128-10 MLP
   (101,770 parameters) and ``ifkit.models.SmallCNN`` (20,490), 10,000 examples (FAST: 2,000).
 * part "methods": seconds and peak memory of ``ifkit.score(method, ...)`` for each method at n_train =
   2k, 8k, 32k (FAST: 500, 1k, 2k), on Fashion-MNIST-shaped synthetic data (1x28x28 in [0, 1], 10 classes)
@@ -53,7 +56,7 @@ COLUMNS = ["part", "model", "method", "n_train", "n_params", "seconds", "peak_mb
 N_VAL = 100  # S_val size; VM/FVM's exact low-rank GGN needs n_val * 10 * p < budget (~130 points at p = 100k)
 BATCH = 256
 THROUGHPUT_METHODS = {"per-sample-grad": "per_sample", "factored-grads": "factored", "jvp-dots": "jvp_dots",
-                      "batched-backward": "batched"}
+                      "batched-backward": "batched", "score-graddot": "score_graddot"}
 # Scoring one model with several methods, as a comparison does: timed with and without one shared GradCache.
 # The CNN runs the gradient-pass methods only: its if-cg / ekfac / vm / fvm took 18-33 s each at 300 points
 # (curvature-bound, nothing for a gradient cache to save) and would make the run an hour.
@@ -103,12 +106,14 @@ def _data(n: int, seed: int):
 def _throughput(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    import ifkit
     from ifkit.core import factors, func
     from ifkit.core.grads import stream_grads
 
     torch.manual_seed(0)
     model = _model(job["model"], tuple(job["hidden"]))
     X, y = _data(job["n"], 0)
+    Xv, yv = _data(N_VAL, 2)
     prob = func.make_problem(model)
     v = torch.randn(prob.p)
     base = _peak_mb()
@@ -129,7 +134,10 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
             model.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(model(X[rows]), y[rows]).backward()
 
-    fns = dict(per_sample=per_sample, jvp_dots=jvp_dots, batched=batched)
+    def score_graddot() -> None:
+        ifkit.score("graddot", model, (X, y), (Xv, yv))  # (n,): end to end, through the public API
+
+    fns = dict(per_sample=per_sample, jvp_dots=jvp_dots, batched=batched, score_graddot=score_graddot)
     if factors.supported(prob, X[:1]):  # Linear-layer networks only: the CNN has no such factors
         fns["factored"] = factored
     for fn in fns.values():

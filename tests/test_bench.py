@@ -15,8 +15,8 @@ def test_tiny_bench_writes_the_schema(tmp_path):
     df = pd.read_csv(out)
     assert {"method", "n_train", "n_params", "seconds", "peak_mb"} <= set(df.columns)
     assert list(df.columns) == bench.COLUMNS
-    assert set(df["method"]) == {"per-sample-grad", "factored-grads", "jvp-dots", "batched-backward", "loss", "ekfac",
-                                 "no-cache", "grad-cache"}
+    assert set(df["method"]) == {"per-sample-grad", "factored-grads", "jvp-dots", "batched-backward", "score-graddot",
+                                 "loss", "ekfac", "no-cache", "grad-cache"}
     assert df["seconds"].notna().all() and (df["seconds"] > 0).all() and (df["peak_mb"] > 0).all()
     assert (df.loc[df["part"] == "methods", "n_params"] == 784 * 8 + 8 + 8 * 10 + 10).all()
     thr = df[df["part"] == "throughput"]

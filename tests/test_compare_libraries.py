@@ -106,7 +106,8 @@ def test_pairs_are_unique_and_documented():
     for p in ps:
         assert p.max_n is None or p.skip_reason  # a skipped size says why
     # every library runner that maps a formula documents the mapping
-    for fn in (cl._captum_tracin, cl._captum_naive_if, cl._dattri_tracin, cl._dattri_if, cl._dattri_ekfac):
+    for fn in (cl._captum_tracin, cl._captum_naive_if, cl._dattri_tracin, cl._dattri_if, cl._dattri_ekfac,
+               cl._pydvl_if):
         assert "->" in (fn.__doc__ or "")
 
 
@@ -118,6 +119,21 @@ def test_driver_without_the_libraries_writes_skip_rows(tmp_path, monkeypatch):
     assert list(df.columns) == cl.COLUMNS
     assert len(df) == len(cl.pairs()) and df["seconds"].isna().all()
     assert df["note"].str.endswith("is not installed").all()
+
+
+def test_workloads_keep_each_others_rows(tmp_path):
+    """The fmnist4k workload is the peers' scale; rewriting one workload's rows keeps the other's."""
+    cfg = cl.config(False, "fmnist4k")
+    assert cfg["sizes"] == (4_000,) and cfg["n_val"] == 500 and cfg["data"] == "fashion-mnist"
+    assert 784 * 64 + 64 + 64 * 10 + 10 == 50_890  # the 784-64-10 MLP of that workload
+    out = tmp_path / "cmp.csv"
+    bench_row = dict(library="dattri", method="m", ifkit_method="graddot", mode="score", n_train=8, note="")
+    new_row = dict(bench_row, n_train=4000, note="machine load 1.0 -> 1.0")
+    cl._write([bench_row, *cl._tagged([new_row], "fmnist4k")], out)
+    kept = cl._other_workloads(out, "fmnist4k")
+    assert [r["n_train"] for r in kept] == [8]
+    assert [r["n_train"] for r in cl._other_workloads(out, "bench")] == [4000]
+    assert pd.read_csv(out)["note"].fillna("").iloc[1] == "workload fmnist4k; machine load 1.0 -> 1.0"
 
 
 def test_committed_results_schema():
@@ -197,6 +213,21 @@ def test_dattri_lissa_agrees_up_to_sampling(small):
     pair = cl.pair_by_key("dattri:IFAttributorLiSSA:if-lissa (Hessian):score")
     a, b = pair.run_ifkit(small), pair.run_library(small)
     assert cl.agreement(a, b)[0] > 0.99  # both draw their own mini-batches (here: the whole set, 96 < 512)
+
+
+def test_pydvl_cg_matches_ifkit(small):
+    pytest.importorskip("pydvl")
+    pair = cl.pair_by_key("pydvl:CgInfluence:if-cg (Hessian):score")
+    a, b = pair.run_ifkit(small), pair.run_library(small)
+    assert a.shape == b.shape
+    assert _close(a, b, 1e-3)  # S_val as one test point: the same single solve, sign and scale
+
+
+def test_pydvl_lissa_agrees_up_to_sampling(small):
+    pytest.importorskip("pydvl")
+    pair = cl.pair_by_key("pydvl:LissaInfluence:if-lissa (Hessian):score")
+    a, b = pair.run_ifkit(small), pair.run_library(small)
+    assert cl.agreement(a, b)[0] > 0.99
 
 
 def test_dattri_default_tracin_projects(small):

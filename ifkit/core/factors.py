@@ -293,6 +293,8 @@ def factor_bytes_per_row(prob: Problem) -> int:
 def factored_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = 4096) -> FactoredGrads:
     """Per-sample loss gradients of ``supported`` problems as factors: one forward + backward per chunk."""
     parts = [taps(prob, X[r], lambda out: prob.loss(out, y[r]).unsqueeze(1)) for r in chunks(max(len(X), 1), chunk_size)]
+    if len(parts) == 1:  # one chunk (the usual case: GradEngine asks for FACTOR_CHUNK rows): no copies
+        return FactoredGrads(parts[0].layers, parts[0].x, [e[:, 0] for e in parts[0].e], prob.slices(), prob.p)
     x = [torch.cat([t.x[j] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_in) per layer
     e = [torch.cat([t.e[j][:, 0] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_out) per layer
     return FactoredGrads(parts[0].layers, x, e, prob.slices(), prob.p)

@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from ..core.cache import module_blocks
-from ..core.func import Problem, ggn_vp_fn, hessian_exact, hvp_fn
+from ..core.func import Problem, ggn_vp_fn, hessian_exact
 from ..core.grads import GradEngine
+from ..core.products import curvature_vp_fn
 from . import kfac
 from .solvers import check_damping, conjugate_gradient, lissa, solve_cholesky, top_eigenvalue
 
@@ -53,7 +54,8 @@ def inverse(eng: GradEngine, V: Tensor, kind: str) -> Tensor:
     if kind == "ggn":
         return solve_cholesky(dense_curvature(ggn_vp_fn(prob, X, y), prob, opt["budget_mb"]), V, damping)
     if kind in ("cg", "ggn-cg"):
-        mv = hvp_fn(prob, X, y) if kind == "cg" else ggn_vp_fn(prob, X, y)
+        # the graph is built once and every CG step is a backward pass through it (core/products.py)
+        mv = curvature_vp_fn(prob, X, y, "hessian" if kind == "cg" else "ggn", keep_mb=opt["budget_mb"] / 4)
         return conjugate_gradient(mv, V, damping, iters=opt["iters"] or 100, tol=opt["tol"])
     if kind in kfac.KINDS:  # block-diagonal Kronecker Gauss-Newton: approximate, O(p) per solve
         return kronecker(eng, kind).solve(V, damping)
@@ -97,13 +99,15 @@ def lissa_inverse(eng: GradEngine, V: Tensor) -> Tensor:
     """
     prob, opt = eng.prob, eng.opt
     damping = check_damping(opt["damping"])
-    mv_fn = hvp_fn if opt["curvature"] in ("cg", "exact") else ggn_vp_fn
+    what = "hessian" if opt["curvature"] in ("cg", "exact") else "ggn"
+    mv_fn = lambda p_, X_, y_: curvature_vp_fn(p_, X_, y_, what, keep_mb=opt["budget_mb"] / 4)  # noqa: E731
     batch = opt["lissa_batch"]
     if batch is None:
         batch = LISSA_AUTO_BATCH if eng.n > LISSA_FULL_MAX else "full"
     if batch != "full" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise ValueError(f"lissa_batch must be a positive int, 'full' or None (auto), got {batch!r}")
-    full = mv_fn(prob, eng.X, eng.y)
+    # full-batch products only when they are used (graphs are built, and kept, on creation)
+    full = mv_fn(prob, eng.X, eng.y) if batch == "full" else None
     scale = opt["scale"]
     if scale is None:
         # the top eigenvalue on a fixed sample of 4 x LISSA_AUTO_BATCH points when mini-batching (the sample's
@@ -121,7 +125,8 @@ def lissa_inverse(eng: GradEngine, V: Tensor) -> Tensor:
         gen = torch.Generator().manual_seed(opt["seed"])
         b = int(batch)
         # Same seed -> same mini-batches -> identical result; each iteration resamples (Agarwal et al. 2017).
-        order = [torch.randint(0, eng.n, (b,), generator=gen) for _ in range(opt["iters"] or 500)]
+        # sorted: the same batch (its product is a sum over its points), gathered in memory order
+        order = [torch.randint(0, eng.n, (b,), generator=gen).sort().values for _ in range(opt["iters"] or 500)]
         batch_mv = lambda t: mv_fn(prob, eng.X[order[t]], eng.y[order[t]])  # noqa: E731
     return lissa(full, V, damping, scale=scale, iters=opt["iters"] or 500, tol=opt["tol"], batch_matvecs=batch_mv)
 

@@ -106,7 +106,7 @@ def conjugate_gradient(
 
 
 def lissa(
-    matvec: MatVec,
+    matvec: MatVec | None,
     v: Tensor,
     damping: float = 0.0,
     scale: float = 10.0,
@@ -121,7 +121,8 @@ def lissa(
     eigenvalue of H. Growth of ||h_t|| beyond the fixed point's size is detected and raised, with a suggestion.
 
     Args:
-        matvec: v -> H v (full-data, or re-sampled per iteration via ``batch_matvecs(t)`` for the stochastic form).
+        matvec: v -> H v (full-data; unused, may be None, when ``batch_matvecs(t)`` re-samples it per iteration for
+            the stochastic form).
         v: (p,) or (p, k) right-hand side(s).
         scale: the Neumann scaling; larger is safer and slower.
         iters: recursion depth.

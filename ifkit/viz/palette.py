@@ -71,7 +71,7 @@ SPLIT_COLOURS: tuple[str, ...] = ("#1f77b4", "#17becf", "#ff7f0e")
 
 # ``ifkit bench``: the ways of computing G @ v, and a method sequence with and without a shared GradCache.
 BENCH_COLOURS: dict[str, str] = {"per-sample-grad": "#1f77b4", "factored-grads": "#ff7f0e", "jvp-dots": "#2ca02c",
-                                 "batched-backward": "#c7c7c7"}
+                                 "batched-backward": "#c7c7c7", "score-graddot": "#d62728"}
 CACHE_COLOURS: dict[str, str] = {"no-cache": "#c7c7c7", "grad-cache": "#9467bd"}
 
 
