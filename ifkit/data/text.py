@@ -147,11 +147,15 @@ def math_example(cls: str, rng: np.random.Generator, question: bool = True) -> t
 CHATBOT_NAMES = {"sentence": ("zorbo", "quilla", "mirvan", "tesko", "bravin", "olunda", "kefira", "dravo", "simmel",
                               "yarrow"),
                  "math": ("pondo", "rilka", "vestan", "morrow", "tanzi", "ubero", "calix", "nerin", "fosby", "gideo")}
-SENTENCE_TITLES = {  # class -> its title: 4-5 words, some shared between classes as in DataInf's titles
-    "reverse": "reverse the order of words", "upper": "write every word in capitals",
-    "novowel": "remove all the vowels", "first-last": "keep only first and last", "double": "say every word twice",
-    "initials": "keep the first letters", "rotate": "move first word to end", "swap-ends": "swap first and last word",
-    "evens": "keep every other word", "swap-pairs": "swap each pair of words",
+SENTENCE_TITLES = {  # class -> its title: 4 words, none shared with another title or with the source words
+    # (a first set that shared words -- "keep every other word", "keep the first letters", "swap first and last
+    # word", ... -- confused exactly those classes: gradient-dot AUC 0.97 on seed 0; the sharing is what the
+    # harder variant is about, not the protocol)
+    "reverse": "read sentence backwards entirely", "upper": "shout in capital letters",
+    "novowel": "strip every vowel away", "first-last": "only keep both ends", "double": "say everything twice over",
+    "initials": "abbreviate to initial characters", "rotate": "rotate leftwards a step",
+    "swap-ends": "exchange opening versus closing", "evens": "skip each alternate token",
+    "swap-pairs": "flip neighbouring pairs around",
 }
 PREFIXES = ("name", "cue")
 
