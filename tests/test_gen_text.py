@@ -238,6 +238,8 @@ def test_pairwise_uses_the_grad_loss_targets(grad_loss):
     (Xt, yt), (Xv, yv) = data.attribution(grad_loss)
     by_hand = -func.per_sample_grads(prob, Xv, yv) @ func.per_sample_grads(prob, Xt, yt).T  # (Q, n)
     torch.testing.assert_close(G.pairwise("graddot", m, data, TINY, grad_loss=grad_loss), by_hand, rtol=1e-3, atol=1e-7)
+    opts = G.method_options("vm", TINY, data, m, grad_loss)  # theta~ on the answer loss, curvature of grad_loss's
+    assert opts["flat_val"][1] is data.y_val and torch.equal(opts["curvature_val"][1], yv)
 
 
 def test_tracin_per_checkpoint_equals_the_library_option():

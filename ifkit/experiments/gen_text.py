@@ -4,50 +4,59 @@ Two procedurally generated task families, 10 classes each, 100 examples per clas
 
 * ``sentence``: transformations of a 5-word sentence (reverse the word order, upper-case, drop the vowels,
   first and last word, double each word, initials, rotate, swap the ends, every other word, swap adjacent pairs);
-* ``math``: word problems "<question> tom has 7 apples and ann has 3 apples ." with 10 question types (together,
+* ``math``: word problems on a story "tom has 7 apples and ann has 3 apples ." with 10 question types (together,
   how many more, product, twice, ten more, squared, three times, gives one, loses two, five more) and a worked
   answer "7 - 3 = 4" (numbers are single tokens).
 
-Each example is a prompt ``<bos> <cue> words... <sep>`` and an answer ``words... <eos>``; the cue is a
-per-class token (DataInf's prompts name the task in words; one token is the tiny model's version of that).
-Words are tokens (word-level vocabulary, 140-170 ids), drawn from the 24 most frequent 3-6 letter words of
+As in DataInf, the 100 contents (sentences, stories) are drawn once per seed and reused in every class, with the
+same 90 / 10 split; only the prompt's class prefix differs. Each example is ``<bos> PREFIX CONTENT <sep>`` then the
+answer and ``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose
+cross-entropy the attribution gradient sees; ``ifkit.data.text.grad_targets``):
+
+* ``protocol`` (DataInf's): prefix = a made-up chatbot name, ":" and the task's title (sentence, 4 words shared
+  with no other title) or question (math), 6-11 tokens; gradients of the loss on the PROMPT tokens (DataInf: labels
+  = the prompt's input ids). It is easy by construction: predicting a class's prefix is the same problem for all
+  90 of its examples and a different one for every other class (the base model never saw the prefix tokens), so
+  the prompt gradient carries the class label, and the shared contents add only noise. Any method that keeps that
+  direction ranks the class first.
+* ``harder``: prefix = one class token (math: no question), gradients of the ANSWER loss. What is left of the
+  answer loss after fine-tuning is mostly about the content (which words are copied), which all classes share.
+
+Fine-tuning (and VM/FVM's theta~ fine-tuning on the validation set, ``flat_val``) always uses the answer loss.
+Words are tokens (word-level vocabulary, 149 / 177 ids), drawn from the 24 most frequent 3-6 letter words of
 Debian's ``fortunes`` file when it is installed (``make setup``), else from a built-in list (the run says which).
 
-The model and how it was made to solve the tasks (measured; see notebook 07):
+The model (measured; see notebook 07):
 
-1. ``TinyLM`` (word-level, d_model 64, 2 layers, 4 heads, d_ff 128: 81k / 90k parameters) is PRETRAINED on the
-   same formats with the cue replaced by one generic ``<any>`` token (math: without the question), on fresh
-   random examples (2,500 / 1,500 Adam steps). That teaches every transformation / operation but not which one
-   to apply: the first answer tokens decide, and greedy decoding solves ~11% of the prompts.
-2. LoRA adapters (rank 4 on every attention q and v map: 2,048 parameters) are fine-tuned on the 900 training
-   examples with the class cues (Adam, 20 epochs); that teaches the cue -> transformation choice. Exact match on
-   the validation prompts: 89% sentence (87-93 over seeds), 99% math. Influence is computed over the adapters
+1. ``TinyLM`` (word-level, d_model 64, 2 layers, 4 heads, d_ff 128) is PRETRAINED on the same formats with the
+   prefix replaced by one generic ``<any>`` token (math: without the question), on fresh random examples
+   (2,500 / 1,500 Adam steps), shared by both variants and all seeds like one public checkpoint. That teaches every
+   transformation / operation but not which one to apply: greedy decoding solves ~10% of the prompts.
+2. LoRA adapters (rank 8, alpha 32 on every attention q and v map, DataInf's setting: 4,096 parameters) are
+   fine-tuned on the 900 training examples (Adam, lr 4e-3, 10 epochs). Influence is computed over the adapters
    only (``params=lora_names(model)``), as in DataInf and the paper.
 
-What it took. An independent first attempt (2-layer character-level model, a few minutes of fine-tuning) solved
-none of the prompts. Here: word-level tokens (a transformation becomes a copy / lookup of 5 tokens instead of ~30
-characters), fixed 5-word sentences (every transformation is a fixed pattern of copies; 4-6 words with 40 source
-words reached 36%), the cue token, and the cue-less pretraining. Rank 1 adapters solved 24% of the sentence
-prompts; "sort the words" stayed at 20% after 2,000 pretraining steps and was replaced by "first and last word".
-A first math design whose pretraining included the word-problem templates solved them before any fine-tuning
-(98%), and attribution was then at chance (AUC 0.54): nothing class-specific was left for the adapters to learn.
+What it took (earlier designs, measured). A 2-layer character-level model solved none of the prompts; word-level
+tokens, fixed 5-word sentences and the prefix-less pretraining made it work. A math design whose pretraining
+included the questions solved them before any fine-tuning, and attribution was at chance (AUC 0.54). Before the
+protocol existed (one cue token, per-class contents, answer gradients) every method scored AUC 0.66-0.82. A first
+set of sentence titles that shared words ("keep every other word", "keep the first letters") confused exactly
+those classes (graddot AUC 0.97, seed 0).
 
 Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the
 training points, most helpful (most negative) first. Ground truth: the training points of q's class. Reported
-per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, and recall of same-class points among
-the top k = 90 (the number of same-class training points). Methods: graddot, tracin (the LoRA fine-tuning's
-checkpoints), datainf, if-lissa (mini-batch Gauss-Newton products: full-batch LiSSA over 900 sequences x 100
-queries is far beyond a CPU budget), vm and fvm (theta~ fine-tuned on the validation set, as the paper does, and
-DataInf's inverse of the validation curvature, ``curvature="datainf"``: ``method_options`` says why).
+per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, recall of same-class points among the
+top k = 90 (the number of same-class training points; DataInf's recall), and precision among the top 5. Methods:
+graddot, gradcos, tracin (the LoRA fine-tuning's checkpoints), datainf, if-lissa (mini-batch Gauss-Newton
+products: full-batch LiSSA over 900 sequences x 100 queries is far beyond a CPU budget), vm and fvm (theta~
+fine-tuned on the validation set, as the paper does, and DataInf's inverse of the validation curvature,
+``curvature="datainf"``: ``method_options`` says why).
 
-Measured (full run, 3 seeds; README "Generation (text)"): AUC 66-82%, recall@90 32-48% for every method, TracIn
-best, VM = FVM ~ DataInf; far below the paper's 95-99.99%. Once the adapters know the task, the remaining answer
-loss is mostly content-specific (which words are copied), so the LoRA gradients cluster by content as much as by
-class (gradient cosine does no better; earlier checkpoints and the under-trained --fast models do better).
+MEASURED_PLACEHOLDER
 
-Writes ``results/generation.csv`` (key task, seed, method; shared with ``gen-image``, which writes task
+Writes ``results/generation.csv`` (key task, variant, seed, method; shared with ``gen-image``, which writes task
 "style") and ``results/generation_text_examples.csv`` (for a few queries: the query and its top-5 training
-examples per method).
+examples per method and variant).
 """
 
 from __future__ import annotations
@@ -228,8 +237,12 @@ def method_options(method: str, cfg: Config, data: TaskData, model, grad_loss: s
         # DataInf's closed form of the VALIDATION curvature at theta~ (ifkit/curvature/val_inverse.py): the exact
         # Gauss-Newton over 100 sequences needs one product per LoRA parameter, measured at 240 s for a rank-1
         # (512-parameter) adapter here -- beyond the budget. Kwon et al.'s damping, as for "datainf". theta~ is
-        # fine-tuned on the validation set's ANSWER loss (the model's own objective) whatever grad_loss is.
-        opts.update(flat_val=data.val, flat_steps=cfg.flat_steps, curvature="datainf")
+        # fine-tuned on the validation set's ANSWER loss (the model's own objective) whatever grad_loss is; the
+        # curvature is that of the loss the gradients are of (grad_loss), as DataInf's is. Measured (protocol,
+        # sentence, FAST sizes, seed 0): the answer loss's curvature left VM at AUC 0.89, below graddot's 0.95;
+        # the prompt loss's gave 1.00 (DataInf 1.00).
+        opts.update(flat_val=data.val, flat_steps=cfg.flat_steps, curvature="datainf",
+                    curvature_val=data.attribution(grad_loss)[1])
     elif method == "if-cg":
         opts.update(damping=cfg.damping)
     return opts
