@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = dict(
     rho=None,
     sigma=None,
     flat_val=None,  # pairwise VM/FVM: the validation set to fine-tune on, when the queries are not S_val
+    # pairwise VM/FVM: the (X, y) whose curvature at theta~ is inverted, when not flat_val: e.g. the validation
+    # inputs with the targets of the attribution loss while theta~ is fine-tuned on the model's own loss
+    curvature_val=None,
     # VM/FVM: where the fine-tuning on S_val starts. None: the model given; a state_dict: that checkpoint (e.g.
     # the early-stopped one); "best-val": of checkpoints=, the one with the lowest mean S_val loss
     checkpoint=None,

@@ -168,3 +168,13 @@ def test_datainf_validation_curvature_is_datainf_at_theta_tilde(tiny_mlp, method
         torch.testing.assert_close(P, by_hand, rtol=1e-8, atol=1e-10)
     s = ifkit.score(method, model, train, val, curvature="datainf", flat_steps=30)
     assert s.shape == (len(train[0]),) and (s > 0).all()  # g^T M^-1 g with M positive definite
+    # curvature_val: theta~ still from flat_val, the curvature (and here the queries) from other targets
+    other = (val[0], (val[1] + 1) % int(val[1].max() + 1))
+    P = ifkit.pairwise(method, model, train, (other[0][:6], other[1][:6]), flat_val=val, curvature_val=other,
+                       curvature="datainf", flat_steps=30)
+    by_hand = ifkit.pairwise("datainf", tuned, other, train)[:, :6].T
+    torch.testing.assert_close(P, by_hand, rtol=1e-8, atol=1e-10)
+    same = ifkit.pairwise(method, model, train, queries, flat_val=val, curvature_val=val, curvature="datainf",
+                          flat_steps=30)
+    torch.testing.assert_close(same, ifkit.pairwise(method, model, train, queries, flat_val=val,
+                                                    curvature="datainf", flat_steps=30))

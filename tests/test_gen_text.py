@@ -61,18 +61,50 @@ def test_math_classes_answer_correctly(cls):
 
 
 @pytest.mark.parametrize("task", T.TASKS)
-def test_split_is_90_10_per_class_and_deterministic(task):
-    d = T.make_task(task, seed=3)
+@pytest.mark.parametrize("prefix", T.PREFIXES)
+def test_split_is_90_10_per_class_shares_contents_and_is_deterministic(task, prefix):
+    d = T.make_task(task, seed=3, prefix=prefix)
     assert d.X_train.shape[0] == 900 and d.X_val.shape[0] == 100
     assert (np.bincount(d.cls_train) == 90).all() and (np.bincount(d.cls_val) == 10).all()
     assert len(set(d.text_train) | set(d.text_val)) == 1000  # distinct examples, no train/val overlap
-    again = T.make_task(task, seed=3)
+    # DataInf: the same contents in every class, the same 90 / 10 split of them
+    prompt = [t.split(" => ")[0] for t in d.text_train]
+    n_prefix = [len(T.class_prefix(task, T.classes(task)[k], prefix, _story(task, p))) for k, p in
+                zip(d.cls_train, prompt)]
+    contents = [tuple(p.split()[n:]) for p, n in zip(prompt, n_prefix)]
+    by_class = [set(c for c, k in zip(contents, d.cls_train) if k == j) for j in range(10)]
+    assert all(b == by_class[0] for b in by_class) and len(by_class[0]) == 90
+    assert not by_class[0] & {tuple(c) for c in d.contents_val}
+    again = T.make_task(task, seed=3, prefix=prefix)
     assert torch.equal(d.X_train, again.X_train) and torch.equal(d.y_val, again.y_val)
-    assert not torch.equal(d.X_train, T.make_task(task, seed=4).X_train)
+    assert not torch.equal(d.X_train, T.make_task(task, seed=4, prefix=prefix).X_train)
+
+
+def _story(task, prompt):  # the variables the math question refers to, read back from the prompt's story
+    if task == "sentence":
+        return {}
+    w = prompt.split()[-10:]  # "{n} has {a} {o} and {m} has {b} {o} ."
+    return {"n": w[0], "a": int(w[2]), "o": w[3], "m": w[5], "b": int(w[7])}
+
+
+@pytest.mark.parametrize("task", T.TASKS)
+def test_prefixes_name_the_class(task):
+    lengths = {kind: [] for kind in T.PREFIXES}
+    rng = np.random.default_rng(0)
+    for cls in T.classes(task):
+        _, v = T.content(task, rng)
+        for kind in T.PREFIXES:
+            lengths[kind].append(len(T.class_prefix(task, cls, kind, v)))
+    assert set(lengths["cue"]) == {1}
+    assert 6 <= min(lengths["name"]) and max(lengths["name"]) <= 11, lengths["name"]
+    firsts = {T.class_prefix(task, c, "name", v)[0] for c in T.classes(task)}
+    assert len(firsts) == 10  # one chatbot name per class
+    with pytest.raises(ValueError, match="prefix"):
+        T.class_prefix(task, T.classes(task)[0], "title")
 
 
 def test_encoding_masks_the_prompt():
-    d = T.make_task("sentence", seed=0, per_class=4, n_val_per_class=1)
+    d = T.make_task("sentence", seed=0, per_class=4, n_val_per_class=1, prefix="cue")
     lay = T.LAYOUTS["sentence"]
     voc = T.vocabulary("sentence")
     assert (d.y_train[:, : lay.prompt_len - 1] == -100).all()
@@ -82,6 +114,29 @@ def test_encoding_masks_the_prompt():
     assert answer[-1] == T.EOS and " ".join(answer[:-1]) == d.text_train[i].split(" => ")[1]
     assert voc[d.X_train[i, lay.prompt_len - 1]] == T.SEP
     assert voc[d.X_train[i, lay.prompt_len - 2 - T.SENTENCE_LEN]] == T.cue(T.classes("sentence")[0])
+    generic = d.generic_val()
+    assert voc[generic[0, lay.prompt_len - 2 - T.SENTENCE_LEN]] == T.ANY
+    assert torch.equal(generic[:, lay.prompt_len - 1 - T.SENTENCE_LEN:], d.X_val[:, lay.prompt_len - 1 - T.SENTENCE_LEN:])
+
+
+@pytest.mark.parametrize("task", T.TASKS)
+def test_grad_targets_split_the_sequence_into_prompt_and_answer(task):
+    d = T.make_task(task, seed=0, per_class=4, n_val_per_class=1, prefix="name")
+    voc = T.vocabulary(task)
+    (X, y_answer), _ = d.attribution("answer")
+    y_prompt = d.attribution("prompt")[0][1]
+    y_full = d.attribution("full")[0][1]
+    assert torch.equal(y_answer, d.y_train)
+    on = lambda t: t != -100  # noqa: E731
+    assert not (on(y_prompt) & on(y_answer)).any()
+    assert torch.equal(on(y_prompt) | on(y_answer), on(y_full))
+    assert torch.equal(torch.where(on(y_full), y_full, 0)[on(y_answer)], y_answer[on(y_answer)])
+    i = 0  # the prompt targets are exactly the prompt after <bos>: prefix, content, <sep>
+    prompt = [voc[t] for t in y_prompt[i].tolist() if t != -100]
+    assert prompt[-1] == T.SEP and " ".join(prompt[:-1]) == d.text_train[i].split(" => ")[0]
+    assert T.PAD not in [voc[t] for t in y_full[on(y_full)].tolist()]
+    with pytest.raises(ValueError, match="grad_loss"):
+        d.attribution("all")
 
 
 def test_source_words_fall_back_to_the_builtin_list(tmp_path):
@@ -133,10 +188,12 @@ def test_ranking_metrics_on_a_hand_made_case():
     # query 0: both class-0 points most helpful (perfect); query 1: one class-1 point first, one last
     P = np.array([[-3.0, -2.0, 1.0, 2.0],
                   [-1.0, 0.5, -2.0, 3.0]])
-    auc, recall = G.ranking_metrics(P, cls_train, cls_query)
+    auc, recall, top1 = G.ranking_metrics(P, cls_train, cls_query, top=1)
     # query 1: -P = [1, -0.5, 2, -3]; positives {2: 2, 3: -3} vs negatives {0: 1, 1: -0.5}: 2 of 4 pairs won
     assert auc == pytest.approx((1.0 + 0.5) / 2)
     assert recall == pytest.approx((1.0 + 0.5) / 2)  # top 2 of query 1: points 2 and 0
+    assert top1 == 1.0  # both queries' most helpful point has their class
+    assert G.ranking_metrics(P, cls_train, cls_query, top=3)[2] == pytest.approx((2 / 3 + 1 / 3) / 2)
 
 
 TINY = replace(G.FAST, per_class=6, n_val_per_class=2, d_model=16, d_ff=32, pretrain_steps=(3, 3), pretrain_pool=64,
@@ -145,13 +202,20 @@ TINY = replace(G.FAST, per_class=6, n_val_per_class=2, d_model=16, d_ff=32, pret
 
 
 def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
+    # a file from before the variant column: its text rows go (another setup), gen-image's rows stay
+    old = pd.DataFrame([{"task": t, "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.5, "mode": "test"}
+                        for t in ("sentence", "style")])
+    old.to_csv(tmp_path / G.FILENAME, index=False)
     df = G.measure(TINY, [0], tmp_path, tasks=("sentence",), progress=False, mode="test")
     assert set(G.KEY + G.REQUIRED + ["exact_match", "n_train", "n_queries", "seconds", "mode"]) <= set(df.columns)
-    assert len(df) == len(TINY.methods) and (df["task"] == "sentence").all()
-    assert df["auc"].between(0, 1).all() and df["recall"].between(0, 1).all()
+    assert len(df) == len(TINY.methods) * len(G.VARIANTS) and (df["task"] == "sentence").all()
+    assert set(df["variant"]) == set(G.VARIANTS) and set(df["grad_loss"]) == {"prompt", "answer"}
+    assert df["auc"].between(0, 1).all() and df["recall"].between(0, 1).all() and df["precision5"].between(0, 1).all()
+    style = pd.read_csv(tmp_path / G.FILENAME).query("task == 'style'")
+    assert len(style) == 1 and style["variant"].iloc[0] == "protocol"
     assert (df["n_train"] == 40).all() and (df["n_queries"] == 20).all()
     ex = pd.read_csv(tmp_path / G.EXAMPLES)
-    assert set(ex["rank"]) == set(range(6)) and ex["query"].nunique() == 2
+    assert set(ex["rank"]) == set(range(6)) and ex["query"].nunique() == 2 and set(ex["variant"]) == set(G.VARIANTS)
     before = (tmp_path / G.FILENAME).read_bytes()
 
     def boom(*args, **kwargs):
@@ -161,7 +225,21 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(G, "finetune", boom)
     again = G.measure(TINY, [0], tmp_path, tasks=("sentence",), progress=False, mode="test")
     pd.testing.assert_frame_equal(again, df)
+    assert len(pd.read_csv(tmp_path / G.FILENAME)) == len(df) + 1
     assert (tmp_path / G.FILENAME).read_bytes() == before
+
+
+@pytest.mark.parametrize("grad_loss", ["prompt", "answer"])
+def test_pairwise_uses_the_grad_loss_targets(grad_loss):
+    data = T.make_task("math", 0, TINY.per_class, TINY.n_val_per_class)
+    res = G.finetune(G.pretrained("math", TINY), data, TINY, seed=0)
+    m = res.model
+    prob = func.make_problem(m, lora_names(m))
+    (Xt, yt), (Xv, yv) = data.attribution(grad_loss)
+    by_hand = -func.per_sample_grads(prob, Xv, yv) @ func.per_sample_grads(prob, Xt, yt).T  # (Q, n)
+    torch.testing.assert_close(G.pairwise("graddot", m, data, TINY, grad_loss=grad_loss), by_hand, rtol=1e-3, atol=1e-7)
+    opts = G.method_options("vm", TINY, data, m, grad_loss)  # theta~ on the answer loss, curvature of grad_loss's
+    assert opts["flat_val"][1] is data.y_val and torch.equal(opts["curvature_val"][1], yv)
 
 
 def test_tracin_per_checkpoint_equals_the_library_option():
@@ -174,9 +252,15 @@ def test_tracin_per_checkpoint_equals_the_library_option():
 
 
 def test_generation_figures_accept_text_and_style_rows():
-    rows = [{"task": t, "seed": s, "method": m, "auc": 0.9 + 0.01 * s, "recall": 0.6, "mode": "full"}
-            for t in ("sentence", "math", "style") for s in (0, 1) for m in ("tracin", "datainf", "vm")]
-    assert isinstance(figures.generation_auc(pd.DataFrame(rows)), Figure)
+    rows = [{"task": t, "variant": v, "seed": s, "method": m, "auc": 0.9 + 0.01 * s, "recall": 0.6,
+             "precision5": 0.7, "mode": "full"}
+            for t in ("sentence", "math", "style") for v in ("protocol", "harder") for s in (0, 1)
+            for m in ("tracin", "datainf", "vm")]
+    fig = figures.generation_auc(pd.DataFrame(rows))
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:2] == ["sentence\nprotocol", "sentence\nharder"]
+    old = pd.DataFrame(rows).drop(columns=["variant", "precision5"]).drop_duplicates(["task", "seed", "method"])
+    assert len(figures.generation_auc(old).axes) == 2  # a file without the new columns still draws
     ex = [{"task": t, "seed": 0, "query": 1, "method": m, "rank": r, "text": f"{t} text {r}",
            "same_class": r % 2 == 0, "influence": -1.0 / (r + 1)}
           for t in ("sentence", "math") for m in ("tracin", "vm") for r in range(6)]

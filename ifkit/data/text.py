@@ -1,9 +1,18 @@
 """The text tasks of the generation experiment (DataInf's protocol at CPU scale): sentence transformations and
 math word problems, a word-level vocabulary, and the encoding of prompts and answers for ``ifkit.models.TinyLM``.
 
-Every example is (prompt, answer) with a class cue token in the prompt; the loss of the fine-tuning sees only
-the answer tokens (``encode``'s targets mask the prompt with -100). The source words come from the Debian
-``fortunes`` package when it is installed (``make setup``), else from a built-in list.
+Every example is a prompt ``<bos> PREFIX CONTENT <sep>`` and an answer. The CONTENT (a 5-word sentence, a math
+story) is drawn once per seed and shared by all 10 classes, as in DataInf (the same 100 phrases in every class);
+the PREFIX names the class, in one of two forms (``PREFIXES``):
+
+* ``"name"`` (DataInf's protocol): a made-up chatbot name, ":" and the task title in words (sentence) or the
+  question (math), 6-11 tokens, e.g. "zorbo : reverse the order of words";
+* ``"cue"`` (the harder benchmark): one class token, e.g. "<reverse>" (math: no question).
+
+The loss of the fine-tuning sees only the answer tokens (``encode``'s targets mask the prompt with -100);
+``grad_targets`` gives the targets of the attribution gradient ("answer", "prompt" as DataInf, or "full").
+The source words come from the Debian ``fortunes`` package when it is installed (``make setup``), else from a
+built-in list.
 """
 
 from __future__ import annotations
@@ -134,6 +143,23 @@ def math_example(cls: str, rng: np.random.Generator, question: bool = True) -> t
     return q + story, [str(t) for t in answer(v["a"], v["b"])]
 
 
+# DataInf's prompts: "NAME is a chatbot that performs a specific transformation on sentences: TITLE. For example:"
+CHATBOT_NAMES = {"sentence": ("zorbo", "quilla", "mirvan", "tesko", "bravin", "olunda", "kefira", "dravo", "simmel",
+                              "yarrow"),
+                 "math": ("pondo", "rilka", "vestan", "morrow", "tanzi", "ubero", "calix", "nerin", "fosby", "gideo")}
+SENTENCE_TITLES = {  # class -> its title: 4 words, none shared with another title or with the source words
+    # (a first set that shared words -- "keep every other word", "keep the first letters", "swap first and last
+    # word", ... -- confused exactly those classes: gradient-dot AUC 0.97 on seed 0; the sharing is what the
+    # harder variant is about, not the protocol)
+    "reverse": "read sentence backwards entirely", "upper": "shout in capital letters",
+    "novowel": "strip every vowel away", "first-last": "only keep both ends", "double": "say everything twice over",
+    "initials": "abbreviate to initial characters", "rotate": "rotate leftwards a step",
+    "swap-ends": "exchange opening versus closing", "evens": "skip each alternate token",
+    "swap-pairs": "flip neighbouring pairs around",
+}
+PREFIXES = ("name", "cue")
+
+
 def classes(task: str) -> tuple[str, ...]:
     if task == "sentence":
         return tuple(SENTENCE_CLASSES)
@@ -152,6 +178,31 @@ def pretraining_example(task: str, cls: str, rng: np.random.Generator) -> tuple[
     return example(task, cls, rng) if task == "sentence" else math_example(cls, rng, question=False)
 
 
+def content(task: str, rng: np.random.Generator) -> tuple[list[str], dict]:
+    """The class-free part of a prompt: 5 distinct words (sentence) or a story (math), and its variables."""
+    if task == "sentence":
+        words = source_words(N_WORDS)[0]
+        return [words[i] for i in rng.choice(len(words), size=SENTENCE_LEN, replace=False)], {}
+    return math_story(rng)
+
+
+def answer(task: str, cls: str, words: list[str], v: dict) -> list[str]:
+    if task == "sentence":
+        return SENTENCE_CLASSES[cls](list(words))
+    return [str(t) for t in MATH_QUESTIONS[cls][1](v["a"], v["b"])]
+
+
+def class_prefix(task: str, cls: str, kind: str, v: dict | None = None) -> list[str]:
+    """The tokens that name the class: ``kind`` "name" (chatbot name, ':' and title/question) or "cue"."""
+    if kind == "cue":
+        return [cue(cls)]
+    if kind != "name":
+        raise ValueError(f"unknown prefix {kind!r}: use one of {PREFIXES}")
+    k = classes(task).index(cls)
+    title = SENTENCE_TITLES[cls] if task == "sentence" else MATH_QUESTIONS[cls][0].format(**(v or {}))
+    return [CHATBOT_NAMES[task][k], ":", *title.split()]
+
+
 # --------------------------------------------------------------------------------------------- encoding
 def cue(cls: str) -> str:
     return f"<{cls}>"
@@ -163,10 +214,11 @@ def vocabulary(task: str) -> tuple[str, ...]:
     if task == "sentence":
         words = source_words(N_WORDS)[0]
         toks = [*words, *(w.upper() for w in words), *(_novowel(w) for w in words), *(w[0] for w in words)]
+        toks += [w for t in SENTENCE_TITLES.values() for w in t.split()]
     else:
         toks = [*NAMES, *OBJECTS, *"has and . + - * =".split(), *(str(i) for i in range(100))]
         toks += [w for t, _ in MATH_QUESTIONS.values() for w in t.split() if "{" not in w]
-    toks += [cue(c) for c in classes(task)]
+    toks += [cue(c) for c in classes(task)] + [*CHATBOT_NAMES[task], ":"]
     return SPECIALS + tuple(dict.fromkeys(t for t in toks if t not in SPECIALS))
 
 
@@ -174,7 +226,7 @@ def vocabulary(task: str) -> tuple[str, ...]:
 class Layout:
     """Fixed sequence layout of a task: prompts left-padded to ``prompt_len``, answers right-padded."""
 
-    prompt_len: int  # <bos> <cue> words <sep>, left-padded
+    prompt_len: int  # <bos> prefix words <sep>, left-padded
     answer_len: int  # answer words <eos>, right-padded
 
     @property
@@ -182,11 +234,11 @@ class Layout:
         return self.prompt_len + self.answer_len - 1
 
 
-LAYOUTS = {"sentence": Layout(prompt_len=SENTENCE_LEN + 3, answer_len=2 * SENTENCE_LEN + 1),
-           "math": Layout(prompt_len=22, answer_len=6)}
+LAYOUTS = {"sentence": Layout(prompt_len=SENTENCE_LEN + 9, answer_len=2 * SENTENCE_LEN + 1),
+           "math": Layout(prompt_len=23, answer_len=6)}
 
 
-def encode(task: str, prompts: Sequence[list[str]], answers: Sequence[list[str]], cues: Sequence[str]
+def encode(task: str, prompts: Sequence[list[str]], answers: Sequence[list[str]], prefixes: Sequence[list[str]]
            ) -> tuple[Tensor, Tensor]:
     """Token ids (n, L) and targets (n, L): next tokens, -100 on the prompt and on padding.
 
@@ -195,8 +247,8 @@ def encode(task: str, prompts: Sequence[list[str]], answers: Sequence[list[str]]
     stoi = {t: i for i, t in enumerate(vocabulary(task))}
     lay = LAYOUTS[task]
     rows = []
-    for p, a, c in zip(prompts, answers, cues):
-        head = [BOS, c, *p, SEP]
+    for p, a, c in zip(prompts, answers, prefixes):
+        head = [BOS, *c, *p, SEP]
         tail = [*a, EOS]
         if len(head) > lay.prompt_len or len(tail) > lay.answer_len:
             raise ValueError(f"example longer than the {task} layout {lay}: {head} -> {tail}")
@@ -206,6 +258,27 @@ def encode(task: str, prompts: Sequence[list[str]], answers: Sequence[list[str]]
     y[:, : lay.prompt_len - 1] = -100  # targets inside the prompt
     y[y == stoi[PAD]] = -100
     return X, y
+
+
+GRAD_LOSSES = ("answer", "prompt", "full")
+
+
+def grad_targets(task: str, X: Tensor, y: Tensor, which: str) -> Tensor:
+    """The targets of the attribution gradient: which tokens' cross-entropy it sees.
+
+    "answer": ``y`` itself (the answer and <eos>, the fine-tuning loss); "prompt": the prompt's tokens after <bos>
+    (DataInf: labels = the prompt's input ids); "full": both. Padding is never a target.
+    """
+    if which == "answer":
+        return y
+    if which not in GRAD_LOSSES:
+        raise ValueError(f"unknown grad_loss {which!r}: use one of {GRAD_LOSSES}")
+    pad = vocabulary(task).index(PAD)
+    full = torch.cat([X[:, 1:], y[:, -1:]], 1).clone()  # (n, L) every next token (the last one from y)
+    full[(X == pad) | (full == pad)] = -100  # nothing predicted from, or as, left/right padding
+    if which == "prompt":
+        full[:, LAYOUTS[task].prompt_len - 1:] = -100
+    return full
 
 
 def decode(task: str, ids: Iterable[int]) -> list[str]:
@@ -228,6 +301,7 @@ class TaskData:
     text_train: list[str]  # "prompt => answer"
     text_val: list[str]
     answers_val: list[list[str]]
+    contents_val: list[list[str]]  # the class-free part of each validation prompt
 
     @property
     def train(self) -> tuple[Tensor, Tensor]:
@@ -237,42 +311,53 @@ class TaskData:
     def val(self) -> tuple[Tensor, Tensor]:
         return self.X_val, self.y_val
 
+    def attribution(self, grad_loss: str = "answer") -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """(train, val) pairs whose targets are those of ``grad_targets(grad_loss)``."""
+        return ((self.X_train, grad_targets(self.task, self.X_train, self.y_train, grad_loss)),
+                (self.X_val, grad_targets(self.task, self.X_val, self.y_val, grad_loss)))
 
-def make_task(task: str, seed: int, per_class: int = 100, n_val_per_class: int = 10) -> TaskData:
-    """``per_class`` distinct examples of each of the 10 classes; the last ``n_val_per_class`` of each go to
-    validation. Deterministic in ``seed``."""
+    def generic_val(self) -> Tensor:
+        """(n_val, L) the validation prompts with the class prefix replaced by <any> (the pretraining format)."""
+        return encode(self.task, self.contents_val, self.answers_val, [[ANY]] * len(self.contents_val))[0]
+
+
+def make_task(task: str, seed: int, per_class: int = 100, n_val_per_class: int = 10, prefix: str = "name"
+              ) -> TaskData:
+    """``per_class`` distinct contents, each used once in every one of the 10 classes (DataInf: the same phrases
+    in every class); the last ``n_val_per_class`` contents go to validation. Deterministic in ``seed`` (and the
+    same contents for either ``prefix``)."""
     rng = np.random.default_rng([seed, TASKS.index(task)])
+    seen: set[tuple[str, ...]] = set()
+    contents: list[tuple[list[str], dict]] = []
+    while len(contents) < per_class:
+        words, v = content(task, rng)
+        if len(seen) > 100 * per_class:
+            raise ValueError(f"cannot draw {per_class} distinct {task} contents")
+        if tuple(words) not in seen:
+            seen.add(tuple(words))
+            contents.append((words, v))
     parts: dict[str, list] = {k: [] for k in ("p", "a", "c", "k", "split")}
     for k, cls in enumerate(classes(task)):
-        seen: set[tuple[str, ...]] = set()
-        tries = 0
-        while len(seen) < per_class:
-            p, a = example(task, cls, rng)
-            tries += 1
-            if tries > 100 * per_class:
-                raise ValueError(f"cannot draw {per_class} distinct {task}/{cls} examples")
-            if tuple(p) in seen:
-                continue
-            seen.add(tuple(p))
-            parts["p"].append(p)
-            parts["a"].append(a)
-            parts["c"].append(cue(cls))
+        for j, (words, v) in enumerate(contents):
+            parts["p"].append(words)
+            parts["a"].append(answer(task, cls, words, v))
+            parts["c"].append(class_prefix(task, cls, prefix, v))
             parts["k"].append(k)
-            parts["split"].append("val" if len(seen) > per_class - n_val_per_class else "train")
+            parts["split"].append("val" if j >= per_class - n_val_per_class else "train")
     X, y = encode(task, parts["p"], parts["a"], parts["c"])
     split = np.array(parts["split"])
     tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    text = [f"{c} {' '.join(p)} => {' '.join(a)}" for p, a, c in zip(parts["p"], parts["a"], parts["c"])]
+    text = [f"{' '.join(c)} {' '.join(p)} => {' '.join(a)}" for p, a, c in zip(parts["p"], parts["a"], parts["c"])]
     k = np.array(parts["k"])
     return TaskData(task, X[tr], y[tr], X[va], y[va], k[tr], k[va], [text[i] for i in tr], [text[i] for i in va],
-                    [parts["a"][i] for i in va])
+                    [parts["a"][i] for i in va], [parts["p"][i] for i in va])
 
 
 def pretraining_batch(task: str, rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:
     """``n`` fresh examples of random classes with the generic cue ``<any>`` instead of the class cue."""
     cls = classes(task)
     pairs = [pretraining_example(task, cls[int(rng.integers(len(cls)))], rng) for _ in range(n)]
-    return encode(task, [p for p, _ in pairs], [a for _, a in pairs], [ANY] * n)
+    return encode(task, [p for p, _ in pairs], [a for _, a in pairs], [[ANY]] * n)
 
 
-__all__ = ["ANY", "BOS", "BUILTIN_WORDS", "EOS", "FORTUNES", "LAYOUTS", "Layout", "MATH_CLASSES", "MATH_QUESTIONS", "NAMES", "N_WORDS", "OBJECTS", "PAD", "SENTENCE_CLASSES", "SENTENCE_LEN", "SEP", "SPECIALS", "TASKS", "TaskData", "classes", "cue", "decode", "encode", "example", "make_task", "math_example", "math_story", "pretraining_batch", "pretraining_example", "sentence_example", "source_words", "vocabulary"]
+__all__ = ["ANY", "BOS", "BUILTIN_WORDS", "CHATBOT_NAMES", "EOS", "GRAD_LOSSES", "PREFIXES", "SENTENCE_TITLES", "FORTUNES", "LAYOUTS", "Layout", "MATH_CLASSES", "MATH_QUESTIONS", "NAMES", "N_WORDS", "OBJECTS", "PAD", "SENTENCE_CLASSES", "SENTENCE_LEN", "SEP", "SPECIALS", "TASKS", "TaskData", "answer", "class_prefix", "classes", "content", "cue", "decode", "encode", "example", "grad_targets", "make_task", "math_example", "math_story", "pretraining_batch", "pretraining_example", "sentence_example", "source_words", "vocabulary"]

@@ -4,50 +4,71 @@ Two procedurally generated task families, 10 classes each, 100 examples per clas
 
 * ``sentence``: transformations of a 5-word sentence (reverse the word order, upper-case, drop the vowels,
   first and last word, double each word, initials, rotate, swap the ends, every other word, swap adjacent pairs);
-* ``math``: word problems "<question> tom has 7 apples and ann has 3 apples ." with 10 question types (together,
+* ``math``: word problems on a story "tom has 7 apples and ann has 3 apples ." with 10 question types (together,
   how many more, product, twice, ten more, squared, three times, gives one, loses two, five more) and a worked
   answer "7 - 3 = 4" (numbers are single tokens).
 
-Each example is a prompt ``<bos> <cue> words... <sep>`` and an answer ``words... <eos>``; the cue is a
-per-class token (DataInf's prompts name the task in words; one token is the tiny model's version of that).
-Words are tokens (word-level vocabulary, 140-170 ids), drawn from the 24 most frequent 3-6 letter words of
+As in DataInf, the 100 contents (sentences, stories) are drawn once per seed and reused in every class, with the
+same 90 / 10 split; only the prompt's class prefix differs. Each example is ``<bos> PREFIX CONTENT <sep>`` then the
+answer and ``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose
+cross-entropy the attribution gradient sees; ``ifkit.data.text.grad_targets``):
+
+* ``protocol`` (DataInf's): prefix = a made-up chatbot name, ":" and the task's title (sentence, 4 words shared
+  with no other title) or question (math), 6-11 tokens; gradients of the loss on the PROMPT tokens (DataInf: labels
+  = the prompt's input ids). It is easy by construction: predicting a class's prefix is the same problem for all
+  90 of its examples and a different one for every other class (the base model never saw the prefix tokens), so
+  the prompt gradient carries the class label, and the shared contents add only noise. Any method that keeps that
+  direction ranks the class first.
+* ``harder``: prefix = one class token (math: no question), gradients of the ANSWER loss. What is left of the
+  answer loss after fine-tuning is mostly about the content (which words are copied), which all classes share.
+
+Fine-tuning (and VM/FVM's theta~ fine-tuning on the validation set, ``flat_val``) always uses the answer loss.
+Words are tokens (word-level vocabulary, 149 / 177 ids), drawn from the 24 most frequent 3-6 letter words of
 Debian's ``fortunes`` file when it is installed (``make setup``), else from a built-in list (the run says which).
 
-The model and how it was made to solve the tasks (measured; see notebook 07):
+The model (measured; see notebook 07):
 
-1. ``TinyLM`` (word-level, d_model 64, 2 layers, 4 heads, d_ff 128: 81k / 90k parameters) is PRETRAINED on the
-   same formats with the cue replaced by one generic ``<any>`` token (math: without the question), on fresh
-   random examples (2,500 / 1,500 Adam steps). That teaches every transformation / operation but not which one
-   to apply: the first answer tokens decide, and greedy decoding solves ~11% of the prompts.
-2. LoRA adapters (rank 4 on every attention q and v map: 2,048 parameters) are fine-tuned on the 900 training
-   examples with the class cues (Adam, 20 epochs); that teaches the cue -> transformation choice. Exact match on
-   the validation prompts: 89% sentence (87-93 over seeds), 99% math. Influence is computed over the adapters
+1. ``TinyLM`` (word-level, d_model 64, 2 layers, 4 heads, d_ff 128) is PRETRAINED on the same formats with the
+   prefix replaced by one generic ``<any>`` token (math: without the question), on fresh random examples
+   (2,500 / 1,500 Adam steps), shared by both variants and all seeds like one public checkpoint. That teaches every
+   transformation / operation but not which one to apply: greedy decoding solves ~10% of the prompts.
+2. LoRA adapters (rank 8, alpha 32 on every attention q and v map, DataInf's setting: 4,096 parameters) are
+   fine-tuned on the 900 training examples (Adam, lr 4e-3, 10 epochs). Influence is computed over the adapters
    only (``params=lora_names(model)``), as in DataInf and the paper.
 
-What it took. An independent first attempt (2-layer character-level model, a few minutes of fine-tuning) solved
-none of the prompts. Here: word-level tokens (a transformation becomes a copy / lookup of 5 tokens instead of ~30
-characters), fixed 5-word sentences (every transformation is a fixed pattern of copies; 4-6 words with 40 source
-words reached 36%), the cue token, and the cue-less pretraining. Rank 1 adapters solved 24% of the sentence
-prompts; "sort the words" stayed at 20% after 2,000 pretraining steps and was replaced by "first and last word".
-A first math design whose pretraining included the word-problem templates solved them before any fine-tuning
-(98%), and attribution was then at chance (AUC 0.54): nothing class-specific was left for the adapters to learn.
+What it took (earlier designs, measured). A 2-layer character-level model solved none of the prompts; word-level
+tokens, fixed 5-word sentences and the prefix-less pretraining made it work. A math design whose pretraining
+included the questions solved them before any fine-tuning, and attribution was at chance (AUC 0.54). Before the
+protocol existed (one cue token, per-class contents, answer gradients) every method scored AUC 0.66-0.82. A first
+set of sentence titles that shared words ("keep every other word", "keep the first letters") confused exactly
+those classes (graddot AUC 0.97, seed 0).
 
 Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the
 training points, most helpful (most negative) first. Ground truth: the training points of q's class. Reported
-per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, and recall of same-class points among
-the top k = 90 (the number of same-class training points). Methods: graddot, tracin (the LoRA fine-tuning's
-checkpoints), datainf, if-lissa (mini-batch Gauss-Newton products: full-batch LiSSA over 900 sequences x 100
-queries is far beyond a CPU budget), vm and fvm (theta~ fine-tuned on the validation set, as the paper does, and
-DataInf's inverse of the validation curvature, ``curvature="datainf"``: ``method_options`` says why).
+per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, recall of same-class points among the
+top k = 90 (the number of same-class training points; DataInf's recall), and precision among the top 5. Methods:
+graddot, gradcos, tracin (the LoRA fine-tuning's checkpoints), datainf, if-lissa (mini-batch Gauss-Newton
+products: full-batch LiSSA over 900 sequences x 100 queries is far beyond a CPU budget), vm and fvm (theta~
+fine-tuned on the validation set, as the paper does, and DataInf's inverse of the validation curvature,
+``curvature="datainf"``: ``method_options`` says why).
 
-Measured (full run, 3 seeds; README "Generation (text)"): AUC 66-82%, recall@90 32-48% for every method, TracIn
-best, VM = FVM ~ DataInf; far below the paper's 95-99.99%. Once the adapters know the task, the remaining answer
-loss is mostly content-specific (which words are copied), so the LoRA gradients cluster by content as much as by
-class (gradient cosine does no better; earlier checkpoints and the under-trained --fast models do better).
+Measured (full run, 3 seeds; RESULTS.md "Generation (text)"; AUC / recall@90 in %). Protocol: on math gradcos,
+DataInf, LiSSA and VM/FVM reach AUC 99.9-100 and recall 97-99.5, graddot 99.2 / 91.0; on sentence every method
+is at AUC 97.3-99.0 and recall 87.5-93.8 (TracIn and LiSSA first, VM = FVM 98.3 / 87.6 just below DataInf's
+98.5 / 90.3, graddot last). So the targets hold on math for DataInf and VM/FVM (not for graddot's recall) and
+not on sentence; VM/FVM are not ahead of DataInf on either task. Harder: TracIn first on both tasks by a wide
+margin (AUC 87.9 ± 0.3 sentence, 77.3 ± 2.0 math; our reading: it sums the gradients of the early checkpoints,
+when the adapters were still learning which transformation a class token means), then gradient cosine (73.5 /
+70.2, and the best top-5 precision, 90-92%); DataInf, LiSSA and graddot 68.7-71.6; VM = FVM last (68.0 / 68.3;
+the 100 fine-tuning steps on S_val barely move theta~, and its validation curvature does not help here). The
+spreads over seeds are 1-3 AUC points, so only TracIn's and cosine's leads are clear. The paper's VM/FVM
+advantage does not show at this scale; the sentence model also solves fewer prompts with one class token
+(exact match 68%). Exact match: 93.7% sentence / 97.0% math on the protocol, 68.0% / 95.0% on the harder
+benchmark (3 seeds).
 
-Writes ``results/generation.csv`` (key task, seed, method; shared with ``gen-image``, which writes task
+Writes ``results/generation.csv`` (key task, variant, seed, method; shared with ``gen-image``, which writes task
 "style") and ``results/generation_text_examples.csv`` (for a few queries: the query and its top-5 training
-examples per method).
+examples per method and variant).
 """
 
 from __future__ import annotations
@@ -68,8 +89,6 @@ from tqdm.auto import tqdm
 import ifkit
 from ifkit.core.func import cross_entropy
 from ifkit.data.text import (
-    ANY,
-    BOS,
     EOS,
     LAYOUTS,
     N_WORDS,
@@ -90,8 +109,20 @@ from ifkit.results import ResultsTable
 
 FILENAME = "generation.csv"
 EXAMPLES = "generation_text_examples.csv"
-KEY = ["task", "seed", "method"]  # shared with gen-image (task "style") in the same file: keep exactly this
-REQUIRED = ["auc", "recall"]
+KEY = ["task", "variant", "seed", "method"]  # shared with gen-image (task "style") in the same file
+REQUIRED = ["auc", "recall"]  # and "precision5", always written here (gen-image rows may predate it)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmark: how the prompt names the class, and which tokens the attribution gradient sees."""
+
+    prefix: str  # ifkit.data.text.PREFIXES: "name" (chatbot name + title, 6-11 tokens) or "cue" (one token)
+    grad_loss: str  # ifkit.data.text.GRAD_LOSSES: "prompt" (DataInf), "full" or "answer" (the fine-tuning loss)
+
+
+# "protocol": DataInf's (easy: the prompt gradient carries the class prefix); "harder": where methods differ
+VARIANTS = {"protocol": Variant("name", "prompt"), "harder": Variant("cue", "answer")}
 # ------------------------------------------------------------------------------------------------ model
 @dataclass(frozen=True)
 class Config:
@@ -107,12 +138,14 @@ class Config:
     pretrain_lr: float = 3e-3
     pretrain_pool: int = 20_000  # distinct random examples the pretraining batches are drawn from
     lora_targets: tuple[str, ...] = ("blocks.*.attn.q", "blocks.*.attn.v")
-    lora_rank: int = 4
-    epochs: int = 20
-    lr: float = 5e-3
+    lora_rank: int = 8
+    lora_alpha: float = 32.0  # DataInf: rank 8, alpha 32 on q, v
+    epochs: int = 10
+    lr: float = 4e-3  # 2e-3: exact match 80% on sentence (seed 0), 4e-3: 90%
     batch_size: int = 32
     n_checkpoints: int = 5  # TracIn
-    methods: tuple[str, ...] = ("graddot", "tracin", "datainf", "if-lissa", "vm", "fvm")
+    methods: tuple[str, ...] = ("graddot", "gradcos", "tracin", "datainf", "if-lissa", "vm", "fvm")
+    variants: tuple[str, ...] = tuple(VARIANTS)
     lissa_iters: int = 30
     lissa_batch: int = 8
     damping: float = 1e-3
@@ -159,7 +192,7 @@ def finetune(base: TinyLM, data: TaskData, cfg: Config, seed: int, progress: boo
     """Add LoRA adapters to a copy of ``base`` and train only them on ``data.train``; returns the TrainResult."""
     model = copy.deepcopy(base)
     torch.manual_seed(seed)  # adapter initialisation
-    add_lora(model, cfg.lora_targets, rank=cfg.lora_rank)
+    add_lora(model, cfg.lora_targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
     res = train(model, data.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
                 n_checkpoints=cfg.n_checkpoints, progress=progress)
     res.model.eval()
@@ -167,10 +200,14 @@ def finetune(base: TinyLM, data: TaskData, cfg: Config, seed: int, progress: boo
 
 
 @torch.no_grad()
-def exact_match(model: TinyLM, data: TaskData) -> np.ndarray:
-    """(n_val,) bool: greedy generation from each validation prompt reproduces the answer exactly (to <eos>)."""
+def exact_match(model: TinyLM, data: TaskData, generic: bool = False) -> np.ndarray:
+    """(n_val,) bool: greedy generation from each validation prompt reproduces the answer exactly (to <eos>).
+
+    ``generic``: with the class prefix replaced by <any> (what the base model was pretrained on).
+    """
     lay = LAYOUTS[data.task]
-    out = model.generate(data.X_val[:, : lay.prompt_len], lay.answer_len - 1)[:, lay.prompt_len:]  # (n, A - 1)
+    X = data.generic_val() if generic else data.X_val
+    out = model.generate(X[:, : lay.prompt_len], lay.answer_len - 1)[:, lay.prompt_len:]  # (n, A - 1)
     hits = []
     for ids, ans in zip(out.tolist(), data.answers_val):
         toks = decode(data.task, ids) + [EOS]
@@ -179,45 +216,51 @@ def exact_match(model: TinyLM, data: TaskData) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-def ranking_metrics(pairwise: Tensor | np.ndarray, cls_train: np.ndarray, cls_query: np.ndarray
-                    ) -> tuple[float, float]:
-    """Mean over queries of ROC AUC and recall@k of same-class training points, ranked by -pairwise.
+def ranking_metrics(pairwise: Tensor | np.ndarray, cls_train: np.ndarray, cls_query: np.ndarray, top: int = 5
+                    ) -> tuple[float, float, float]:
+    """Mean over queries of ROC AUC, recall@k and precision@``top`` of same-class training points, by -pairwise.
 
-    k = the number of same-class training points of the query (90 in the full protocol). Most helpful first:
-    pairwise < 0 means up-weighting the training point lowers the query's loss.
+    k = the number of same-class training points of the query (90 in the full protocol; DataInf's recall).
+    Most helpful first: pairwise < 0 means up-weighting the training point lowers the query's loss.
     """
     from sklearn.metrics import roc_auc_score
 
     S = -np.asarray(pairwise, dtype=float)  # (Q, n): higher = more helpful
-    aucs, recalls = [], []
+    aucs, recalls, precs = [], [], []
     for q in range(len(S)):
         pos = cls_train == cls_query[q]
         k = int(pos.sum())
         aucs.append(roc_auc_score(pos, S[q]))
-        top = np.argsort(-S[q], kind="stable")[:k]
-        recalls.append(pos[top].mean())
-    return float(np.mean(aucs)), float(np.mean(recalls))
+        order = np.argsort(-S[q], kind="stable")
+        recalls.append(pos[order[:k]].mean())
+        precs.append(pos[order[:top]].mean())
+    return float(np.mean(aucs)), float(np.mean(recalls)), float(np.mean(precs))
 
 
-def method_options(method: str, cfg: Config, data: TaskData, model) -> dict:
+def method_options(method: str, cfg: Config, data: TaskData, model, grad_loss: str = "answer") -> dict:
     """The options of ``ifkit.pairwise`` for ``method`` in this experiment (TracIn: see ``pairwise``)."""
     # cache_grads: the (n_train, p) LoRA gradients (900 x ~2k floats) fit easily, and one vmap pass is ~20x
     # faster here than forward-mode dots with 100 query tangents (measured: graddot 3 s against 68 s)
     opts: dict = {"params": lora_names(model), "cache_grads": True}
     if method == "if-lissa":
         opts.update(damping=cfg.damping, iters=cfg.lissa_iters, lissa_batch=cfg.lissa_batch,
-                    scale=_lissa_scale(model, data, cfg))
+                    scale=_lissa_scale(model, data, cfg, grad_loss))
     elif method in ("vm", "fvm"):
         # DataInf's closed form of the VALIDATION curvature at theta~ (ifkit/curvature/val_inverse.py): the exact
         # Gauss-Newton over 100 sequences needs one product per LoRA parameter, measured at 240 s for a rank-1
-        # (512-parameter) adapter here -- beyond the budget. Kwon et al.'s damping, as for "datainf".
-        opts.update(flat_val=data.val, flat_steps=cfg.flat_steps, curvature="datainf")
+        # (512-parameter) adapter here -- beyond the budget. Kwon et al.'s damping, as for "datainf". theta~ is
+        # fine-tuned on the validation set's ANSWER loss (the model's own objective) whatever grad_loss is; the
+        # curvature is that of the loss the gradients are of (grad_loss), as DataInf's is. Measured (protocol,
+        # sentence, FAST sizes, seed 0): the answer loss's curvature left VM at AUC 0.89, below graddot's 0.95;
+        # the prompt loss's gave 1.00 (DataInf 1.00).
+        opts.update(flat_val=data.val, flat_steps=cfg.flat_steps, curvature="datainf",
+                    curvature_val=data.attribution(grad_loss)[1])
     elif method == "if-cg":
         opts.update(damping=cfg.damping)
     return opts
 
 
-def _lissa_scale(model, data: TaskData, cfg: Config) -> float:
+def _lissa_scale(model, data: TaskData, cfg: Config, grad_loss: str) -> float:
     """LiSSA needs scale > the top eigenvalue of every mini-batch curvature it sees: 3 x the top eigenvalue of
     the Gauss-Newton matrix on a few mini-batches (the default, 1.5 x the full-batch one from 30 power steps,
     diverged here: mini-batch curvature is spikier)."""
@@ -227,26 +270,31 @@ def _lissa_scale(model, data: TaskData, cfg: Config) -> float:
     prob = make_problem(model, lora_names(model))
     gen = torch.Generator().manual_seed(0)
     lam = 0.0
+    X, y = data.attribution(grad_loss)[0]
     for _ in range(4):
-        idx = torch.randint(0, len(data.X_train), (cfg.lissa_batch,), generator=gen)
-        mv = ggn_vp_fn(prob, data.X_train[idx], data.y_train[idx])
+        idx = torch.randint(0, len(X), (cfg.lissa_batch,), generator=gen)
+        mv = ggn_vp_fn(prob, X[idx], y[idx])
         lam = max(lam, abs(top_eigenvalue(mv, prob.p, iters=20, seed=0)))
     return 3 * (lam + cfg.damping)
 
 
-def pairwise(method: str, model, data: TaskData, cfg: Config, checkpoints=()) -> Tensor:
+def pairwise(method: str, model, data: TaskData, cfg: Config, checkpoints=(), grad_loss: str = "answer") -> Tensor:
     """(n_queries, n_train) ``ifkit.pairwise`` of ``method`` over the LoRA parameters, queries = validation set.
+
+    ``grad_loss`` picks the tokens whose loss the attribution gradients see (``ifkit.data.text.grad_targets``):
+    the train and query targets passed to ``ifkit.pairwise``; the model was fine-tuned on the answer loss.
 
     TracIn is sum_c lr_c * pairwise("tracin", model at checkpoint c): exactly what ``checkpoints=`` computes,
     but one call per checkpoint lets each use the cached per-sample gradients (tested equal).
     """
+    train_g, val_g = data.attribution(grad_loss)
     if method != "tracin" or not checkpoints:
-        return ifkit.pairwise(method, model, data.train, data.val, **method_options(method, cfg, data, model))
+        return ifkit.pairwise(method, model, train_g, val_g, **method_options(method, cfg, data, model, grad_loss))
     total = torch.zeros(len(data.X_val), len(data.X_train))
     at = copy.deepcopy(model)
     for state, lr in checkpoints:
         at.load_state_dict(state)
-        total += lr * ifkit.pairwise("tracin", at, data.train, data.val, **method_options(method, cfg, data, at))
+        total += lr * ifkit.pairwise("tracin", at, train_g, val_g, **method_options(method, cfg, data, at, grad_loss))
     return total
 
 
@@ -267,60 +315,69 @@ def measure(cfg: Config, seeds: Iterable[int], out: str | Path, tasks: Sequence[
 
 def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], progress: bool, mode: str
              ) -> pd.DataFrame:
+    _migrate(out / FILENAME)
     table = ResultsTable(out / FILENAME, KEY, required=REQUIRED)
-    ex_table = ResultsTable(out / EXAMPLES, ["task", "seed", "query", "method", "rank"], required=["text"])
+    ex_table = ResultsTable(out / EXAMPLES, ["task", "variant", "seed", "query", "method", "rank"], required=["text"])
     for task in tasks:
-        for seed in seeds:
-            todo = [m for m in cfg.methods if not _done(table, task, seed, m, mode)]
-            if not todo:
-                continue
-            t0 = time.perf_counter()
-            data = make_task(task, seed, cfg.per_class, cfg.n_val_per_class)
-            base = pretrained(task, cfg, progress)
-            em_base = float(exact_match(base, _with_generic_cue(data)).mean())
-            res = finetune(base, data, cfg, seed, progress)
-            model = res.model
-            em = exact_match(model, data)
-            setup_s = time.perf_counter() - t0
-            base_row = {"task": task, "seed": seed, "mode": mode, "exact_match": float(em.mean()),
-                        "exact_match_base": em_base, "n_train": len(data.X_train), "n_queries": len(data.X_val),
-                        "n_lora_params": sum(model.get_parameter(n).numel() for n in lora_names(model)),
-                        "setup_seconds": setup_s, "words": source_words(N_WORDS)[1] if task == "sentence" else "-"}
-            q_show = _example_queries(data, cfg.n_examples)
-            bar = tqdm(todo, desc=f"gen-text {task} seed {seed}", disable=not progress, leave=False)
-            for method in bar:
-                bar.set_postfix_str(method)
-                t1 = time.perf_counter()
-                P = pairwise(method, model, data, cfg, res.checkpoints)  # (Q, n)
-                auc, recall = ranking_metrics(P, data.cls_train, data.cls_val)
-                ex_table.add(_example_rows(task, seed, method, data, P, q_show))
-                table.add([{**base_row, "method": method, "auc": auc, "recall": recall,
-                            "seconds": time.perf_counter() - t1}])
+        for vname in cfg.variants:
+            var = VARIANTS[vname]
+            for seed in seeds:
+                todo = [m for m in cfg.methods if not _done(table, (task, vname, seed, m), mode)]
+                if not todo:
+                    continue
+                t0 = time.perf_counter()
+                data = make_task(task, seed, cfg.per_class, cfg.n_val_per_class, prefix=var.prefix)
+                base = pretrained(task, cfg, progress)
+                em_base = float(exact_match(base, data, generic=True).mean())
+                res = finetune(base, data, cfg, seed, progress)
+                model = res.model
+                em = exact_match(model, data)
+                setup_s = time.perf_counter() - t0
+                base_row = {"task": task, "variant": vname, "seed": seed, "mode": mode, "prefix": var.prefix,
+                            "grad_loss": var.grad_loss, "exact_match": float(em.mean()), "exact_match_base": em_base,
+                            "n_train": len(data.X_train), "n_queries": len(data.X_val),
+                            "n_lora_params": sum(model.get_parameter(n).numel() for n in lora_names(model)),
+                            "setup_seconds": setup_s, "words": source_words(N_WORDS)[1] if task == "sentence" else "-"}
+                q_show = _example_queries(data, cfg.n_examples)
+                bar = tqdm(todo, desc=f"gen-text {task} {vname} seed {seed}", disable=not progress, leave=False)
+                for method in bar:
+                    bar.set_postfix_str(method)
+                    t1 = time.perf_counter()
+                    P = pairwise(method, model, data, cfg, res.checkpoints, var.grad_loss)  # (Q, n)
+                    auc, recall, prec5 = ranking_metrics(P, data.cls_train, data.cls_val)
+                    ex_table.add(_example_rows(task, vname, seed, method, data, P, q_show))
+                    table.add([{**base_row, "method": method, "auc": auc, "recall": recall, "precision5": prec5,
+                                "seconds": time.perf_counter() - t1}])
     df = table.frame
     if df.empty:
         return df
     return df[df["task"].isin(tasks) & df["seed"].isin(seeds)].reset_index(drop=True)
 
 
-def _done(table: ResultsTable, task: str, seed: int, method: str, mode: str) -> bool:
-    """A row counts as done only in the same mode: the key (task, seed, method) is shared with gen-image and
-    has no mode, so a --fast row is replaced by a full run (and the other way round) instead of resuming it."""
-    if not table.has(task=task, seed=seed, method=method):
+def _migrate(path: Path) -> None:
+    """A generation.csv from before the variant column: text rows are dropped (another setup, rerun), other tasks'
+    rows (gen-image) are kept as variant "protocol" so that the file still parses under the new key."""
+    if not path.is_file():
+        return
+    df = pd.read_csv(path)
+    if "variant" in df.columns:
+        return
+    df = df[~df["task"].isin(TASKS)].assign(variant="protocol")
+    from ifkit.results import write_atomic
+
+    write_atomic(df, path)
+
+
+def _done(table: ResultsTable, key: tuple, mode: str) -> bool:
+    """A row counts as done only in the same mode: the key is shared with gen-image and has no mode, so a --fast
+    row is replaced by a full run (and the other way round) instead of resuming it."""
+    if not table.has(**dict(zip(KEY, key))):
         return False
     f = table.frame
-    row = f[(f["task"] == task) & (f["seed"].astype(float) == seed) & (f["method"] == method)]
-    return "mode" not in f or str(row["mode"].iloc[0]) == mode
-
-
-def _with_generic_cue(data: TaskData) -> TaskData:
-    """The validation prompts with the cue replaced by <any>: what the base model was pretrained on."""
-    d = copy.copy(data)
-    X = data.X_val.clone()
-    lay = LAYOUTS[data.task]
-    cue_pos = (X[:, : lay.prompt_len] == vocabulary(data.task).index(BOS)).float().argmax(1) + 1  # (n,)
-    X[torch.arange(len(X)), cue_pos] = vocabulary(data.task).index(ANY)
-    d.X_val = X
-    return d
+    sel = np.ones(len(f), bool)
+    for col, val in zip(KEY, key):
+        sel &= (f[col].astype(float) == val).to_numpy() if col == "seed" else (f[col] == val).to_numpy()
+    return "mode" not in f or str(f.loc[sel, "mode"].iloc[0]) == mode
 
 
 def _example_queries(data: TaskData, n: int) -> list[int]:
@@ -330,26 +387,27 @@ def _example_queries(data: TaskData, n: int) -> list[int]:
     return [int(np.flatnonzero(data.cls_val == k)[0]) for k in picks]
 
 
-def _example_rows(task, seed, method, data: TaskData, P: Tensor, queries: list[int], top: int = 5) -> list[dict]:
+def _example_rows(task, variant, seed, method, data: TaskData, P: Tensor, queries: list[int], top: int = 5
+                  ) -> list[dict]:
     rows = []
     for q in queries:
         order = torch.argsort(P[q], stable=True)[:top].tolist()  # most negative = most helpful first
-        rows.append({"task": task, "seed": seed, "query": q, "method": method, "rank": 0,
+        rows.append({"task": task, "variant": variant, "seed": seed, "query": q, "method": method, "rank": 0,
                      "text": data.text_val[q], "same_class": True, "influence": float("nan")})
         for r, i in enumerate(order, 1):
-            rows.append({"task": task, "seed": seed, "query": q, "method": method, "rank": r,
+            rows.append({"task": task, "variant": variant, "seed": seed, "query": q, "method": method, "rank": r,
                          "text": data.text_train[i], "same_class": bool(data.cls_train[i] == data.cls_val[q]),
                          "influence": float(P[q, i])})
     return rows
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and std over seeds) of AUC and recall per task and method, in percent."""
-    g = df.groupby(["task", "method"], sort=False)
+    """Mean (and std over seeds) of AUC, recall and precision@5 per task, variant and method, in percent."""
+    g = df.groupby(["task", "variant", "method"], sort=False)
     out = g.agg(auc=("auc", "mean"), auc_sd=("auc", "std"), recall=("recall", "mean"),
-                recall_sd=("recall", "std"), exact_match=("exact_match", "mean"), seconds=("seconds", "mean"),
-                seeds=("seed", "nunique"))
-    for c in ("auc", "auc_sd", "recall", "recall_sd", "exact_match"):
+                recall_sd=("recall", "std"), precision5=("precision5", "mean"), precision5_sd=("precision5", "std"),
+                exact_match=("exact_match", "mean"), seconds=("seconds", "mean"), seeds=("seed", "nunique"))
+    for c in ("auc", "auc_sd", "recall", "recall_sd", "precision5", "precision5_sd", "exact_match"):
         out[c] = 100 * out[c]
     return out.reset_index()
 
@@ -366,5 +424,5 @@ def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     return df
 
 
-__all__ = ["FAST", "FULL", "Config", "TaskData", "classes", "encode", "exact_match", "finetune", "make_task",
+__all__ = ["FAST", "FULL", "VARIANTS", "Config", "TaskData", "Variant", "classes", "encode", "exact_match", "finetune", "make_task",
            "measure", "pretrained", "ranking_metrics", "run", "source_words", "summary", "vocabulary"]

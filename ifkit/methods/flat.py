@@ -112,13 +112,15 @@ def _flat_pairwise(eng: GradEngine, defaults: dict[str, Any]) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at theta~ (first order; module docstring).
 
     The queries (eng.Xv) double as S_val for the fine-tuning and the curvature, unless ``flat_val=(X, y)``
-    names the validation set separately (e.g. when the queries are generated outputs).
+    names the validation set separately (e.g. when the queries are generated outputs); ``curvature_val=(X, y)``
+    names the set of the curvature alone (e.g. S_val with the targets of the queries' loss, not the fine-tuning's).
     Cost: the fine-tuning, one curvature factorisation on S_val, one solve per training point, one pass.
     """
     val = eng.opt["flat_val"]
     Xval, yval = val if val is not None else (eng.Xv, eng.yv)
     prob = flat_point(eng.with_other(Xval, yval), defaults)
-    inv = ValInverse(prob, Xval, yval, eng.opt)  # solve() needs the explicit A: not the structured form
+    Xc, yc = eng.opt["curvature_val"] if eng.opt["curvature_val"] is not None else (Xval, yval)
+    inv = ValInverse(prob, Xc, yc, eng.opt)  # solve() needs the explicit A: not the structured form
     Gq = eng.query_grads(prob)  # (Q, p)
     return eng.apply(lambda G: -(inv.solve(G) @ Gq.T), prob).T  # (Q, n)
 

@@ -15,6 +15,7 @@ PAPER_GENERATION = {  # paper/NOTES.md Sec. 4: (task, method) -> (AUC %, recall 
     ("sentence", "vm"): (99.97, 99.1), ("sentence", "datainf"): (99.6, 96.2), ("sentence", "tracin"): (95.0, 71.0),
     ("math", "fvm"): (99.99, 99.4), ("math", "datainf"): (99.9, 97.4), ("math", "tracin"): (78.5, 26.6),
 }
+VARIANT_ORDER = ("protocol", "harder")  # results/generation.csv "variant": DataInf's protocol, the harder benchmark
 
 
 def _generation_rows(generation: pd.DataFrame) -> pd.DataFrame:
@@ -26,37 +27,56 @@ def _generation_rows(generation: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(keep, ignore_index=True) if keep else generation
 
 
+def _setting_order(df: pd.DataFrame) -> list[str]:
+    tasks = [t for t in TASK_ORDER if t in set(df["task"])] + sorted(set(df["task"]) - set(TASK_ORDER))
+    variants = [v for v in VARIANT_ORDER if v in set(df["variant"])] + sorted(set(df["variant"]) - set(VARIANT_ORDER))
+    have = set(df["setting"])
+    return [f"{t}\n{v}" for t in tasks for v in variants if f"{t}\n{v}" in have]
+
+
 @register("generation_auc", inputs=("generation.csv",))
 def generation_auc(generation: pd.DataFrame) -> Figure:
-    """Influential-data identification (DataInf's protocol): ROC AUC and recall of same-class training points
-    in the top k, per task and method; bars are means over seeds, whiskers their standard deviation. Black
-    ticks: the paper's numbers where public summaries give them (Llama-2-13B + LoRA; ``PAPER_GENERATION``).
+    """Influential-data identification: ROC AUC, recall of same-class training points in the top k (DataInf's
+    recall) and precision among the top 5, per task x variant ("protocol": DataInf's; "harder") and method; bars
+    are means over seeds, whiskers their standard deviation. Black ticks: the paper's numbers on DataInf's
+    protocol where public summaries give them (Llama-2-13B + LoRA; ``PAPER_GENERATION``).
 
-    Handles every task in the file (text: sentence, math; image: style).
+    Handles every task in the file (text: sentence, math; image: style); rows without a variant count as
+    "protocol".
     """
     import seaborn as sns
 
     df = _generation_rows(generation).copy()
-    df["auc"], df["recall"] = 100 * df["auc"], 100 * df["recall"]
-    tasks = [t for t in TASK_ORDER if t in set(df["task"])]
-    tasks += sorted(set(df["task"]) - set(tasks))
+    if "variant" not in df:
+        df["variant"] = "protocol"
+    df["variant"] = df["variant"].fillna("protocol").astype(str)
+    df["setting"] = df["task"].astype(str) + "\n" + df["variant"]
+    cols = [c for c in ("auc", "recall", "precision5") if c in df]
+    for c in cols:
+        df[c] = 100 * df[c]
+    settings = _setting_order(df)
     methods = method_order(df["method"])
+    labels = {"auc": "ROC AUC (%)", "recall": "recall of same class in top k (%)",
+              "precision5": "same class among the top 5 (%)"}
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(max(7.0, 1.2 * len(tasks) * len(methods) / 2 + 3), 4.2), layout="constrained")
-        axes = fig.subplots(1, 2)
-    for ax, col, label in ((axes[0], "auc", "ROC AUC (%)"), (axes[1], "recall", "recall of same class in top k (%)")):
-        sns.barplot(df, x="task", y=col, hue="method", order=tasks, hue_order=methods, palette=palette(methods),
-                    errorbar="sd", ax=ax, legend=ax is axes[1], saturation=1)
+        fig = Figure(figsize=(max(9.0, 0.16 * len(settings) * len(methods) * len(cols) + 3), 4.4),
+                     layout="constrained")
+        axes = list(fig.subplots(1, len(cols), squeeze=False)[0])
+    for ax, col in zip(axes, cols):
+        sns.barplot(df, x="setting", y=col, hue="method", order=settings, hue_order=methods, palette=palette(methods),
+                    errorbar="sd", ax=ax, legend=ax is axes[-1], saturation=1)
         width = 0.8 / len(methods)
         for (task, method), ref in PAPER_GENERATION.items():
-            if task in tasks and method in methods:
-                x = tasks.index(task) - 0.4 + width * (methods.index(method) + 0.5)
+            setting = f"{task}\nprotocol"
+            if col != "precision5" and setting in settings and method in methods:
+                x = settings.index(setting) - 0.4 + width * (methods.index(method) + 0.5)
                 ax.plot([x - width / 2, x + width / 2], [ref[col == "recall"]] * 2, color="k", lw=2)
-        ax.set_ylim(0 if col == "recall" else 40, 101)
+        ax.set_ylim(40 if col == "auc" else 0, 101)
         ax.set_xlabel("")
-        ax.set_ylabel(label)
-    if axes[1].get_legend() is not None:
-        sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, title="method")
+        ax.set_ylabel(labels[col])
+        ax.tick_params(axis="x", labelsize=8)
+    if axes[-1].get_legend() is not None:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, title="method")
     seeds = df.groupby("task")["seed"].nunique().to_dict()
     fig.suptitle("Which training examples help a query? Same-class training points ranked first "
                  f"(seeds per task: {seeds}; black ticks: the paper)", fontsize=10)
@@ -65,14 +85,16 @@ def generation_auc(generation: pd.DataFrame) -> Figure:
 
 @register("generation_text_examples", inputs=("generation_text_examples.csv",))
 def generation_text_examples(examples: pd.DataFrame, methods: Iterable[str] = ("tracin", "datainf", "vm", "fvm"),
-                             k: int = 5) -> Figure:
+                             k: int = 5, variant: str = "harder") -> Figure:
     """One validation query per text task and its ``k`` most helpful training examples for a few methods.
 
     Green: the training example has the query's class (what the protocol counts as a hit); red: it does not.
     Reads ``results/generation_text_examples.csv`` (rank 0 = the query itself; the first query of the lowest
-    seed of each task is shown).
+    seed of each task is shown, from ``variant`` when the file has that column).
     """
     ex = examples
+    if "variant" in ex and (ex["variant"] == variant).any():
+        ex = ex[ex["variant"] == variant]
     tasks = [t for t in ("sentence", "math") if t in set(ex["task"])] + sorted(set(ex["task"]) - {"sentence", "math"})
     shown = [m for m in methods if m in set(ex["method"])] or sorted(set(ex["method"]))[:4]
     lines_per_task = 2 + len(shown) * (k + 1)
@@ -94,7 +116,9 @@ def generation_text_examples(examples: pd.DataFrame, methods: Iterable[str] = ("
                 y -= dy
                 ax.text(0.02, y, f"{int(row['rank'])}. {row['text']}", fontsize=8, va="top", family="monospace",
                         color=HIT_COLOUR if bool(row["same_class"]) else FLIPPED_COLOUR)
-    fig.suptitle("Most helpful training examples (green: same class as the query, red: another class)", fontsize=10)
+    shown_variant = f" ({variant} variant)" if "variant" in examples and (examples["variant"] == variant).any() else ""
+    fig.suptitle(f"Most helpful training examples{shown_variant} (green: same class as the query, red: another "
+                 "class)", fontsize=10)
     return fig
 
 
@@ -157,5 +181,5 @@ def generation_image_examples_harder(examples: pd.DataFrame, max_queries: int = 
     return generation_image_examples(examples, max_queries, variant="harder")
 
 
-__all__ = ["PAPER_GENERATION", "generation_auc", "generation_image_examples", "generation_image_examples_harder",
-           "generation_text_examples"]
+__all__ = ["PAPER_GENERATION", "VARIANT_ORDER", "generation_auc", "generation_image_examples",
+           "generation_image_examples_harder", "generation_text_examples"]
