@@ -27,7 +27,7 @@ def bench(bench: pd.DataFrame) -> Figure:
     methods = method_order(meth["method"])
     with sns.axes_style("whitegrid"):
         fig = Figure(figsize=(20, 4.4), layout="constrained")
-        ax_t, ax_m, ax_r, ax_c = fig.subplots(1, 4, width_ratios=(1, 1, 1, 0.7))
+        ax_t, ax_m, ax_r, ax_c = fig.subplots(1, 4, width_ratios=(1, 1, 1.4, 0.8))
     for ax, col, label in ((ax_t, "seconds", "seconds (median)"), (ax_m, "peak_mb", "peak memory (MB, ru_maxrss)")):
         if len(meth):
             sns.lineplot(meth, x="n_train", y=col, hue="method", hue_order=methods, palette=palette(methods),
@@ -49,15 +49,19 @@ def bench(bench: pd.DataFrame) -> Figure:
     ax_t.set_title(f"ifkit.score time ({p:,}-parameter MLP)")
     ax_m.set_title("peak memory of a fresh process per method")
     if len(thr):
+        # one bar group per (model, n_train): rows measured at different sizes are not averaged together
+        thr = thr.assign(run=[f"{m}, n={n:,}" for m, n in zip(thr["model"], thr["n_train"])])
+        runs = list(dict.fromkeys(thr.sort_values(["model", "n_train"], ascending=[True, False])["run"]))
         order = [m for m in BENCH_COLOURS if m in set(thr["method"])]
-        sns.barplot(thr, x="model", y="examples_per_s", hue="method", hue_order=order, ax=ax_r,
+        sns.barplot(thr, x="run", y="examples_per_s", hue="method", order=runs, hue_order=order, ax=ax_r,
                     palette=[BENCH_COLOURS[m] for m in order])
         ax_r.set_yscale("log")
-        ratio = thr.groupby(["model", "method"])["ratio"].median()  # one number per bar, even across runs
+        ratio = thr.groupby(["run", "method"])["ratio"].median()  # one number per bar, even across runs
         ax_r.set_title("G @ v for every example, time / batched backward\n" + "\n".join(
-            f"{m}: " + ", ".join(f"{k} {ratio[m, k]:.2g}x" for k in order
-                                 if (m, k) in ratio.index and k != "batched-backward")
-            for m in thr["model"].unique()), fontsize=9)
+            f"{r}: " + ", ".join(f"{k} {ratio[r, k]:.2g}x" for k in order
+                                 if (r, k) in ratio.index and k != "batched-backward")
+            for r in runs), fontsize=8)
+        ax_r.set_xlabel("")
         ax_r.set_ylabel("examples / second")
     if len(cache):
         order = [m for m in CACHE_COLOURS if m in set(cache["method"])]
@@ -65,8 +69,8 @@ def bench(bench: pd.DataFrame) -> Figure:
                     palette=list(CACHE_COLOURS.values())[: len(order)])
         ratio = cache[cache["method"] == "grad-cache"].groupby("model")["ratio"].median()
         sizes = cache.groupby("model")["n_train"].first()
-        ax_c.set_title("several methods on one model, seconds\n" + ", ".join(
-            f"{m} (n={sizes[m]:,}): {r:.2g}x with GradCache" for m, r in ratio.items()), fontsize=9)
+        ax_c.set_title("several methods on one model, seconds\n" + "\n".join(
+            f"{m} (n={sizes[m]:,}): {r:.2g}x with GradCache" for m, r in ratio.items()), fontsize=8)
         ax_c.set_ylabel("seconds (median)")
     else:
         ax_c.set_axis_off()
