@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import api
 from .diagnosis import Diagnosis, diagnose
-from .optim.train import evaluate, labelled_tensors
+from .optim.train import best_val_checkpoint, labelled_tensors
 
 
 @dataclass
@@ -93,18 +93,6 @@ class Cleaning:
 
     def _repr_html_(self) -> str:
         return f"<p>{html.escape(str(self))}</p>{self.diagnosis._repr_html_()}"
-
-
-def best_val_checkpoint(model: nn.Module, checkpoints: Sequence, val, loss: Any = "cross_entropy"
-                        ) -> tuple[int, list[float]]:
-    """(index of the lowest mean S_val loss, every checkpoint's S_val loss) among state_dicts or (state, lr)."""
-    Xv, yv = labelled_tensors(val, "val", loss)
-    probe = copy.deepcopy(model)
-    losses = []
-    for c in checkpoints:
-        probe.load_state_dict(c[0] if isinstance(c, tuple) else c)
-        losses.append(evaluate(probe, Xv, yv, loss=loss)[0])
-    return int(torch.tensor(losses).argmin()), losses
 
 
 def clean(

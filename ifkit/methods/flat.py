@@ -40,6 +40,7 @@ from ..core.func import Problem, make_problem
 from ..core.grads import GradEngine
 from ..curvature.val_inverse import ValInverse
 from ..optim.flat_finetune import flat_finetune
+from ..optim.train import best_val_checkpoint
 
 # Defaults chosen by measurement: digits, 600 training points with 30% symmetric noise, 200 validation points,
 # a 64-64-10 tanh MLP that fits 99% of the noisy labels; detection AUC, mean of seeds 0 and 1 (VM / FVM):
@@ -66,20 +67,10 @@ def start_model(eng: GradEngine) -> torch.nn.Module:
         if not states:
             raise ValueError("checkpoint='best-val' picks among checkpoints=[state_dict, ...]; none were given "
                              "(ifkit.optim.train.train(..., n_checkpoints=k) saves them)")
-        losses = [val_loss(eng, s) for s in states]
-        cp = states[int(torch.tensor(losses).argmin())]
+        cp = states[best_val_checkpoint(eng.model, states, (eng.Xv, eng.yv), eng.opt["loss"])[0]]
     model = copy.deepcopy(eng.model)
     model.load_state_dict(cp)
     return model
-
-
-def val_loss(eng: GradEngine, state: dict[str, Tensor]) -> float:
-    """Mean S_val loss of the model with ``state`` loaded."""
-    model = copy.deepcopy(eng.model)
-    model.load_state_dict(state)
-    prob = make_problem(model, eng.opt["params"], eng.opt["loss"])
-    with torch.no_grad():
-        return float(prob.mean_loss(prob.theta, eng.Xv, eng.yv))
 
 
 def flat_point(eng: GradEngine, defaults: dict[str, Any]) -> Problem:
@@ -152,4 +143,4 @@ def fvm_pairwise(eng: GradEngine) -> Tensor:
     return _flat_pairwise(eng, FVM_DEFAULTS)
 
 
-__all__ = ["FVM_DEFAULTS", "VM_DEFAULTS", "flat_point", "start_model", "val_loss", "fvm_pairwise", "fvm_score", "vm_pairwise", "vm_score"]
+__all__ = ["FVM_DEFAULTS", "VM_DEFAULTS", "flat_point", "start_model", "fvm_pairwise", "fvm_score", "vm_pairwise", "vm_score"]

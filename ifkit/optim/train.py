@@ -211,4 +211,21 @@ def train(
     return TrainResult(model=model, checkpoints=checkpoints, history=pd.DataFrame(rows))
 
 
-__all__ = ["TrainResult", "checkpoint_epochs", "evaluate", "labelled_tensors", "model_device_dtype", "to_model", "train"]
+def best_val_checkpoint(model: nn.Module, checkpoints, val, loss: str | LossFn = "cross_entropy"
+                        ) -> tuple[int, list[float]]:
+    """(index of the lowest mean loss on ``val``, every checkpoint's mean loss) among ``checkpoints``.
+
+    Early stopping by validation loss over the states ``train(..., n_checkpoints=k)`` saved (state_dicts or
+    (state_dict, lr) pairs; ties go to the earliest). ``model`` gives the architecture and is not modified.
+    """
+    Xv, yv = labelled_tensors(val, "val", loss)
+    probe = copy.deepcopy(model)
+    losses = []
+    for c in checkpoints:
+        probe.load_state_dict(c[0] if isinstance(c, tuple) else c)
+        losses.append(evaluate(probe, Xv, yv, loss=loss)[0])
+    return int(torch.tensor(losses).argmin()), losses
+
+
+__all__ = ["TrainResult", "best_val_checkpoint", "checkpoint_epochs", "evaluate", "labelled_tensors",
+           "model_device_dtype", "to_model", "train"]
