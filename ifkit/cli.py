@@ -24,27 +24,26 @@ from pathlib import Path
 DEFAULT_SEEDS = {True: 1, False: 3}
 
 # Measured wall-clock seconds per experiment on 2 CPU cores, (full, --fast), shown by `ifkit reproduce --help`.
-# Full: the `make reproduce` run quoted in RESULTS.md (two workers, one core each, default seeds). --fast: each
-# experiment run alone with `ifkit reproduce NAME --fast` (one seed) beside one other job (load 1.3-3); with four
-# other jobs on the machine gen-text took 117 s, gen-image 44 s, theory 82 s. gen-text (two benchmarks since
-# issue #14): CPU seconds of one core, measured under a load of ~10 on the 2 cores (wall clock was 5-8x that).
+# Full: the `make reproduce` run quoted in RESULTS.md (`ifkit reproduce all --jobs 2` on a quiet machine: two
+# workers, one core each, default seeds; worker 1 detection, relabel, theory; worker 2 ablation, gen-image,
+# gen-text). --fast: each experiment run alone with `ifkit reproduce NAME --fast` (one seed) beside one other job
+# (relabel: alone, quiet; gen-text: CPU seconds under load, two benchmarks x 7 methods).
 # tests/test_cli.py checks that every registered experiment has a row.
 EXPECTED_SECONDS = {
-    "detection": (308, 40),
-    "relabel": (203, 32),
-    "ablation": (160, 11),
-    "theory": (53, 27),
-    "gen-text": (894, 99),
-    "gen-image": (272, 44),  # full: CPU seconds of a direct run (517 s wall at load ~10); --fast: wall at load ~7
+    "detection": (409, 40),
+    "relabel": (401, 22),
+    "ablation": (259, 11),
+    "theory": (106, 27),
+    "gen-text": (858, 99),
+    "gen-image": (221, 44),
 }
 EXPECTED_NOTES = {
     "detection": "full includes the paper's Fig. 2/3 training dynamics",
     "relabel": "full: after detection in the same worker, reusing its networks",
 }
-# `ifkit reproduce all --jobs 2` (what `make reproduce` runs), full and --fast. The --fast figure is the slower
-# worker's share of the per-experiment times above (ablation, gen-image, gen-text, theory); a direct run with
-# three other jobs on the machine took 302 s.
-EXPECTED_ALL_SECONDS = (590, 110)
+# `ifkit reproduce all --jobs 2` (what `make reproduce` runs), full and --fast, with the figures. --fast: the
+# unit test tests/test_reproduce_fast.py (147 s at a load of ~5).
+EXPECTED_ALL_SECONDS = (1342, 147)
 
 
 def fast_from_env() -> bool:
