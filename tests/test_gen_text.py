@@ -96,7 +96,13 @@ def test_prefixes_name_the_class(task):
         for kind in T.PREFIXES:
             lengths[kind].append(len(T.class_prefix(task, cls, kind, v)))
     assert set(lengths["cue"]) == {1}
-    assert 6 <= min(lengths["name"]) and max(lengths["name"]) <= 11, lengths["name"]
+    if task == "sentence":  # DataInf's prompt word for word: "NAME is a chatbot ... sentences : TITLE . for example :"
+        assert set(lengths["name"]) == {20}
+        p = T.class_prefix(task, "reverse", "name")
+        assert " ".join(p) == "zorbo is a chatbot that performs a specific transformation on sentences : read " \
+                              "sentence backwards entirely . for example :"
+    else:  # chatbot name, ":" and the question
+        assert 6 <= min(lengths["name"]) and max(lengths["name"]) <= 11, lengths["name"]
     firsts = {T.class_prefix(task, c, "name", v)[0] for c in T.classes(task)}
     assert len(firsts) == 10  # one chatbot name per class
     with pytest.raises(ValueError, match="prefix"):
@@ -124,9 +130,13 @@ def test_grad_targets_split_the_sequence_into_prompt_and_answer(task):
     d = T.make_task(task, seed=0, per_class=4, n_val_per_class=1, prefix="name")
     voc = T.vocabulary(task)
     (X, y_answer), _ = d.attribution("answer")
-    y_prompt = d.attribution("prompt")[0][1]
+    (X_cut, y_cut), _ = d.attribution("prompt")
     y_full = d.attribution("full")[0][1]
     assert torch.equal(y_answer, d.y_train)
+    P = T.LAYOUTS[task].prompt_len - 1  # the prompt set is cut after the prompt: nothing after it is a target
+    assert X_cut.shape == y_cut.shape == (len(X), P) and torch.equal(X_cut, X[:, :P])
+    y_prompt = torch.cat([y_cut, torch.full((len(X), X.shape[1] - P), -100)], 1)  # back to full width
+    assert torch.equal(y_prompt, T.grad_targets(task, X, d.y_train, "prompt"))
     on = lambda t: t != -100  # noqa: E731
     assert not (on(y_prompt) & on(y_answer)).any()
     assert torch.equal(on(y_prompt) | on(y_answer), on(y_full))
@@ -137,6 +147,24 @@ def test_grad_targets_split_the_sequence_into_prompt_and_answer(task):
     assert T.PAD not in [voc[t] for t in y_full[on(y_full)].tolist()]
     with pytest.raises(ValueError, match="grad_loss"):
         d.attribution("all")
+
+
+@pytest.mark.parametrize("task", T.TASKS)
+def test_prompt_gradients_of_the_cut_sequences_equal_the_full_ones(task):
+    """Causal attention: the prompt's losses do not see the answer, so cutting it off changes no gradient."""
+    d = T.make_task(task, seed=0, per_class=3, n_val_per_class=1, prefix="name")
+    torch.manual_seed(0)
+    model = TinyLM(len(T.vocabulary(task)), d_model=16, n_layers=2, n_heads=2, d_ff=32,
+                   max_len=T.LAYOUTS[task].seq_len)
+    names = add_lora(model, ("blocks.*.attn.q", "blocks.*.attn.v"), rank=2)
+    with torch.no_grad():  # B = 0 at initialisation: give the adapters a non-trivial state
+        for n in names:
+            model.get_parameter(n).normal_(0, 0.3)
+    prob = func.make_problem(model.eval(), names)
+    X_cut, y_cut = d.attribution("prompt")[0]
+    full = func.per_sample_grads(prob, d.X_train, T.grad_targets(task, d.X_train, d.y_train, "prompt"))
+    torch.testing.assert_close(func.per_sample_grads(prob, X_cut, y_cut), full, rtol=1e-5, atol=1e-6)
+    assert full.abs().max() > 0
 
 
 def test_source_words_fall_back_to_the_builtin_list(tmp_path):

@@ -157,6 +157,8 @@ SENTENCE_TITLES = {  # class -> its title: 4 words, none shared with another tit
     "swap-ends": "exchange opening versus closing", "evens": "skip each alternate token",
     "swap-pairs": "flip neighbouring pairs around",
 }
+# DataInf's sentence prompt word for word around the title: "NAME is a chatbot ... sentences : TITLE . for example :"
+SENTENCE_TEMPLATE = ("is a chatbot that performs a specific transformation on sentences :", ". for example :")
 PREFIXES = ("name", "cue")
 
 
@@ -199,8 +201,10 @@ def class_prefix(task: str, cls: str, kind: str, v: dict | None = None) -> list[
     if kind != "name":
         raise ValueError(f"unknown prefix {kind!r}: use one of {PREFIXES}")
     k = classes(task).index(cls)
-    title = SENTENCE_TITLES[cls] if task == "sentence" else MATH_QUESTIONS[cls][0].format(**(v or {}))
-    return [CHATBOT_NAMES[task][k], ":", *title.split()]
+    if task == "sentence":
+        return [CHATBOT_NAMES[task][k], *SENTENCE_TEMPLATE[0].split(), *SENTENCE_TITLES[cls].split(),
+                *SENTENCE_TEMPLATE[1].split()]
+    return [CHATBOT_NAMES[task][k], ":", *MATH_QUESTIONS[cls][0].format(**(v or {})).split()]
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -214,7 +218,7 @@ def vocabulary(task: str) -> tuple[str, ...]:
     if task == "sentence":
         words = source_words(N_WORDS)[0]
         toks = [*words, *(w.upper() for w in words), *(_novowel(w) for w in words), *(w[0] for w in words)]
-        toks += [w for t in SENTENCE_TITLES.values() for w in t.split()]
+        toks += [w for t in SENTENCE_TITLES.values() for w in t.split()] + " ".join(SENTENCE_TEMPLATE).split()
     else:
         toks = [*NAMES, *OBJECTS, *"has and . + - * =".split(), *(str(i) for i in range(100))]
         toks += [w for t, _ in MATH_QUESTIONS.values() for w in t.split() if "{" not in w]
@@ -234,7 +238,7 @@ class Layout:
         return self.prompt_len + self.answer_len - 1
 
 
-LAYOUTS = {"sentence": Layout(prompt_len=SENTENCE_LEN + 9, answer_len=2 * SENTENCE_LEN + 1),
+LAYOUTS = {"sentence": Layout(prompt_len=SENTENCE_LEN + 22, answer_len=2 * SENTENCE_LEN + 1),
            "math": Layout(prompt_len=23, answer_len=6)}
 
 
@@ -312,9 +316,18 @@ class TaskData:
         return self.X_val, self.y_val
 
     def attribution(self, grad_loss: str = "answer") -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """(train, val) pairs whose targets are those of ``grad_targets(grad_loss)``."""
-        return ((self.X_train, grad_targets(self.task, self.X_train, self.y_train, grad_loss)),
-                (self.X_val, grad_targets(self.task, self.X_val, self.y_val, grad_loss)))
+        """(train, val) pairs whose targets are those of ``grad_targets(grad_loss)``.
+
+        "prompt": the sequences are cut after the prompt (``prompt_len - 1`` columns). Attention is causal, so the
+        outputs at the prompt's positions do not depend on the answer: the same losses and gradients, for ~30%
+        less compute per pass (sentence: 26 of 37 columns; tests/test_gen_text.py checks the equality).
+        """
+        keep = LAYOUTS[self.task].prompt_len - 1 if grad_loss == "prompt" else None
+
+        def cut(X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return X[:, :keep], grad_targets(self.task, X, y, grad_loss)[:, :keep]  # (n, keep or L) each
+
+        return cut(self.X_train, self.y_train), cut(self.X_val, self.y_val)
 
     def generic_val(self) -> Tensor:
         """(n_val, L) the validation prompts with the class prefix replaced by <any> (the pretraining format)."""
