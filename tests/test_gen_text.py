@@ -270,6 +270,17 @@ def test_pairwise_uses_the_grad_loss_targets(grad_loss):
     assert opts["flat_val"][1] is data.y_val and torch.equal(opts["curvature_val"][1], yv)
 
 
+def test_a_shared_grad_cache_changes_no_score():
+    data = T.make_task("sentence", 0, TINY.per_class, TINY.n_val_per_class)
+    res = G.finetune(G.pretrained("sentence", TINY), data, TINY, seed=0)
+    cache = ifkit.GradCache()
+    for method in ("graddot", "gradcos", "datainf", "tracin"):
+        alone = G.pairwise(method, res.model, data, TINY, res.checkpoints, "prompt")
+        shared = G.pairwise(method, res.model, data, TINY, res.checkpoints, "prompt", cache)
+        torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-7)
+    assert cache.stats["hits"] >= 2  # gradcos and DataInf read graddot's gradients
+
+
 def test_tracin_per_checkpoint_equals_the_library_option():
     data = T.make_task("sentence", 0, TINY.per_class, TINY.n_val_per_class)
     res = G.finetune(G.pretrained("sentence", TINY), data, TINY, seed=0)
