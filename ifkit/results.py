@@ -10,6 +10,9 @@ Every experiment keeps one tidy CSV (one row per measurement) through a ``Result
 Guarantees (tested in tests/test_results.py):
 
 * **Atomic**: the file on disk is always a complete table (a kill during a write leaves the previous version).
+* **Shared**: several processes may write one table (``ifkit reproduce --jobs``: gen-text and gen-image both
+  write ``generation.csv``). ``add`` holds an exclusive lock on the folder (``fcntl.flock``, POSIX) while it
+  re-reads the file and merges, so no writer loses another's rows.
 * **Resumable**: ``has``/``missing`` say which keys are done, so a rerun computes only what is missing.
 * **Never silently mixed**: a file that cannot be parsed, lacks a key or required column, has an empty key or
   required value (a truncated last line), or repeats a key is *corrupt*: it is moved aside to
@@ -18,6 +21,7 @@ Guarantees (tested in tests/test_results.py):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -40,6 +44,23 @@ def write_atomic(df: pd.DataFrame, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive ``flock`` on ``folder`` for the duration (released when its descriptor closes). Without
+    ``fcntl`` (not POSIX) there is no lock: run one writer per table there (``--jobs 1``)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _norm(value: Any) -> Any:
@@ -128,6 +149,9 @@ class ResultsTable:
     def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append ``rows`` (replacing any row with the same key) and rewrite the file atomically.
 
+        Under the folder's lock the file is read again first: rows another process wrote since this table was
+        loaded are kept (for a key both have, the file's row wins over this table's older copy).
+
         Raises:
             ValueError: if a row lacks a required value (NaN or None), so a half-computed row is never saved.
         """
@@ -140,13 +164,20 @@ class ResultsTable:
                     raise ValueError(f"row {self._key_of(row)} for {self.path.name} has no value for {col!r}")
         new = pd.DataFrame([dict(r) for r in rows])
         keys = {self._key_of(r) for r in rows}
-        old = self.frame
-        if len(old):
-            keep = [self._key_of(r) not in keys for r in old[self.key].to_dict("records")]
-            old = old[keep]
-        self.frame = pd.concat([old, new], ignore_index=True) if len(old) else new.reset_index(drop=True)
-        write_atomic(self.frame, self.path)
-        self._done |= keys
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.path.parent):
+            disk = self._load()  # other writers' rows included
+            on_disk = {self._key_of(r) for r in disk[self.key].to_dict("records")} if len(disk) else set()
+            parts = [self._without(disk, keys), self._without(self.frame, keys | on_disk), new]
+            self.frame = pd.concat([p for p in parts if len(p)], ignore_index=True)
+            write_atomic(self.frame, self.path)
+        self._done = {self._key_of(r) for r in self.frame[self.key].to_dict("records")}
+
+    def _without(self, df: pd.DataFrame, keys: set) -> pd.DataFrame:
+        """The rows of ``df`` whose key is not in ``keys``."""
+        if not len(df):
+            return df
+        return df[[self._key_of(r) not in keys for r in df[self.key].to_dict("records")]]
 
 
 __all__ = ["CorruptResultsWarning", "ResultsTable", "write_atomic"]

@@ -72,3 +72,38 @@ def test_an_empty_file_is_just_nothing_done(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("")
     assert len(ResultsTable(path, KEY)) == 0
+
+
+def _writer(path: str, name: str, n: int) -> None:
+    table = ResultsTable(path, KEY, required=["auc"])  # loaded once, as an experiment does
+    for seed in range(n):
+        table.add([_row(seed, name)])
+
+
+def test_concurrent_writers_keep_each_others_rows(tmp_path):
+    """Two processes adding rows one at a time to one table (ifkit reproduce --jobs 2): none is lost."""
+    import multiprocessing as mp
+
+    path = tmp_path / "t.csv"
+    ResultsTable(path, KEY, required=["auc"]).add([_row(99, "before")])
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(path), name, 40)) for name in ("vm", "fvm")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    df = pd.read_csv(path)
+    assert len(df) == 81 and not df.duplicated(subset=KEY).any()
+    assert sorted(df.groupby("method").size().to_dict().items()) == [("before", 1), ("fvm", 40), ("vm", 40)]
+
+
+def test_a_stale_table_does_not_resurrect_replaced_rows(tmp_path):
+    path = tmp_path / "t.csv"
+    first = ResultsTable(path, KEY, required=["auc"])
+    first.add([_row(0, "vm", 0.5)])
+    second = ResultsTable(path, KEY, required=["auc"])
+    second.add([_row(0, "vm", 0.7)])  # replaces the row
+    first.add([_row(1, "vm", 0.6)])  # first still holds 0.5 in memory: the file's 0.7 wins
+    df = pd.read_csv(path).set_index("seed")["auc"]
+    assert df.to_dict() == {0: 0.7, 1: 0.6} and first.has(dataset="digits", rate=0.3, seed=1, method="vm")
