@@ -13,17 +13,21 @@ same 90 / 10 split; only the prompt's class prefix differs. Each example is ``<b
 answer and ``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose
 cross-entropy the attribution gradient sees; ``ifkit.data.text.grad_targets``):
 
-* ``protocol`` (DataInf's): prefix = a made-up chatbot name, ":" and the task's title (sentence, 4 words shared
-  with no other title) or question (math), 6-11 tokens; gradients of the loss on the PROMPT tokens (DataInf: labels
-  = the prompt's input ids). It is easy by construction: predicting a class's prefix is the same problem for all
-  90 of its examples and a different one for every other class (the base model never saw the prefix tokens), so
-  the prompt gradient carries the class label, and the shared contents add only noise. Any method that keeps that
-  direction ranks the class first.
+* ``protocol`` (DataInf's): sentence: DataInf's prompt word for word, "NAME is a chatbot that performs a specific
+  transformation on sentences : TITLE . for example :" (20 tokens; a made-up name per class, 4-word titles that
+  share no word); math: a chatbot name, ":" and the question, 6-11 tokens. Gradients of the loss on the PROMPT
+  tokens (DataInf: labels = the prompt's input ids), over the prompt only (``TaskData.attribution``: causal
+  attention makes cutting the answer off exact). It is easy by construction: predicting a class's prefix is the
+  same problem for all 90 of its examples and a different one for every other class (the base model never saw the
+  prefix tokens), so the prompt gradient carries the class label, and the shared contents add only noise. Any
+  method that keeps that direction ranks the class first. With a 6-token sentence prefix (name, ":", title) the
+  5 shared, unpredictable content words held as many prompt tokens as the class, and every method stayed at AUC
+  97-99 / recall 88-94 (the kit's previous version); DataInf's ~20 class-conditioned tokens are what make it easy.
 * ``harder``: prefix = one class token (math: no question), gradients of the ANSWER loss. What is left of the
   answer loss after fine-tuning is mostly about the content (which words are copied), which all classes share.
 
 Fine-tuning (and VM/FVM's theta~ fine-tuning on the validation set, ``flat_val``) always uses the answer loss.
-Words are tokens (word-level vocabulary, 149 / 177 ids), drawn from the 24 most frequent 3-6 letter words of
+Words are tokens (word-level vocabulary, 158 / 177 ids), drawn from the 24 most frequent 3-6 letter words of
 Debian's ``fortunes`` file when it is installed (``make setup``), else from a built-in list (the run says which).
 
 The model (measured; see notebook 07):
