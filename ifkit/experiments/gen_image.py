@@ -85,7 +85,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -303,6 +303,21 @@ def build_data(cfg: Config, seed: int) -> StyleData:
 loss_fn = ConditionalVAE.negative_elbo  # (outputs, flattened images) -> (n,) negative ELBO per pixel
 
 
+def attribution_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """``loss_fn`` for the influence methods: the same (n,) values, bit for bit, ~2.3x faster under torch.func.
+
+    The Bernoulli cross-entropy is written as (1 - x) * logits - logsigmoid(logits), the formula of torch's own
+    kernel (equal values). torch's fused ``binary_cross_entropy_with_logits`` has no forward-mode (jvp) batching
+    rule, so under the vmapped JVPs of every method (tangents = columns) it ran one column at a time: 45 of the
+    run's 94 s of attribution. Training keeps ``loss_fn`` (its backward differs from this one's in the last bit).
+    """
+    D = targets.shape[1]
+    logits, mu, logvar = outputs[:, :D], *outputs[:, D:].chunk(2, dim=1)
+    recon = ((1 - targets) * logits - F.logsigmoid(logits)).sum(1)  # (n,)
+    kl = 0.5 * (mu**2 + logvar.exp() - logvar - 1).sum(1)  # (n,)
+    return (recon + kl) / D
+
+
 def _tokens(model: ConditionalVAE, styles: Tensor | None) -> Tensor | None:
     """Style ids 0..S-1 -> the model's style tokens 1..S (token 0 = "plain"); None without style tokens."""
     return None if styles is None or not model.n_styles else styles + 1
@@ -393,7 +408,10 @@ def attributed(model: ConditionalVAE, cfg: Config) -> list[str]:
 
 def method_options(method: str, cfg: Config, model: ConditionalVAE, checkpoints, val) -> dict:
     """The options each method gets here (all over the LoRA parameters, with the negative ELBO as loss)."""
-    opts: dict = {"params": attributed(model, cfg), "loss": loss_fn}
+    # cache_grads: the (600, ~800) per-sample training gradients take one vmap pass (~20 ms); without them every
+    # method's final G @ V ran as forward-mode dots with one tangent per query, ~0.5 s a pass (same numbers to
+    # float rounding)
+    opts: dict = {"params": attributed(model, cfg), "loss": attribution_loss, "cache_grads": True}
     if method == "tracin":
         opts["checkpoints"] = checkpoints
     if method == "if-lissa":
@@ -402,6 +420,24 @@ def method_options(method: str, cfg: Config, model: ConditionalVAE, checkpoints,
         opts["flat_val"] = val
         opts["curvature"] = "ggn"  # dense Gauss-Newton over the adapters (module docstring)
     return opts
+
+
+def pairwise(method: str, cfg: Config, model: ConditionalVAE, train, val, checkpoints, seed: int) -> Tensor:
+    """(n_val, n_train) ``ifkit.pairwise`` of ``method`` with ``method_options`` (the queries: the validation set).
+
+    TracIn is sum_c lr_c * pairwise("tracin", model at checkpoint c): what ``checkpoints=`` computes, but one
+    call per checkpoint lets each use its cached per-sample gradients (``checkpoints=`` scores copies of the
+    model, which the cache does not serve: forward-mode dots, 2.5 s against 0.3 s; equal to float rounding).
+    """
+    if method != "tracin" or not checkpoints:
+        return ifkit.pairwise(method, model, train, val, seed=seed,
+                              **method_options(method, cfg, model, checkpoints, val))
+    total = torch.zeros(len(val[0]), len(train[0]))
+    at = copy.deepcopy(model)
+    for state, lr in checkpoints:
+        at.load_state_dict(state)
+        total += lr * ifkit.pairwise("tracin", at, train, val, seed=seed, **method_options(method, cfg, at, (), val))
+    return total
 
 
 def ranking_metrics(table: Tensor | np.ndarray, train_style: Sequence[int] | Tensor,
@@ -422,16 +458,19 @@ def ranking_metrics(table: Tensor | np.ndarray, train_style: Sequence[int] | Ten
     sq = np.asarray(query_style)
     if T.shape != (len(sq), len(st)):
         raise ValueError(f"table has shape {T.shape} but there are {len(sq)} queries and {len(st)} training points")
-    aucs, recalls, prec5 = [], [], []
-    for q in range(len(sq)):
-        pos = st == sq[q]
-        if pos.all() or not pos.any():
-            raise ValueError(f"query {q}: its style must have some, but not all, training points")
-        aucs.append(roc_auc_score(pos, -T[q]))
-        k = int(pos.sum())
-        order = np.argsort(T[q], kind="stable")  # most negative = most helpful first
-        recalls.append(pos[order[:k]].mean())
-        prec5.append(pos[order[:TOP]].mean())
+    pos = st[None, :] == sq[:, None]  # (Q, n) same style
+    k = pos.sum(1)  # (Q,)
+    if (k == 0).any() or (k == len(st)).any():
+        q = int(np.flatnonzero((k == 0) | (k == len(st)))[0])
+        raise ValueError(f"query {q}: its style must have some, but not all, training points")
+    # ROC AUC as the Mann-Whitney U of the scores -T (ties count 1/2, as in sklearn's roc_auc_score), all queries
+    # at once: sklearn's per-query call cost 3 ms, 20 s of the full run.
+    ranks = rankdata(-T, axis=1)  # (Q, n), average ranks of ties
+    aucs = ((ranks * pos).sum(1) - k * (k + 1) / 2) / (k * (len(st) - k))
+    order = np.argsort(T, axis=1, kind="stable")  # most negative = most helpful first
+    hits = np.take_along_axis(pos, order, axis=1)  # (Q, n) same style, in ranked order
+    recalls = [hits[q, : k[q]].mean() for q in range(len(sq))]
+    prec5 = hits[:, :TOP].mean(1)
     return {"auc": float(np.mean(aucs)), "recall": float(np.mean(recalls)), "precision5": float(np.mean(prec5))}
 
 
@@ -572,8 +611,7 @@ def _measure(cfg: Config, seeds: list[int], out: Path, progress: bool, mode: str
         for method in bar:
             bar.set_postfix_str(method)
             start = time.perf_counter()
-            tab = ifkit.pairwise(method, tuned, train, val, seed=seed,
-                                 **method_options(method, cfg, tuned, checkpoints, val))  # (n_val, n_train)
+            tab = pairwise(method, cfg, tuned, train, val, checkpoints, seed)  # (n_val, n_train)
             seconds = time.perf_counter() - start
             m = ranking_metrics(tab, data.s_train, data.s_val)
             top = top_helpful(tab[shown])  # (len(shown), TOP)
@@ -629,5 +667,5 @@ def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
 
 __all__ = ["CONFIGS", "FAST", "FULL", "OVERLAYS", "STYLES", "TRANSFORMS", "VARIANTS", "Config", "StyleData",
            "attributed", "attribution_sets", "build_data",
-           "finetune_lora", "measure", "pretrain", "ranking_metrics", "run", "style_check", "stylize",
+           "finetune_lora", "measure", "pairwise", "pretrain", "ranking_metrics", "run", "style_check", "stylize",
            "summary", "top_helpful"]
