@@ -109,6 +109,41 @@ def test_ranking_metrics():
     assert G.top_helpful(torch.tensor(perfect), k=2).tolist() == [[0, 1], [2, 3]]
 
 
+def test_ranking_metrics_auc_is_sklearns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    st, sq = rng.integers(0, 3, 40), rng.integers(0, 3, 7)
+    T = np.round(rng.normal(size=(7, 40)), 1).astype(np.float32)  # many ties
+    expected = np.mean([roc_auc_score(st == sq[q], -T[q]) for q in range(7)])
+    assert G.ranking_metrics(T, st, sq)["auc"] == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="some, but not all"):
+        G.ranking_metrics(T[:1], st, [5])
+
+
+def test_attribution_loss_is_the_negative_elbo(vae, images):
+    """The same values bit for bit (torch's kernel formula), the same gradients to float rounding."""
+    labels = torch.arange(6) % 10
+    X = vae.pack(images, labels, torch.randn(6, 3, generator=torch.Generator().manual_seed(3)))
+    y = images.flatten(1)
+    out = vae(X)
+    assert torch.equal(G.attribution_loss(out, y), G.loss_fn(out, y))
+    grads = [per_sample_grads(make_problem(vae, lora_names(vae), f), X, y) for f in (G.loss_fn, G.attribution_loss)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_tracin_per_checkpoint_equals_ifkits_checkpoints():
+    cfg = TINY
+    data = G.build_data(cfg, 0)
+    base = G.pretrain(cfg, data, 0, progress=False)
+    tuned, checkpoints = G.finetune_lora(cfg, base, data, 0, progress=False)
+    train, val = G.attribution_sets(tuned, data, 0)
+    ours = G.pairwise("tracin", cfg, tuned, train, val, checkpoints, 0)
+    opts = {**G.method_options("tracin", cfg, tuned, checkpoints, val), "cache_grads": False, "loss": G.loss_fn}
+    theirs = ifkit.pairwise("tracin", tuned, train, val, **opts)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
+
+
 def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     df = G.measure(TINY, [0], tmp_path, progress=False)
     out = pd.read_csv(tmp_path / G.FILENAME)
