@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -137,13 +137,25 @@ def experiments_epilog() -> str:
 # ablation would too, but balancing the two workers saves more time than its six trainings cost). gen-text and
 # gen-image may run side by side: both write results/generation.csv, and ResultsTable merges under a lock.
 TOGETHER = (("detection", "relabel"),)
-# Rough full-mode minutes on one core (measured under load, scaled), to balance --jobs workers; unknown names: 5.
-MINUTES = {"detection": 15, "relabel": 10, "ablation": 8, "theory": 4, "gen-text": 15, "gen-image": 5}
+# Rough full-mode minutes on one core, to balance --jobs workers (a part: its own entry, else its experiment's
+# share); unknown names: 5.
+MINUTES = {"detection": 7, "relabel": 7, "ablation": 4.5, "theory": 2, "gen-text": 9, "gen-text:sentence": 5,
+           "gen-text:math": 4, "gen-image": 1}
 
 
-def plan_jobs(names: Sequence[str], jobs: int) -> list[list[str]]:
-    """Split experiments over ``jobs`` worker processes: TOGETHER groups stay whole, then longest first onto
-    the least loaded worker. Order inside a worker follows ``names``."""
+def _minutes(name: str, parts: Mapping[str, Sequence[str]]) -> float:
+    base, _, part = name.partition(":")
+    return MINUTES.get(name, MINUTES.get(base, 5) / max(1, len(parts.get(base, ()))) if part else 5)
+
+
+def plan_jobs(names: Sequence[str], jobs: int, parts: Mapping[str, Sequence[str]] | None = None
+              ) -> list[list[str]]:
+    """Split experiments over ``jobs`` worker processes: an experiment with ``parts`` becomes one unit per part
+    (``NAME:PART``), TOGETHER groups stay whole, then longest first onto the least loaded worker. Order inside a
+    worker follows ``names``."""
+    parts = parts or {}
+    if jobs > 1:  # an experiment's parts are units of their own
+        names = [u for n in names for u in ([f"{n}:{p}" for p in parts[n]] if parts.get(n) else [n])]
     units, seen = [], set()
     for group in TOGETHER:
         members = [n for n in names if n in group]
@@ -151,20 +163,25 @@ def plan_jobs(names: Sequence[str], jobs: int) -> list[list[str]]:
             units.append(members)
             seen.update(members)
     units += [[n] for n in names if n not in seen]
-    units.sort(key=lambda u: -sum(MINUTES.get(n, 5) for n in u))
+    units.sort(key=lambda u: -sum(_minutes(n, parts) for n in u))
     workers: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(units))))]
     for unit in units:
-        min(workers, key=lambda w: sum(MINUTES.get(n, 5) for n in w)).extend(unit)
+        min(workers, key=lambda w: sum(_minutes(n, parts) for n in w)).extend(unit)
     return [sorted(w, key=list(names).index) for w in workers if w]
 
 
 def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from ifkit.experiments import discover, run
+    from ifkit.experiments import PARTS, discover, run, split_part
 
     registry = discover()
     available = sorted(registry)
     wanted = list(registry) if args.experiment == "all" else args.experiment.split(",")
-    unknown = [n for n in wanted if n not in registry]
+    unknown = [n for n in wanted if split_part(n)[0] not in registry]
+    for name in wanted:
+        base, part = split_part(name)
+        if base in registry and part is not None and part not in PARTS.get(base, ()):
+            known = f"the parts {', '.join(PARTS[base])}" if PARTS.get(base) else "no parts"
+            parser.error(f"{name!r}: {base} has {known}; `ifkit reproduce {base}` runs it whole")
     if unknown:
         parser.error(
             f"unknown experiment {unknown[0]!r}; available: {', '.join(available + ['all'])}"
@@ -182,7 +199,7 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         print("no experiments are registered yet: nothing to reproduce", file=sys.stderr)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = plan_jobs(names, args.jobs)
+    plan = plan_jobs(names, args.jobs, PARTS)
     if len(plan) > 1:
         return _reproduce_parallel(plan, fast, seeds, args.out)
     for name in names:

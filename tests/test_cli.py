@@ -17,6 +17,7 @@ def registry(monkeypatch):
     """An isolated experiment registry holding one dummy experiment that records its calls."""
     calls = []
     monkeypatch.setattr(experiments, "EXPERIMENTS", {})
+    monkeypatch.setattr(experiments, "PARTS", {})
     monkeypatch.setattr(experiments, "discover", lambda: experiments.EXPERIMENTS)
 
     @experiments.register("dummy")
@@ -157,6 +158,11 @@ def test_plan_jobs_keeps_shared_experiments_together_and_balances():
     assert where["detection"] == where["relabel"]
     # gen-text and gen-image share generation.csv but not a process: ResultsTable merges under a lock
     assert cli.plan_jobs(["gen-text", "gen-image"], 2) == [["gen-text"], ["gen-image"]]
+    # an experiment's parts are units of their own with --jobs > 1, and only then
+    parts = {"gen-text": ("sentence", "math")}
+    assert cli.plan_jobs(["gen-text", "gen-image"], 2, parts) == [["gen-text:sentence"],
+                                                                  ["gen-text:math", "gen-image"]]
+    assert cli.plan_jobs(["gen-text", "gen-image"], 1, parts) == [["gen-text", "gen-image"]]
     assert where["ablation"] != where["detection"]  # the other worker takes the lighter experiments
     assert cli.plan_jobs(names, 1) == [names]
     assert cli.plan_jobs(["theory"], 4) == [["theory"]]
@@ -178,6 +184,21 @@ def test_parallel_workers_run_as_subprocesses(tmp_path, monkeypatch):
     assert cli._reproduce_parallel([["theory"], ["detection", "relabel"]], True, 1, tmp_path) == 0
     assert [c[4] for c in started] == ["theory", "detection,relabel"] and all("--fast" in c for c in started)
     assert cli._reproduce_parallel([["broken"], ["theory"]], False, 2, tmp_path) == 1
+
+
+def test_an_experiment_part_runs_alone_and_a_wrong_part_is_a_clear_error(registry, tmp_path, capsys):
+    @experiments.register("split", parts=("a", "b"))
+    def split(fast: bool, seeds: int, out: Path, part: str | None = None) -> None:
+        registry.append(("split", part))
+
+    assert cli.main(["reproduce", "split:b,dummy", "--out", str(tmp_path), "--fast"]) == 0
+    assert registry == [("split", "b"), ("dummy", True, 1, tmp_path)]
+    assert cli.main(["reproduce", "split", "--out", str(tmp_path), "--fast"]) == 0
+    assert registry[-1] == ("split", None)
+    for wrong, says in (("split:c", "the parts a, b"), ("dummy:a", "no parts")):
+        with pytest.raises(SystemExit):
+            cli.main(["reproduce", wrong, "--out", str(tmp_path)])
+        assert says in capsys.readouterr().err
 
 
 def test_figures_names_the_command_that_makes_a_missing_input(tmp_path, capsys):

@@ -425,11 +425,13 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-@register("gen-text")
-def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
-    """``ifkit reproduce gen-text``: write ``out/generation.csv`` (tasks sentence, math) and the examples file."""
+@register("gen-text", parts=TASKS)
+def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFrame:
+    """``ifkit reproduce gen-text``: write ``out/generation.csv`` (tasks sentence, math) and the examples file.
+
+    ``part``: one task only (``ifkit reproduce gen-text:math``; ``--jobs 2`` runs the two tasks side by side)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, range(seeds), out)
+    df = measure(cfg, range(seeds), out, tasks=(part,) if part else TASKS)
     with pd.option_context("display.width", 140):
         print(f"Influential-data identification, text ({'fast' if fast else 'full'}, seeds={seeds}): AUC and "
               "recall@90 in % (mean over queries, then seeds)")
