@@ -50,11 +50,11 @@ by the plain gradient dot product or cosine (0.938 / 0.942: seeds 0 and 1 give 0
 harder variant the second-order methods (LiSSA, VM, FVM: equal) lead; they beat graddot in every seed (by
 0.02-0.05) but TracIn only on average (0.753 vs 0.745, within a seed's spread). VM = FVM to 1e-4: the flat
 fine-tuning barely moves theta~ here. Seed 2, the lowest protocol AUC for graddot, also has the best-fit adapters
-(validation negative ELBO 0.446 vs 0.470 / 0.464), as the residual reading above expects. Run time: 272 s of
-CPU on one core (188 s user + 84 s system; 517 s wall beside ~8 other processes); --fast 30-44 s wall on the same
-loaded machine. Since then (``attribution_loss``, ``cache_grads``, TracIn per checkpoint, a vectorised AUC; same
-numbers to 4e-7): 116 -> 55 s wall on one core of a quieter machine (median of 2; LiSSA 14 s, VM 11, FVM 11,
-pretraining 6, LoRA 5.5, style check 2; the other four methods 1 s together).
+(validation negative ELBO 0.446 vs 0.470 / 0.464), as the residual reading above expects. Run time
+(``attribution_loss``, ``cache_grads``, TracIn per checkpoint, a vectorised AUC; the same numbers to 7e-7 as
+before them): 50 s on one core beside gen-text on the other (``ifkit reproduce gen-text,gen-image --jobs 2``,
+quiet 2-core machine), down from 114 s (median of 2 runs each: LiSSA 14 s, VM 11, FVM 11, pretraining 6, LoRA
+5.5, style check 2; the other four methods 1 s together); --fast 4 s.
 
 Closer to DataInf, measured on all 3 seeds after the settings were fixed (mean AUC graddot / gradcos / tracin /
 datainf / if-lissa / vm / fvm): 200 + 50 images per style (DataInf's counts) 0.876 / 0.884 / 0.952 / 0.912 /
@@ -65,7 +65,7 @@ style fit the styles better, all adapters add the encoder's content gradients. W
 share of a style's training gradients its mean carries: per (seed, style), ||mean g||^2 / mean ||g - mean g||^2
 correlates with graddot's per-style AUC at r = 0.83 (18 pairs); seed 2 has the lowest mean ratio (0.38 vs 0.62 /
 0.55), and "framed", the best-learned style, the lowest in every seed (0.13-0.22; AUC 0.80-0.87). DataInf's own
-Stable-Diffusion style notebook (github.com/ykwon0407/DataInf, notebooks/Influential_Data_Identification-
+Stable-Diffusion style notebook (ykwon0407/DataInf, notebooks/Influential_Data_Identification-
 Stable_Diffusion-Style_Transfer.ipynb) prints AUC 0.612 for the gradient dot product and 0.599 for DataInf.
 
 Curvature for VM/FVM: the targets are images, not class ids, so ``ifkit.curvature.val_inverse.ValInverse`` cannot use

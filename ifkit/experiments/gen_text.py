@@ -56,19 +56,18 @@ products: full-batch LiSSA over 900 sequences x 100 queries is far beyond a CPU 
 fine-tuned on the validation set, as the paper does, and DataInf's inverse of the validation curvature,
 ``curvature="datainf"``: ``method_options`` says why).
 
-Measured (full run, 3 seeds; RESULTS.md "Generation (text)"; AUC / recall@90 in %). Protocol: on math gradcos,
-DataInf, LiSSA and VM/FVM reach AUC 99.9-100 and recall 97-99.5, graddot 99.2 / 91.0; on sentence every method
-is at AUC 97.3-99.0 and recall 87.5-93.8 (TracIn and LiSSA first, VM = FVM 98.3 / 87.6 just below DataInf's
-98.5 / 90.3, graddot last). So the targets hold on math for DataInf and VM/FVM (not for graddot's recall) and
-not on sentence; VM/FVM are not ahead of DataInf on either task. Harder: TracIn first on both tasks by a wide
-margin (AUC 87.9 ± 0.3 sentence, 77.3 ± 2.0 math; our reading: it sums the gradients of the early checkpoints,
-when the adapters were still learning which transformation a class token means), then gradient cosine (73.5 /
-70.2, and the best top-5 precision, 90-92%); DataInf, LiSSA and graddot 68.7-71.6; VM = FVM last (68.0 / 68.3;
-the 100 fine-tuning steps on S_val barely move theta~, and its validation curvature does not help here). The
-spreads over seeds are 1-3 AUC points, so only TracIn's and cosine's leads are clear. The paper's VM/FVM
-advantage does not show at this scale; the sentence model also solves fewer prompts with one class token
-(exact match 68%). Exact match: 93.7% sentence / 97.0% math on the protocol, 68.0% / 95.0% on the harder
-benchmark (3 seeds).
+Measured (full run, 3 seeds; RESULTS.md "Generation (text)"; AUC / recall@90 in %). Protocol: DataInf 99.9 /
+98.4 (sentence) and 99.9 / 97.3 (math), VM = FVM 99.9 / 98.3 and 99.9 / 97.8: level with DataInf (sentence 0.02
+AUC below, math 0.03 above), behind TracIn on sentence (100.0 / 99.9) and ahead of it on math (99.4 / 92.9).
+graddot reaches AUC 99.2 / 99.1 but recall only 94.4 / 90.5: large training gradients rank high for every query
+(the other-class examples in a query's top 90 have median |g| 9.8-14.4 against 7.2-8.8 for the same-class ones
+left out), and normalising them (gradcos: 98.4 / 99.8) recovers it. Harder: TracIn first on both tasks by a wide
+margin (AUC 87.6 ± 0.4 sentence, 79.0 ± 2.5 math; our reading: it sums the gradients of the early checkpoints,
+when the adapters were still learning which transformation a class token means), then gradient cosine (78.3 /
+71.8, and the best top-5 precision, 94%); LiSSA, graddot, DataInf and VM = FVM at 69.6-75.5, within their seed
+spreads. The paper's VM/FVM advantage does not show at this scale. Exact match: 89.0% sentence / 96.7% math on
+the protocol, 75.0% / 99.0% on the harder benchmark. Run time: 293 s (sentence) and 217 s (math) on one core
+each, as the two parts of ``ifkit reproduce gen-text --jobs 2``; --fast 42 s.
 
 Writes ``results/generation.csv`` (key task, variant, seed, method; shared with ``gen-image``, which writes task
 "style") and ``results/generation_text_examples.csv`` (for a few queries: the query and its top-5 training
