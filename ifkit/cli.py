@@ -144,8 +144,11 @@ MINUTES = {"detection": 7, "relabel": 7, "ablation": 4.5, "theory": 2, "gen-text
 
 
 def _minutes(name: str, parts: Mapping[str, Sequence[str]]) -> float:
+    """MINUTES of an experiment or part; a part without an entry of its own: its experiment's share."""
+    if name in MINUTES:
+        return MINUTES[name]
     base, _, part = name.partition(":")
-    return MINUTES.get(name, MINUTES.get(base, 5) / max(1, len(parts.get(base, ()))) if part else 5)
+    return MINUTES.get(base, 5) / max(1, len(parts.get(base, ()))) if part else 5
 
 
 def plan_jobs(names: Sequence[str], jobs: int, parts: Mapping[str, Sequence[str]] | None = None
