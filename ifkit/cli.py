@@ -139,8 +139,8 @@ def experiments_epilog() -> str:
 TOGETHER = (("detection", "relabel"),)
 # Rough full-mode minutes on one core, to balance --jobs workers (a part: its own entry, else its experiment's
 # share); unknown names: 5.
-MINUTES = {"detection": 7, "relabel": 7, "ablation": 4.5, "theory": 2, "gen-text": 9, "gen-text:sentence": 5,
-           "gen-text:math": 4, "gen-image": 1}
+MINUTES = {"detection": 2.8, "relabel": 3.4, "ablation": 1.6, "theory": 0.9, "gen-text": 9, "gen-text:sentence": 5.1,
+           "gen-text:math": 3.9, "gen-image": 0.85}
 
 
 def _minutes(name: str, parts: Mapping[str, Sequence[str]]) -> float:
@@ -155,7 +155,7 @@ def plan_jobs(names: Sequence[str], jobs: int, parts: Mapping[str, Sequence[str]
               ) -> list[list[str]]:
     """Split experiments over ``jobs`` worker processes: an experiment with ``parts`` becomes one unit per part
     (``NAME:PART``), TOGETHER groups stay whole, then longest first onto the least loaded worker. Order inside a
-    worker follows ``names``."""
+    worker follows ``names``, a TOGETHER group kept in one piece."""
     parts = parts or {}
     if jobs > 1:  # an experiment's parts are units of their own
         names = [u for n in names for u in ([f"{n}:{p}" for p in parts[n]] if parts.get(n) else [n])]
@@ -167,10 +167,11 @@ def plan_jobs(names: Sequence[str], jobs: int, parts: Mapping[str, Sequence[str]
             seen.update(members)
     units += [[n] for n in names if n not in seen]
     units.sort(key=lambda u: -sum(_minutes(n, parts) for n in u))
-    workers: list[list[str]] = [[] for _ in range(max(1, min(jobs, len(units))))]
+    workers: list[list[list[str]]] = [[] for _ in range(max(1, min(jobs, len(units))))]
     for unit in units:
-        min(workers, key=lambda w: sum(_minutes(n, parts) for n in w)).extend(unit)
-    return [sorted(w, key=list(names).index) for w in workers if w]
+        min(workers, key=lambda w: sum(_minutes(n, parts) for u in w for n in u)).append(unit)
+    # a TOGETHER group stays contiguous: relabel runs right after detection, on its networks
+    return [[n for u in sorted(w, key=lambda u: list(names).index(u[0])) for n in u] for w in workers if w]
 
 
 def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -205,7 +206,7 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     plan = plan_jobs(names, args.jobs, PARTS)
     if len(plan) > 1:
         return _reproduce_parallel(plan, fast, seeds, args.out)
-    for name in names:
+    for name in plan[0]:  # names, a TOGETHER group in one piece
         print(f"== {name} (fast={fast}, seeds={seeds}, out={args.out})", flush=True)
         start = time.perf_counter()
         run(name, fast, seeds, args.out)

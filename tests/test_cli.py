@@ -156,6 +156,8 @@ def test_plan_jobs_keeps_shared_experiments_together_and_balances():
     assert len(plan) == 2 and sorted(sum(plan, [])) == sorted(names)
     where = {n: i for i, w in enumerate(plan) for n in w}
     assert where["detection"] == where["relabel"]
+    w = plan[where["detection"]]
+    assert w.index("relabel") == w.index("detection") + 1  # contiguous: relabel reuses detection's networks
     # gen-text and gen-image share generation.csv but not a process: ResultsTable merges under a lock
     assert cli.plan_jobs(["gen-text", "gen-image"], 2) == [["gen-text"], ["gen-image"]]
     # an experiment's parts are units of their own with --jobs > 1, and only then
@@ -163,8 +165,9 @@ def test_plan_jobs_keeps_shared_experiments_together_and_balances():
     assert cli.plan_jobs(["gen-text", "gen-image"], 2, parts) == [["gen-text:sentence"],
                                                                   ["gen-text:math", "gen-image"]]
     assert cli.plan_jobs(["gen-text", "gen-image"], 1, parts) == [["gen-text", "gen-image"]]
-    assert where["ablation"] != where["detection"]  # the other worker takes the lighter experiments
-    assert cli.plan_jobs(names, 1) == [names]
+    load = [sum(cli._minutes(n, {}) for n in w) for w in plan]  # balanced: within the smallest experiment's time
+    assert abs(load[0] - load[1]) <= min(cli._minutes(n, {}) for n in names)
+    assert cli.plan_jobs(names, 1) == [["ablation", "detection", "relabel", "gen-image", "gen-text", "theory"]]
     assert cli.plan_jobs(["theory"], 4) == [["theory"]]
 
 
