@@ -23,27 +23,27 @@ from pathlib import Path
 # Seeds when --seeds is not given: one quick seed for CI, several for the reported numbers.
 DEFAULT_SEEDS = {True: 1, False: 3}
 
-# Measured wall-clock seconds per experiment on 2 CPU cores, (full, --fast), shown by `ifkit reproduce --help`.
-# Full: the `make reproduce` run quoted in RESULTS.md (`ifkit reproduce all --jobs 2` on a quiet machine: two
-# workers, one core each, default seeds; worker 1 detection, relabel, theory; worker 2 ablation, gen-image,
-# gen-text). --fast: each experiment run alone with `ifkit reproduce NAME --fast` (one seed) beside one other job
-# (relabel: alone, quiet; gen-text: CPU seconds under load, two benchmarks x 7 methods).
+# Measured wall-clock seconds per experiment on 2 CPU cores, (full, --fast), shown by `ifkit reproduce --help`:
+# the `make reproduce` runs quoted in RESULTS.md (`ifkit reproduce all --jobs 2`, and the same with --fast, on a
+# quiet machine: two workers, one core each, default seeds; worker 1 detection, relabel, ablation, gen-image,
+# theory; worker 2 gen-text's two tasks, sentence then math). relabel runs after detection, on its networks.
 # tests/test_cli.py checks that every registered experiment has a row.
 EXPECTED_SECONDS = {
-    "detection": (409, 40),
-    "relabel": (401, 22),
-    "ablation": (259, 11),
-    "theory": (106, 27),
-    "gen-text": (858, 99),
-    "gen-image": (221, 44),
+    "detection": (169, 7),
+    "relabel": (206, 10),
+    "ablation": (74, 1),
+    "theory": (53, 7),
+    "gen-text": (541, 43),
+    "gen-image": (54, 3),
 }
 EXPECTED_NOTES = {
     "detection": "full includes the paper's Fig. 2/3 training dynamics",
     "relabel": "full: after detection in the same worker, reusing its networks",
+    "gen-text": "one core; with --jobs 2 its two tasks run side by side: ~5 min",
 }
-# `ifkit reproduce all --jobs 2` (what `make reproduce` runs), full and --fast, with the figures. --fast: the
-# unit test tests/test_reproduce_fast.py (147 s at a load of ~5).
-EXPECTED_ALL_SECONDS = (1342, 147)
+# `ifkit reproduce all --jobs 2` (what `make reproduce` runs), full and --fast, without the figures (`ifkit
+# figures`: ~15 s more).
+EXPECTED_ALL_SECONDS = (558, 46)
 
 
 def fast_from_env() -> bool:
