@@ -5,8 +5,9 @@ Every example is a prompt ``<bos> PREFIX CONTENT <sep>`` and an answer. The CONT
 story) is drawn once per seed and shared by all 10 classes, as in DataInf (the same 100 phrases in every class);
 the PREFIX names the class, in one of two forms (``PREFIXES``):
 
-* ``"name"`` (DataInf's protocol): a made-up chatbot name, ":" and the task title in words (sentence) or the
-  question (math), 6-11 tokens, e.g. "zorbo : reverse the order of words";
+* ``"name"`` (DataInf's protocol): sentence: DataInf's prompt word for word, "zorbo is a chatbot that performs a
+  specific transformation on sentences : read sentence backwards entirely . for example :" (20 tokens, a made-up
+  name and a title per class); math: a chatbot name, ":" and the question, 6-11 tokens;
 * ``"cue"`` (the harder benchmark): one class token, e.g. "<reverse>" (math: no question).
 
 The loss of the fine-tuning sees only the answer tokens (``encode``'s targets mask the prompt with -100);

@@ -120,7 +120,7 @@ REQUIRED = ["auc", "recall"]  # and "precision5", always written here (gen-image
 class Variant:
     """One benchmark: how the prompt names the class, and which tokens the attribution gradient sees."""
 
-    prefix: str  # ifkit.data.text.PREFIXES: "name" (chatbot name + title, 6-11 tokens) or "cue" (one token)
+    prefix: str  # ifkit.data.text.PREFIXES: "name" (DataInf's prompt: chatbot name, template, title) or "cue"
     grad_loss: str  # ifkit.data.text.GRAD_LOSSES: "prompt" (DataInf), "full" or "answer" (the fine-tuning loss)
 
 
