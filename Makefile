@@ -26,7 +26,7 @@ BROWSER_STAMP := $(VENV)/.installed-browser
 LAB_IP  ?= 127.0.0.1
 LAB_ARGS ?=
 
-.PHONY: help setup data reproduce test test-unit test-notebooks test-browser chromium lab notebooks figures \
+.PHONY: help setup data reproduce test test-unit test-notebooks test-solutions test-browser chromium lab notebooks figures \
 	clean-notebooks lint
 
 help:
@@ -35,6 +35,7 @@ help:
 	@echo "make test             unit tests + every notebook in FAST mode + the browser test (what CI runs)"
 	@echo "make test-unit        unit tests only (~2.5 min)"
 	@echo "make test-notebooks   every notebook in FAST mode under nbval (~2.5 min)"
+	@echo "make test-solutions   the notebooks with every exercise solved (notebooks/solutions/), checks strict"
 	@echo "make test-browser     notebooks 00 and 05 run in JupyterLab in headless Chromium, widgets checked (~1.5 min)"
 	@echo "make lab              JupyterLab on 127.0.0.1 (as root too: adds --allow-root; LAB_IP=..., LAB_ARGS=...)"
 	@echo "make notebooks        run every notebook at full size (slow)"
@@ -70,13 +71,25 @@ reproduce: setup
 	$(IFKIT) reproduce all --jobs 2
 	$(IFKIT) figures
 
-# Run notebooks with nbval, FAST=$(1); pytest exits 5 when it collects nothing, so an empty notebooks/ is skipped.
+# Run the tutorials (notebooks/NN_*.ipynb) with nbval, FAST=$(1); pytest exits 5 when it collects nothing, so an
+# empty notebooks/ is skipped.
 define run_notebooks
-	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		echo "IFKIT_FAST=$(1) $(NBVAL) notebooks/"; \
-		IFKIT_FAST=$(1) $(NBVAL) notebooks/; \
+	@if ls notebooks/[0-9][0-9]_*.ipynb >/dev/null 2>&1; then \
+		echo "IFKIT_FAST=$(1) $(NBVAL) notebooks/[0-9][0-9]_*.ipynb"; \
+		IFKIT_FAST=$(1) $(NBVAL) notebooks/[0-9][0-9]_*.ipynb; \
 	else \
 		echo "no notebooks in notebooks/"; \
+	fi
+endef
+
+# The same tutorials with every exercise filled in from notebooks/solutions/ (scripts/fill_solutions.py), FAST,
+# where every exercise check must pass (IFKIT_EXERCISES_STRICT=1). The solved copies are removed afterwards.
+define run_solutions
+	@$(PY) scripts/fill_solutions.py
+	@if ls notebooks/solved_*.ipynb >/dev/null 2>&1; then \
+		echo "IFKIT_FAST=1 IFKIT_EXERCISES_STRICT=1 $(NBVAL) notebooks/solved_*.ipynb"; \
+		IFKIT_FAST=1 IFKIT_EXERCISES_STRICT=1 $(NBVAL) notebooks/solved_*.ipynb; rc=$$?; \
+		$(PY) scripts/fill_solutions.py --clean; exit $$rc; \
 	fi
 endef
 
@@ -85,6 +98,7 @@ endef
 test: setup
 	$(PYTEST) -q tests/
 	$(call run_notebooks,1)
+	$(call run_solutions)
 	$(MAKE) --no-print-directory test-browser
 
 test-unit: setup
@@ -92,6 +106,9 @@ test-unit: setup
 
 test-notebooks: setup
 	$(call run_notebooks,1)
+
+test-solutions: setup
+	$(call run_solutions)
 
 notebooks: setup
 	$(call run_notebooks,0)

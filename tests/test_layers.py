@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "ifkit.cleaning": 5,  # ifkit.clean: checkpoint choice + the trust report + flags + relabels
     "ifkit": 5,  # the package's __init__: lazy re-exports of the api, the trust report and clean
     "ifkit.experiments": 6,  # each returns a tidy DataFrame: no plotting
+    "ifkit.exercises": 6,  # the tutorials' checked exercises: oracles from the library, answers in words
     "ifkit.viz": 7,  # figures read results and the experiments' constants
     "ifkit.widgets": 8,
     "ifkit.bench": 9,
