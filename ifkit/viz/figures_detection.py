@@ -161,9 +161,10 @@ def fig3_flat_finetuning(dynamics: pd.DataFrame) -> Figure:
     Left: detection AUC of classic influence (``if-cg``) computed AT the fine-tuned model theta_t, and of VM/FVM
     with t fine-tuning steps, against t (the dotted line: validation accuracy of theta_t, right axis). Middle:
     the median |score| of the clean points relative to step 0 (``clean_abs_median``; ``clean_std`` when the
-    median is not recorded) -- the clean scores' collapse towards 0. Right: median |score| of the clean points
-    over that of the flipped points -- below 1, the clean points are squeezed towards 0 relative to the noisy
-    ones. Means over seeds; x axes symlog.
+    median is not recorded) -- the SCALE of each method's scores, which shrinks for every method as theta_t
+    nears the validation minimum, so by itself it shows no collapse. Right: median |score| of the clean points
+    over that of the flipped points -- below 1, and falling, the clean points' scores collapse towards 0
+    relative to the flipped ones (docs/PAPER.md, Sec. 4). Means over seeds; x axes symlog.
     """
     import seaborn as sns
 
@@ -213,9 +214,9 @@ def fig3_flat_finetuning(dynamics: pd.DataFrame) -> Figure:
         ax_a.set_title(f"{s}: finding the flipped labels ({part['seed'].nunique()} seed(s))", fontsize=9)
         ax_a.legend(fontsize=8, loc="center left")
         ax_s.set_ylabel("median |score| of clean points / step 0")
-        ax_s.set_title("the clean points' scores collapse towards 0", fontsize=9)
+        ax_s.set_title("clean points' median |score| vs step 0: shrinks for every method", fontsize=9)
         ax_r.set_ylabel("median |score|: clean / flipped")
-        ax_r.set_title("clean scores relative to the noisy ones", fontsize=9)
+        ax_r.set_title("clean vs flipped median |score|: the clean scores collapse towards 0", fontsize=9)
     fig.suptitle("Fig. 3: classic influence at the fine-tuned model vs VM/FVM along the fine-tuning on $S_{val}$",
                  fontsize=11)
     return fig
