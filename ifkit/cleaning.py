@@ -9,12 +9,12 @@ The pipeline (each step is a public call you can also make yourself):
    from this checkpoint 0.91-0.98, ahead of cleanlab's 0.66-0.97 on all four noise settings and every seed.
 2. **Diagnose.** ``ifkit.diagnose`` at that model: fine-tunes a copy on S_val to theta~, scores every training
    point there and says whether the scores can be trusted (``Cleaning.diagnosis``).
-3. **Flag.** The ``k`` highest scores, score(z) = g~_z^T (H~_val + damping I)^-1 g~_z (paper Sec. 4, Eq. 7).
+3. **Flag.** The ``k`` highest scores, score(z) = g~_z^T (H~_val + damping I)^-1 g~_z (docs/PAPER.md, Eq. 13).
 4. **Relabel.** For each flagged (x, y): the class c of lowest score of the candidate (x, c) at the same theta~
-   (the paper's relabeling, Sec. 5.2). At the memorising model this reproduces theta~'s own guess (relabel
-   accuracy 0.63-0.69 at 40% noise, RESULTS.md); at the chosen checkpoint it reached 0.817 / 0.849 (symmetric /
-   asymmetric), level with a network trained on the CLEAN labels of the other points (0.827 / 0.845, the bound
-   ``ifkit.experiments.relabel`` reports).
+   (the paper's relabeling, docs/PAPER.md, Eq. 17). At the memorising model this reproduces theta~'s own guess
+   (relabel accuracy 0.63-0.69 at 40% noise, RESULTS.md); at the chosen checkpoint it reached 0.817 / 0.849
+   (symmetric / asymmetric), level with a network trained on the CLEAN labels of the other points (0.827 / 0.845,
+   the bound ``ifkit.experiments.relabel`` reports).
 
 Cost: ``diagnose`` (one fine-tuning, the scores, two power iterations: 1-3 s on the 2,000-point detection setting,
 one core) + one forward pass on S_val per checkpoint + scoring k x n_classes candidates (about as much again).

@@ -1,7 +1,7 @@
 """``ifkit.diagnose``: the trust report to read before cleaning a dataset with VM / FVM scores.
 
 VM/FVM score a training point z at a validation minimum theta~ reached by fine-tuning a copy of the model on the
-clean validation set S_val (paper Sec. 3-4):
+clean validation set S_val (docs/PAPER.md, Eq. 10 and 13):
 
     score(z) = g~_z^T (H~_val + damping I)^-1 g~_z            higher = more likely mislabelled
 
@@ -9,13 +9,13 @@ The derivation assumes three things this module MEASURES rather than guesses:
 
 1. theta~ is a validation minimum (the first-order term g~_val^T d theta vanishes): the mean validation gradient
    and loss must fall during the fine-tuning;
-2. the validation risk is flat around theta~ (the paper's Theorem 3.2: wrong signs are rare when
-   R_val^rho(theta~) is small): one-step SAM sharpness and the top Gauss-Newton eigenvalue on S_val;
+2. the validation risk is flat around theta~ (the paper's Theorem 3.2, docs/PAPER.md, Eq. 8: wrong signs are
+   rare when R_val^rho(theta~) is small): one-step SAM sharpness and the top Gauss-Newton eigenvalue on S_val;
 3. the model generalises: influence of a memorising model is measured where every noisy label is fitted, and on
    Fashion-MNIST that cost VM 7 AUC points against the early-stopped checkpoint (below).
 
 It also reports how much the scores add over the cheapest controls (the training loss and the gradient norm at
-theta~, Spearman correlations): NOTES.md Sec. 5 found those controls match VM at this scale.
+theta~, Spearman correlations): at this scale those controls match VM (docs/PAPER.md, Sec. 6.1).
 
 Memorisation, as defined here (both numbers are reported, the verdict uses the first):
 

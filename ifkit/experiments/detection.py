@@ -1,4 +1,4 @@
-"""Mislabel detection on real images (the paper's Sec. 5.1 / Table 1), with the baselines a practitioner tries first.
+"""Mislabel detection on real images (docs/PAPER.md, Sec. 6.1), with the baselines a practitioner tries first.
 
 ``ifkit reproduce detection`` writes ``results/detection.csv`` (one row per dataset, noise, rate, seed, method:
 auc, ap, recall_at_10pct, seconds, plus the state of the model) and ``results/detection_dynamics.csv`` (the
@@ -10,7 +10,7 @@ Protocol (per noise model, rate and seed):
    training set flipped (symmetric, asymmetric between confusable classes, or hard = the most likely wrong class
    of an out-of-fold logistic regression); a clean validation set S_val and the official test images.
 2. A tanh MLP trained with Adam long enough to memorise most flipped labels (``fit_flipped`` in the rows): the
-   regime where classic influence fails (NOTES.md Sec. 2).
+   regime where classic influence fails (docs/PAPER.md, Sec. 3).
 3. Every method scores every training point, higher = more likely mislabelled (``ifkit.score``), and we measure
    ROC AUC / AP / recall of the flips among the top 10% with sklearn (``ifkit.metrics``).
 

@@ -2,8 +2,8 @@
 
 GEX reads influence as the covariance of loss deviations under parameters sampled around theta* (the Laplace
 view of -g^T H^-1 g', without linearising the loss), and samples with a geometric ensemble: members fine-tuned
-from theta* on the training set. The paper's baseline (paper notes Sec. 4: "their GEX baseline needs an
-ensemble of 32"; Kim et al.'s released configuration uses 8 members and a cosine schedule, our default).
+from theta* on the training set. The paper's baseline (docs/PAPER.md, Sec. 7: the paper's GEX used an ensemble
+of 32; Kim et al.'s released configuration uses 8 members and a cosine schedule, our default).
 """
 
 from __future__ import annotations

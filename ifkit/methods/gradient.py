@@ -1,7 +1,7 @@
 """Methods without curvature: the training loss, gradient dot product and cosine, TracIn.
 
-Each replaces H^-1 in the classic influence -g_val^T H^-1 g_i by the identity (paper notes Sec. 1: "TracIn /
-gradient dot product replace H by the identity"), or needs no gradient at all (the loss).
+Each replaces H^-1 in the classic influence -g_val^T H^-1 g_i by the identity (docs/PAPER.md, Eq. 4: TracIn and
+the gradient dot product replace H by the identity), or needs no gradient at all (the loss).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Classic influence, one function per inverse-curvature solver, and self-influence.
 
-    score_i     = -g_val^T (H_tr + damping I)^-1 g_i        (Koh & Liang 2017; paper notes Sec. 1)
-    pairwise_qi = -g_q^T   (H_tr + damping I)^-1 g_i
+    score_i     = -g_val^T (H_tr + damping I)^-1 g_i        (Koh & Liang 2017; docs/PAPER.md, Eq. 4)
+    pairwise_qi = -g_q^T   (H_tr + damping I)^-1 g_i        (docs/PAPER.md, Eq. 6)
 
 One inverse-curvature product for the right-hand side(s) -- g_val (H symmetric), or the Q query gradients in
 one batch -- then one gradient pass for the dot products. The methods differ only in the solver
@@ -36,7 +36,7 @@ def influence_pairwise(eng: GradEngine, kind: str) -> Tensor:
 
 
 def if_exact_score(eng: GradEngine) -> Tensor:
-    """Classic influence with the exact Hessian (Cholesky): the oracle (paper notes Sec. 1, both steps exact in
+    """Classic influence with the exact Hessian (Cholesky): the oracle (docs/PAPER.md, Eq. 2-4, both steps exact in
     step 1). Cost O(p^3) + p HVPs for H + one gradient pass."""
     return influence_score(eng, eng.opt["curvature"] or "exact")
 

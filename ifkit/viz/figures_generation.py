@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from .figures import register
 from .palette import FLIPPED_COLOUR, HIT_COLOUR, METHOD_PALETTE, TASK_ORDER, method_order, palette
 
-PAPER_GENERATION = {  # paper/NOTES.md Sec. 4: (task, method) -> (AUC %, recall %), Llama-2-13B + LoRA
+PAPER_GENERATION = {  # docs/PAPER.md, Sec. 6.3: (task, method) -> (AUC %, recall %), Llama-2-13B + LoRA
     ("sentence", "vm"): (99.97, 99.1), ("sentence", "datainf"): (99.6, 96.2), ("sentence", "tracin"): (95.0, 71.0),
     ("math", "fvm"): (99.99, 99.4), ("math", "datainf"): (99.9, 97.4), ("math", "tracin"): (78.5, 26.6),
 }
