@@ -61,3 +61,120 @@ def test_relative_links_resolve(page):
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", path.read_text()):
         if "://" not in target:
             assert (path.parent / target).exists(), f"{page} links to {target}, which does not exist"
+
+
+# ------------------------------------------------------------- numbers in the detection and relabel sentences
+
+SETTINGS_40 = [("symmetric", 0.4), ("asymmetric", 0.4)]
+PAPER_CLASSIC = ["tracin", "if-lissa", "datainf"]  # the classic estimators the paper's detection table reports
+
+
+@pytest.fixture(scope="module")
+def detection() -> pd.DataFrame:
+    df = pd.read_csv(ROOT / "results" / "detection.csv")
+    return df[df.dataset == "fashion"]
+
+
+def _printed(aucs: pd.Series, method: str, setting) -> float:
+    return round(aucs[(method, *setting)], 3)  # the mean over seeds as the tables print it
+
+
+def _lead_points(aucs, rivals: list[str]) -> list[float]:
+    """VM's and FVM's lead over the best of ``rivals``, AUC points, from the printed means (as a reader would)."""
+    return [round(100 * (_printed(aucs, m, s) - max(_printed(aucs, r, s) for r in rivals)), 1)
+            for m in ("vm", "fvm") for s in SETTINGS_40]
+
+
+def _claims(aucs, detection) -> dict[str, tuple[str, ...]]:
+    """{regex with groups: the strings those groups must read}, each computed from results/*.csv."""
+    paired = detection.pivot_table(index=["noise", "rate", "seed"], columns="method", values="auc")
+    gap = (paired["vm-best-val"] - paired["cleanlab"])  # ifkit.clean minus cleanlab, paired by seed
+    gap_mean = gap.groupby(level=["noise", "rate"]).mean()
+    relabel = pd.read_csv(ROOT / "results" / "relabel.csv")
+    relabel = relabel[relabel.dataset == "fashion"].groupby(["method", "noise", "rate"])[
+        ["relabel_acc", "clean_bound"]].mean()
+    per_seed = detection.groupby(["noise", "rate", "seed"])[["test_acc", "early_test_acc"]].first()
+    per_setting = per_seed.groupby(level=["noise", "rate"]).mean()
+    both = [_printed(aucs, m, s) for m in ("vm", "fvm") for s in COLUMNS]
+    fvm_lead = [round(100 * (_printed(aucs, "fvm", s) - _printed(aucs, "vm", s)), 1) for s in COLUMNS]
+    lead = _lead_points(aucs, PAPER_CLASSIC)
+    lead_ekfac = _lead_points(aucs, ["ekfac"])
+    span = lambda xs, fmt: (fmt.format(min(xs)), fmt.format(max(xs)))  # noqa: E731
+    return {
+        r"VM/FVM are\s+([\d.]+)-([\d.]+) AUC points above the best of\s+TracIn, LiSSA and DataInf": span(lead, "{:.1f}"),
+        r"VM/FVM lead it by ([\d.]+)-([\d.]+) points": span(lead_ekfac, "{:.1f}"),
+        r"FVM is ahead of VM by ([\d.]+)-([\d.]+) points": span(fvm_lead, "{:.1f}"),
+        r"neither\s+VM nor FVM reaches the paper's (0\.95)[^(]*\(([\d.]+)-([\d.]+)\)":
+            ("0.95", *span(both, "{:.3f}")) if max(both) < 0.95 else ("VM/FVM reach 0.95",),
+        r"fits at least ([\d.]+)% of the\s+flipped labels": (f"{int(detection.fit_flipped.min() * 1000) / 10:.1f}",),
+        r"falls from ([\d.]+)-([\d.]+) at its best epoch to ([\d.]+)-([\d.]+)\)":
+            (*span(per_setting.early_test_acc, "{:.2f}"), *span(per_setting.test_acc, "{:.2f}")),
+        r"paired gap ([+-][\d.]+) / ([+-][\d.]+) / ([+-][\d.]+) / ([+-][\d.]+), smallest single seed ([+-][\d.]+)":
+            (*(f"{gap_mean[s]:+.3f}" for s in COLUMNS), f"{gap.min():+.3f}"),
+        r"relabels ([\d.]+) / ([\d.]+) of the flipped points it flags correctly \(40% symmetric / asymmetric; the "
+        r"memorising model's\s+VM ([\d.]+) / ([\d.]+)\), level with the ([\d.]+) / ([\d.]+)":
+            (*(f"{relabel.relabel_acc[('vm-best-val', *s)]:.3f}" for s in SETTINGS_40),
+             *(f"{relabel.relabel_acc[('vm', *s)]:.2f}" for s in SETTINGS_40),
+             *(f"{relabel.clean_bound[('vm-best-val', *s)]:.3f}" for s in SETTINGS_40)),
+        r"([\d,]+) training images with\s+injected noise, (\d+) clean validation images":
+            (f"{detection.n_train.unique().item():,}", f"{detection.n_val.unique().item()}"),
+        r"ROC AUC, mean over (\d+) seeds": (str(detection.seed.nunique()),),
+    }
+
+
+def test_detection_sentences_match_results_csv(aucs, detection):
+    """Every number in the detection/relabel sentences of README.md and RESULTS.md is recomputed from the CSVs."""
+    claims = _claims(aucs, detection)
+    found = set()
+    for page in ["README.md", "RESULTS.md"]:
+        text = (ROOT / page).read_text()
+        for pattern, expected in claims.items():
+            for match in re.finditer(pattern, text):
+                found.add(pattern)
+                assert match.groups() == expected, f"{page}: {match.group(0)!r} should read {expected}"
+    missing = [p for p in claims if p not in found]
+    assert not missing, f"sentences no longer found (reworded? update this test with them): {missing}"
+    # The qualitative claims beside those numbers.
+    assert all(_printed(aucs, "fvm", s) > _printed(aucs, "vm", s) for s in COLUMNS), "FVM ahead of VM everywhere"
+    paired = detection.pivot_table(index=["noise", "rate", "seed"], columns="method", values="auc")
+    assert (paired["vm-best-val"] > paired["cleanlab"]).all(), "ifkit.clean ahead of cleanlab on every seed"
+    readme = (ROOT / "README.md").read_text()
+    assert "FVM is ahead of VM on every setting" in readme and re.search(r"EK-FAC,\s+not in the paper's table", readme)
+
+
+def test_readme_detection_table_has_ekfac(aucs):
+    table = _detection_table((ROOT / "README.md").read_text())
+    assert "ekfac" in table and ("ekfac", "symmetric", 0.4) in aucs.index
+
+
+# ------------------------------------------------------------------------------------- the generation table
+
+def test_readme_generation_table_matches_results_csv():
+    """README's generation table: "AUC / recall" in percent, means over seeds, one decimal, from generation.csv."""
+    gen = pd.read_csv(ROOT / "results" / "generation.csv")
+    means = gen[gen["mode"] == "full"].groupby(["task", "variant", "method"])[["auc", "recall"]].mean() * 100
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| task | variant | graddot |"))
+    methods = [c.replace("*", "").lower() for c in _cells_of(lines[start])[2:-1]]
+    checked = 0
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        task, variant, *cells = _cells_of(line)
+        for method, cell in zip(methods, cells):
+            auc, recall = (float(v) for v in cell.split("/"))
+            expected = means.loc[(task, variant, method)].round(1)
+            assert (auc, recall) == (expected.auc, expected.recall), (task, variant, method, cell)
+            checked += 1
+    assert checked == 6 * 7, checked
+    # "for text TracIn leads (AUC 88 sentence, 79 math), ..., with DataInf, LiSSA, graddot and VM/FVM at 70-76"
+    text = " ".join(lines)
+    tracin = [f"{means.auc[(t, 'harder', 'tracin')]:.0f}" for t in ("sentence", "math")]
+    assert f"TracIn leads (AUC {tracin[0]} sentence, {tracin[1]} math)" in text
+    rest = [means.auc[(t, "harder", m)] for t in ("sentence", "math")
+            for m in ("datainf", "if-lissa", "graddot", "vm", "fvm")]
+    assert f"VM/FVM at {min(rest):.0f}-{max(rest):.0f}" in text
+
+
+def _cells_of(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
