@@ -63,6 +63,85 @@ def test_relative_links_resolve(page):
             assert (path.parent / target).exists(), f"{page} links to {target}, which does not exist"
 
 
+# ------------------------------------------------------------------ notebook run times and what FAST changes
+
+def _time_notebooks():
+    """scripts/time_notebooks.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("time_notebooks", ROOT / "scripts" / "time_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TUTORIALS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+TABLE_PAGES = ["README.md", "notebooks/README.md"]
+
+
+def test_notebook_times_csv_is_well_formed():
+    tn = _time_notebooks()
+    df = pd.read_csv(ROOT / "results" / "notebook_times.csv")
+    assert list(df.columns) == list(tn.COLUMNS)
+    assert set(df["mode"]) <= {"fast", "full"} and not df.duplicated(["notebook", "mode"]).any()
+    assert (df["seconds"] > 0).all() and (df["cores"] >= 1).all() and (df["load_avg"] >= 0).all()
+    assert pd.to_datetime(df["date"], format="%Y-%m-%d").notna().all()
+    missing = sorted(set(TUTORIALS) - set(df.loc[df["mode"] == "fast", "notebook"]))
+    assert not missing, f"no FAST time for {missing}: run `.venv/bin/python scripts/time_notebooks.py {missing[0][:2]}`"
+
+
+@pytest.mark.parametrize("page", TABLE_PAGES)
+def test_notebook_tables_are_generated_from_csv_and_first_cells(page):
+    """Run times come from results/notebook_times.csv, "FAST / full size" from each notebook's first code cell."""
+    tn = _time_notebooks()
+    text = (ROOT / page).read_text()
+    rows = tn.read_rows()
+    assert tn.update_text(text, rows) == text, (
+        f"{page}'s notebook table is out of step with results/notebook_times.csv or the notebooks' first code cells: "
+        "run `.venv/bin/python scripts/time_notebooks.py --docs-only` (or without --docs-only to measure again)")
+    table_rows = [ln for ln in text.splitlines() if ln.startswith("| `") and tn.NOTEBOOK.search(ln.split("|")[1])]
+    listed = [tn.NOTEBOOK.search(ln.split("|")[1]).group(0) for ln in table_rows]
+    assert listed == TUTORIALS, f"{page} must list every tutorial once, in order"
+    assert tn.TIME_HEADER in text and tn.MARKER in text
+    assert not re.search(r"FAST ~ ?\d", text), f"{page} has a hand-copied FAST time; the table column is generated"
+
+
+def test_notebook_table_generation_catches_a_stale_time():
+    tn = _time_notebooks()
+    rows = tn.read_rows()
+    text = (ROOT / "README.md").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `00_quickstart.ipynb`"))
+    stale = text.replace(row, row.rsplit("|", 2)[0] + "| 999 s |")
+    assert stale != text and tn.update_text(stale, rows) == text
+    busy = [dict(r, load_avg="9.0", cores="2") for r in rows]
+    assert "while the machine ran other jobs" in tn.caption(busy)
+    quiet = [dict(r, load_avg="0.5", cores="2") for r in rows]
+    assert "quiet machine" in tn.caption(quiet)
+    assert tn.duration(42.4) == "42 s" and tn.duration(150) == "2.5 min"
+
+
+def test_make_lab_passes_ifkit_fast_to_jupyter(tmp_path):
+    """`IFKIT_FAST=1 make lab` and `make lab IFKIT_FAST=1`: Jupyter (hence its kernels) sees IFKIT_FAST=1."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    fake = tmp_path / "bin" / "jupyter"  # stands in for .venv/bin/jupyter: prints what it was given
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "jupyter $* IFKIT_FAST=${IFKIT_FAST-unset}"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("IFKIT_FAST", "MAKEFLAGS", "MFLAGS")}
+    make = ["make", "-s", "-C", str(ROOT), "-o", "setup", "lab", f"VENV={tmp_path}"]  # -o setup: install nothing
+    for extra_env, extra_args, expected in [({"IFKIT_FAST": "1"}, [], "IFKIT_FAST=1"), ({}, ["IFKIT_FAST=1"], "IFKIT_FAST=1"),
+                                            ({}, [], "IFKIT_FAST=unset")]:
+        done = subprocess.run(make + extra_args, env={**env, **extra_env}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "jupyter lab --ip=127.0.0.1" in done.stdout and expected in done.stdout, done.stdout
+        assert ("notebooks run in FAST mode" in done.stdout) == (expected == "IFKIT_FAST=1"), done.stdout
+
+
 # ------------------------------------------------------------- numbers in the detection and relabel sentences
 
 SETTINGS_40 = [("symmetric", 0.4), ("asymmetric", 0.4)]
