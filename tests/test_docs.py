@@ -257,3 +257,7 @@ def test_readme_generation_table_matches_results_csv():
 
 def _cells_of(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_notebooks_readme_links_resolve():
+    test_relative_links_resolve("notebooks/README.md")
