@@ -5,7 +5,7 @@ times that README.md and notebooks/README.md show.
     .venv/bin/python scripts/time_notebooks.py               # every notebook in FAST mode, then update the docs
     .venv/bin/python scripts/time_notebooks.py 00 05         # only these notebooks (the other rows are kept)
     .venv/bin/python scripts/time_notebooks.py --full        # full size (IFKIT_FAST=0): slow, a row per mode
-    .venv/bin/python scripts/time_notebooks.py --docs-only   # rewrite the docs' time columns from the CSV
+    .venv/bin/python scripts/time_notebooks.py --docs-only   # rewrite the docs' generated columns, measure nothing
 
 Each notebook runs alone, in a fresh process, under nbval exactly as `make test-notebooks` runs it
 (`IFKIT_FAST=1 MPLBACKEND=Agg python -m pytest -q --nbval-lax --nbval-current-env notebooks/NN_x.ipynb`), so a
@@ -17,8 +17,7 @@ In the docs, every markdown table with a "FAST run time" column gets that cell r
 notebook, and the line after `<!-- notebook-times -->` is rewritten with how and when the times were measured.
 A "FAST / full size" column gets what FAST changes in that notebook, read from its first code cell (run once with
 IFKIT_FAST=1 and once with IFKIT_FAST=0). tests/test_docs.py fails when the docs, the CSV and the notebooks
-disagree. Standard library only (pytest + nbval come from
-the interpreter that runs this script: the project's .venv).
+disagree. Standard library only (pytest + nbval come from the interpreter that runs this script: the .venv).
 """
 
 from __future__ import annotations
