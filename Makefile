@@ -113,8 +113,11 @@ test-solutions: setup
 notebooks: setup
 	$(call run_notebooks,0)
 
-# JupyterLab refuses to start as root without --allow-root: add it only then.
+# JupyterLab refuses to start as root without --allow-root: add it only then. Its kernels inherit this environment,
+# so `IFKIT_FAST=1 make lab` (or `make lab IFKIT_FAST=1`) runs every notebook in FAST mode (tests/test_docs.py).
 lab: setup
+	@if [ "$${IFKIT_FAST-0}" != 0 ]; then echo "IFKIT_FAST=$$IFKIT_FAST: notebooks run in FAST mode (small sizes)"; \
+	else echo "IFKIT_FAST is off: notebooks run at full size (IFKIT_FAST=1 make lab for FAST mode)"; fi
 	$(VENV)/bin/jupyter lab --ip=$(LAB_IP) $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 $(BROWSER_STAMP): $(STAMP) pyproject.toml constraints.txt

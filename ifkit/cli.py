@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=experiments_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("experiment", metavar="EXPERIMENT",
                      help='a registered experiment name, several separated by commas, or "all"')
-    rep.add_argument("--fast", action="store_true", help="small sizes for CI (also set by IFKIT_FAST=1)")
+    rep.add_argument("--fast", action="store_true", help="small CI sizes; 8x8 digits, not Fashion-MNIST (also IFKIT_FAST=1)")
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 1 fast, 3 full)")
     rep.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results/)")
     rep.add_argument("--jobs", type=int, default=1,
