@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 from torch import Tensor
 
 from .palette import NOISE_ORDER
@@ -50,6 +51,22 @@ def facets(n: int, ncols: int, width: float, height: float) -> tuple[Figure, np.
     return fig, axes
 
 
+def readable_ticks(ax, which: str = "both", max_ticks: int = 5) -> None:
+    """Short tick labels on ``ax``'s x, y or both axes, so that narrow panels never run them into each other.
+
+    At most ``max_ticks`` ticks per axis, and values of 10^4 or more (or below 10^-3) written with one shared power
+    of ten at the end of the axis ("-1.0 ... 1.0" and "1e5") instead of "-100000 -50000 ...": DataInf's scores on
+    notebook 05's digits span +-1e5, and six-digit labels overlapped in a quarter-width histogram panel.
+    """
+    if which not in ("x", "y", "both"):
+        raise ValueError(f"which={which!r}: use 'x', 'y' or 'both'")
+    for axis in [a for name, a in (("x", ax.xaxis), ("y", ax.yaxis)) if which in (name, "both")]:
+        axis.set_major_locator(MaxNLocator(nbins=max_ticks))
+        formatter = ScalarFormatter()
+        formatter.set_powerlimits((-3, 4))
+        axis.set_major_formatter(formatter)
+
+
 def note_figure(title: str, note: str) -> Figure:
     """What a figure producer returns when its rows are not there yet (a partial results file)."""
     fig = Figure(figsize=(6, 2), layout="constrained")
@@ -81,4 +98,4 @@ def with_settings(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 __all__ = ["STYLE", "ArrayLike", "as_numpy", "facets", "grid_shape", "note_figure", "one_run", "pearson",
-           "sign_agreement", "with_settings"]
+           "readable_ticks", "sign_agreement", "with_settings"]
