@@ -207,7 +207,7 @@ def test_checkpoint_report_diagnoses_each_checkpoint_once(tiny_mlp):
 # ------------------------------------------------------------------------------------------------ readability
 def _crowded_tick_labels(fig: Figure, min_gap_em: float = 0.3) -> list[str]:
     """Neighbouring tick labels (of ticks inside the view) closer than ``min_gap_em`` of their font size, or
-    overlapping, on any axis of ``fig``."""
+    overlapping, on any axis of ``fig``; and an axis label drawn over a tick label or the axis' offset text."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -223,6 +223,11 @@ def _crowded_tick_labels(fig: Figure, min_gap_em: float = 0.3) -> list[str]:
                 gap = getattr(bb, lo_edge) - getattr(ba, hi_edge)
                 if gap < min_gap_em * a.get_fontsize() * fig.dpi / 72:
                     clashes.append(f"{ax.get_title()!r}: {a.get_text()!r} / {b.get_text()!r} ({gap:.1f} px apart)")
+            label = axis.label.get_window_extent(renderer)
+            offset = axis.get_offset_text()
+            for t in shown + ([offset] if offset.get_visible() and offset.get_text() else []):
+                if label.overlaps(t.get_window_extent(renderer)):
+                    clashes.append(f"{ax.get_title()!r}: the axis label runs into {t.get_text()!r}")
     return clashes
 
 
@@ -235,13 +240,15 @@ def wide_scores(detection):
 
 
 def test_score_histograms_have_readable_tick_labels(wide_scores):
-    """Notebook 05's histogram panel (plot_score_distributions, four panels a row): large scores get a shared power
-    of ten at the axis end instead of six-digit labels that run into each other."""
+    """Notebook 05's histogram panel (plot_score_distributions, four panels a row): large scores are written in
+    units of a power of ten named in the axis label, instead of six-digit labels that run into each other."""
     scores, flipped = wide_scores
     fig = viz.plot_score_distributions(scores, flipped)
     assert _crowded_tick_labels(fig) == []
     labels = [t.get_text() for t in fig.axes[0].xaxis.get_ticklabels()]
     assert max(len(t) for t in labels) <= 5, labels
+    assert fig.axes[0].get_xlabel().endswith("($\\times 10^{5}$)")            # the unit of the ticks, said once
+    assert fig.axes[2].get_xlabel().endswith("($\\times 10^{4}$)") and "10^" not in fig.axes[1].get_xlabel()
 
 
 @pytest.mark.parametrize("method", ["datainf", "vm"])
