@@ -202,3 +202,80 @@ def test_checkpoint_report_diagnoses_each_checkpoint_once(tiny_mlp):
     assert (slider.min, slider.max, slider.value) == (0, 1, 1)
     with pytest.raises(ValueError, match="n_checkpoints"):
         widgets.checkpoint_diagnoses(model, train, val, [])
+
+
+# ------------------------------------------------------------------------------------------------ readability
+def _crowded_tick_labels(fig: Figure, min_gap_em: float = 0.3) -> list[str]:
+    """Neighbouring tick labels (of ticks inside the view) closer than ``min_gap_em`` of their font size, or
+    overlapping, on any axis of ``fig``; and an axis label drawn over a tick label or the axis' offset text."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    clashes = []
+    for ax in fig.axes:
+        for axis, lo_edge, hi_edge in ((ax.xaxis, "x0", "x1"), (ax.yaxis, "y0", "y1")):
+            lo, hi = sorted(axis.get_view_interval())
+            shown = [t for t, at in zip(axis.get_ticklabels(), axis.get_majorticklocs())
+                     if lo <= at <= hi and t.get_visible() and t.get_text()]
+            for a, b in zip(shown, shown[1:]):
+                ba, bb = a.get_window_extent(renderer), b.get_window_extent(renderer)
+                gap = getattr(bb, lo_edge) - getattr(ba, hi_edge)
+                if gap < min_gap_em * a.get_fontsize() * fig.dpi / 72:
+                    clashes.append(f"{ax.get_title()!r}: {a.get_text()!r} / {b.get_text()!r} ({gap:.1f} px apart)")
+            label = axis.label.get_window_extent(renderer)
+            offset = axis.get_offset_text()
+            for t in shown + ([offset] if offset.get_visible() and offset.get_text() else []):
+                if label.overlaps(t.get_window_extent(renderer)):
+                    clashes.append(f"{ax.get_title()!r}: the axis label runs into {t.get_text()!r}")
+    return clashes
+
+
+@pytest.fixture
+def wide_scores(detection):
+    """Scores spanning -1.2e5..1.2e5 (DataInf's on notebook 05's digits), 0..2e4 (VM's), 0..0.05 (TracIn's)."""
+    *_, by_method, flipped = detection
+    u = (by_method["vm"] - by_method["vm"].min()) / (by_method["vm"].max() - by_method["vm"].min())  # (n,) in [0, 1]
+    return {"datainf": 123_456.7 * (2 * u - 1), "tracin": 0.05 * u, "vm": 20_000 * u**4, "cleanlab": u}, flipped
+
+
+def test_score_histograms_have_readable_tick_labels(wide_scores):
+    """Notebook 05's histogram panel (plot_score_distributions, four panels a row): large scores are written in
+    units of a power of ten named in the axis label, instead of six-digit labels that run into each other."""
+    scores, flipped = wide_scores
+    fig = viz.plot_score_distributions(scores, flipped)
+    assert _crowded_tick_labels(fig) == []
+    labels = [t.get_text() for t in fig.axes[0].xaxis.get_ticklabels()]
+    assert max(len(t) for t in labels) <= 5, labels
+    assert fig.axes[0].get_xlabel().endswith("($\\times 10^{5}$)")            # the unit of the ticks, said once
+    assert fig.axes[2].get_xlabel().endswith("($\\times 10^{4}$)") and "10^" not in fig.axes[1].get_xlabel()
+
+
+@pytest.mark.parametrize("method", ["datainf", "vm"])
+def test_detection_setting_histogram_has_readable_tick_labels(detection, wide_scores, method):
+    images, given, clean, *_ = detection
+    scores, flipped = wide_scores
+    result = dict(dataset="fashion", noise="hard", rate=0.4, method=method, seed=0, scores=scores, flipped=flipped,
+                  state=dict(fit_flipped=1.0, test_acc=0.7), images=images, given=given, clean=clean,
+                  classes=[str(c) for c in range(10)])
+    assert _crowded_tick_labels(viz.plot_detection_setting(result, k=4)) == []
+
+
+@pytest.mark.parametrize("method, others, expected", [
+    ("vm", ["loss"], "ROC of vm against loss (the training loss at theta*)"),
+    ("loss", [], "ROC of loss (the training loss at theta*)"),
+    ("loss-early", ["loss"], "ROC of loss-early against loss (the training loss at theta*)"),
+    ("fvm", ["loss", "if-cg"], "ROC of fvm against loss (the training loss at theta*), if-cg"),
+])
+def test_detection_setting_roc_title_names_the_methods_drawn(detection, method, others, expected):
+    """The ROC's title names the method and what it is compared with -- never "loss vs the training loss"."""
+    images, given, clean, scores, flipped = detection
+    drawn = [method, *others]
+    result = dict(dataset="digits", noise="symmetric", rate=0.25, method=method, seed=0,
+                  scores={m: scores[["vm", "if-cg", "loss@theta~"][i % 3]] for i, m in enumerate(drawn)},
+                  flipped=flipped, state=dict(fit_flipped=0.98, test_acc=0.71), images=images, given=given,
+                  clean=clean, classes=[str(c) for c in range(10)])
+    fig = viz.plot_detection_setting(result, k=3)
+    (roc,) = [ax for ax in fig.axes if ax.get_xlabel().startswith("false positive")]
+    assert roc.get_title() == expected
+    assert len(roc.get_lines()) == len(drawn) + 1

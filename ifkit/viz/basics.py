@@ -22,7 +22,7 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
-from .common import STYLE, ArrayLike, as_numpy, facets, grid_shape, pearson, sign_agreement
+from .common import STYLE, ArrayLike, as_numpy, facets, grid_shape, pearson, readable_ticks, sign_agreement
 from .palette import CLEAN_COLOUR, FLIPPED_COLOUR, palette
 
 
@@ -112,6 +112,7 @@ def plot_score_distributions(
         ax.set_xlabel("score (higher = more harmful)")
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
+        readable_ticks(ax, "x")  # the scores; densities stack vertically and never clash
     for ax in axes[len(scores):]:
         fig.delaxes(ax)
     fig.suptitle("Score distributions: flipped vs clean training points")

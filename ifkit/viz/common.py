@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from torch import Tensor
 
 from .palette import NOISE_ORDER
@@ -50,6 +51,30 @@ def facets(n: int, ncols: int, width: float, height: float) -> tuple[Figure, np.
     return fig, axes
 
 
+def readable_ticks(ax, which: str = "both", max_ticks: int = 5) -> None:
+    """Short tick labels on ``ax``'s x, y or both axes, so that narrow panels never run them into each other.
+
+    At most ``max_ticks`` ticks per axis; when the axis reaches 10^4 or more (or stays below 10^-3), the ticks are
+    written in units of that power of ten and the axis label says so ("-1 -0.5 0 0.5 1" and "score (x10^5)")
+    instead of "-100000 -50000 ...": DataInf's scores on notebook 05's digits span +-1e5, and six-digit labels
+    overlapped in a quarter-width histogram panel (matplotlib's own offset text, "1e5" under the last tick, ran
+    into the axis label there). Call it after the plot is drawn and labelled: it reads the axis limits.
+    """
+    if which not in ("x", "y", "both"):
+        raise ValueError(f"which={which!r}: use 'x', 'y' or 'both'")
+    for name, axis, limits in (("x", ax.xaxis, ax.get_xlim()), ("y", ax.yaxis, ax.get_ylim())):
+        if which not in (name, "both"):
+            continue
+        axis.set_major_locator(MaxNLocator(nbins=max_ticks))
+        big = max(abs(limits[0]), abs(limits[1]))
+        power = math.floor(math.log10(big)) if big > 0 and math.isfinite(big) else 0
+        if not -3 < power < 4:
+            unit = 10.0**power
+            axis.set_major_formatter(FuncFormatter(lambda v, _, unit=unit: f"{v / unit + 0.0:.6g}".replace("-", "\u2212")))
+            label = axis.get_label_text()
+            axis.set_label_text(f"{label} ($\\times 10^{{{power}}}$)" if label else f"$\\times 10^{{{power}}}$")
+
+
 def note_figure(title: str, note: str) -> Figure:
     """What a figure producer returns when its rows are not there yet (a partial results file)."""
     fig = Figure(figsize=(6, 2), layout="constrained")
@@ -81,4 +106,4 @@ def with_settings(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 __all__ = ["STYLE", "ArrayLike", "as_numpy", "facets", "grid_shape", "note_figure", "one_run", "pearson",
-           "sign_agreement", "with_settings"]
+           "readable_ticks", "sign_agreement", "with_settings"]

@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .common import STYLE, ArrayLike, as_numpy, grid_shape
+from .common import STYLE, ArrayLike, as_numpy, grid_shape, readable_ticks
 from .palette import CLEAN_COLOUR, FLIPPED_COLOUR, HIT_COLOUR, detection_colour, is_control
 
 
@@ -205,12 +205,25 @@ def plot_hurt_queries(
 
 
 
+REFERENCE_NAMES = {"loss": "the training loss at theta*"}  # what the dashboard's reference curve is
+
+
+def roc_title(method: str, scores: Mapping[str, ArrayLike]) -> str:
+    """The dashboard ROC's title, e.g. "ROC of vm against loss (the training loss at theta*)": the method, then
+    every other curve drawn, each reference explained -- no comparison when the method is the only curve (the
+    loss itself), so the title never reads "loss vs the training loss"."""
+    name = lambda m: f"{m} ({REFERENCE_NAMES[m]})" if m in REFERENCE_NAMES else m  # noqa: E731
+    others = [name(m) for m in scores if m != method]
+    return f"ROC of {name(method)}" + (f" against {', '.join(others)}" if others else "")
+
+
 def plot_detection_setting(result: Mapping, k: int = 8) -> Figure:
     """One detection setting at a glance, drawn from ``ifkit.experiments.detection.explore``'s result.
 
     Top: the histograms of ``result["method"]``'s scores for flipped vs clean training points, and its ROC
     against every other score in ``result["scores"]`` (``explore`` adds the training loss at theta*, the simplest
-    reference). Bottom: the ``k`` most suspicious training images with their given and clean labels.
+    reference; the title names them, ``roc_title``). Bottom: the ``k`` most suspicious training images with their
+    given and clean labels.
 
     Args:
         result: a dict with ``dataset``, ``noise``, ``rate``, ``method``, ``scores`` ({method: (n,) scores},
@@ -238,9 +251,10 @@ def plot_detection_setting(result: Mapping, k: int = 8) -> Figure:
     sns.histplot(sc[f], bins=edges, ax=ax_h, color=FLIPPED_COLOUR, label="flipped", stat="density", alpha=0.5)
     ax_h.set_xlabel(f"{method} score (higher = more suspicious)")
     ax_h.legend(fontsize=8)
+    readable_ticks(ax_h, "x")  # the scores; densities stack vertically and never clash
     ax_h.set_title(f"{result['dataset']}, {result['noise']} {result['rate']:.0%}: network fits "
                    f"{state['fit_flipped']:.0%} of the flips, test acc {state['test_acc']:.2f}", fontsize=9)
-    plot_roc(scores, flipped, ax=ax_r, title=f"{method} vs the training loss at theta*")
+    plot_roc(scores, flipped, ax=ax_r, title=roc_title(method, scores))
     order = np.argsort(-sc, kind="stable")[:k]  # (k,) most suspicious first
     axes = np.atleast_1d(bottom.subplots(1, k))
     X = as_numpy(result["images"])
@@ -256,4 +270,5 @@ def plot_detection_setting(result: Mapping, k: int = 8) -> Figure:
     return fig
 
 
-__all__ = ["plot_detection_setting", "plot_hurt_queries", "plot_noise_models", "plot_roc", "plot_suggested_labels"]
+__all__ = ["plot_detection_setting", "plot_hurt_queries", "plot_noise_models", "plot_roc", "plot_suggested_labels",
+           "roc_title"]
