@@ -97,3 +97,12 @@ def test_relabel_explorer_slides_over_the_flags(flags):
     assert (slider.min, slider.max, slider.value) == (0, 5, 2)
     with pytest.raises(ValueError, match="out of range"):
         widgets.relabel_explorer(images, scores, given, clean, index=9)
+
+
+def test_positive_scores_spanning_decades_use_a_log_axis(flags):
+    images, scores, given, clean = flags
+    vm_like = torch.full((6, 10), 1.5e4)
+    vm_like[0, 0] = 7.0  # as notebook 06 shows: the chosen label scores 7, the others ~10^4
+    fig = plot_relabel_candidates(images, vm_like, given, clean)
+    assert fig.axes[1].get_yscale() == "log" and "log scale" in fig.axes[1].get_ylabel()
+    assert plot_relabel_candidates(images, scores - 1.5, given, clean).axes[1].get_yscale() == "linear"

@@ -13,6 +13,7 @@ from .common import ArrayLike, as_numpy
 from .palette import CLEAN_COLOUR, FLIPPED_COLOUR, HIT_COLOUR
 
 OTHER_COLOUR = "#c7c7c7"  # bars of the candidates the rule did not pick
+LOG_RATIO = 100.0  # positive scores spanning more than this factor are drawn on a log axis
 
 
 def _square(image: np.ndarray) -> np.ndarray:
@@ -36,7 +37,8 @@ def plot_relabel_candidates(images: ArrayLike, candidate_scores: ArrayLike, give
 
     The new label is the argmin over candidates c of the score of (x, c) (higher = more harmful; Eq. 17). Its bar
     is green when it is the clean label, red when it is not; the other bars are grey. Under the bars, the given
-    label is marked "given" and the clean one "clean". The image's title is red for a flipped point (given !=
+    label is marked "given" and the clean one "clean"; positive scores spanning more than a factor LOG_RATIO (VM's,
+    Eq. 13, often do) are drawn on a log axis. The image's title is red for a flipped point (given !=
     clean) and grey for a false alarm (the given label was already right, so keeping it is the right answer).
 
     Args:
@@ -80,14 +82,21 @@ def plot_relabel_candidates(images: ArrayLike, candidate_scores: ArrayLike, give
     colours = [OTHER_COLOUR] * C
     colours[new] = HIT_COLOUR if right else FLIPPED_COLOUR
     ax_bar.bar(np.arange(C), S[index], color=colours, edgecolor="black", linewidth=0.4)
-    ax_bar.axhline(0, color="black", linewidth=0.6)
+    row = S[index]
+    log = bool((row > 0).all() and row.max() > LOG_RATIO * row.min())
+    if log:  # VM's scores are positive and span decades: on a linear axis the chosen bar would be invisible
+        ax_bar.set_yscale("log")
+        ax_bar.set_ylim(bottom=row.min() / 3)  # the lowest bar, the chosen one, stays visible
+    else:
+        ax_bar.axhline(0, color="black", linewidth=0.6)
     marks = {j: [] for j in range(C)}
     marks[y_given].append("given")
     marks[y_clean].append("clean")
     ax_bar.set_xticks(np.arange(C), [name(j) + "".join(f"\n{m}" for m in marks[j]) for j in range(C)], fontsize=8)
     for j in (y_given, y_clean):
         ax_bar.get_xticklabels()[j].set_weight("bold")
-    ax_bar.set_ylabel(f"{method} score of (x, c)\n(higher = more harmful)", fontsize=8)
+    ax_bar.set_ylabel(f"{method} score of (x, c)\n(higher = more harmful{', log scale' if log else ''})",
+                      fontsize=8)
     ax_bar.set_title(f"new label = argmin = {name(new)}: " + ("the clean label" if right else
                      f"wrong (clean: {name(y_clean)})"), fontsize=9, color=HIT_COLOUR if right else FLIPPED_COLOUR)
     return fig
