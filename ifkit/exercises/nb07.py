@@ -26,7 +26,8 @@ def _query(seed: int, n: int, n_same: int) -> tuple[Tensor, Tensor]:
 
 
 def _auc(row: Tensor, same: Tensor) -> float:
-    from sklearn.metrics import roc_auc_score  # here, not at import: ifkit.exercises loads every notebook's module
+    # imported here, not at the top: importing ifkit.exercises loads every notebook's module
+    from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(same.numpy(), (-row).numpy()))  # rank by -I: most helpful first (Eq. 19)
 
