@@ -6,6 +6,8 @@ Each dashboard composes one experiment function (which trains and scores) with o
     from ifkit.widgets import detection_dashboard
     detection_dashboard(noise="symmetric", rate=0.3, n_train=400, n_val=150, epochs=300)
 
+``relabel_explorer`` is the other kind: a slider over arrays the notebook already computed (no retraining).
+
 ``ipywidgets`` (the ``notebooks`` extra) is needed only by the ``*_dashboard`` builders, not by the plot
 functions.
 """
@@ -20,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ifkit.viz.detection import plot_detection_setting
+from ifkit.viz.relabel import plot_relabel_candidates
 
 
 def plot_detection_dashboard(
@@ -88,6 +91,30 @@ def detection_dashboard(
                     seed=fixed(seed), n_train=fixed(n_train), n_val=fixed(n_val), epochs=fixed(epochs), k=fixed(k))
 
 
+def relabel_explorer(images, candidate_scores, given, clean, classes: Sequence[str] | None = None,
+                     method: str = "vm", index: int = 0):
+    """``interact(ifkit.viz.plot_relabel_candidates, ...)`` with a slider over the flagged points: the image, its
+    given and clean label, and the bar chart of its candidate scores with the chosen label (the argmin,
+    docs/PAPER.md Eq. 17) highlighted. Everything is precomputed, so moving the slider only redraws.
+
+    Args:
+        images: (k, ...) images of the flagged points; candidate_scores: (k, C) the score of each with each label
+            (e.g. ``ifkit.score(method, ..., candidates=...)`` reshaped to (k, C)); given, clean: (k,) labels.
+        classes, method: names for the plot; index: the flagged point shown first.
+
+    Returns:
+        What ``ipywidgets.interact`` returns (the decorated function, with its widget).
+    """
+    from ipywidgets import IntSlider, fixed, interact
+
+    k = len(candidate_scores)
+    if not 0 <= index < k:
+        raise ValueError(f"index={index} is out of range [0, {k}): there are {k} flagged points")
+    return interact(plot_relabel_candidates, images=fixed(images), candidate_scores=fixed(candidate_scores),
+                    given=fixed(given), clean=fixed(clean), classes=fixed(classes), method=fixed(method),
+                    index=IntSlider(value=index, min=0, max=k - 1, description="flagged point"))
+
+
 def checkpoint_diagnoses(model: torch.nn.Module, train, val, checkpoints: Sequence, method: str = "fvm",
                          **options: Any) -> Callable[[int], Any]:
     """index -> ``ifkit.diagnose`` of ``model`` with checkpoint ``index`` loaded (state_dicts or (state_dict, lr)
@@ -127,4 +154,5 @@ def checkpoint_report(model: torch.nn.Module, train, val, checkpoints: Sequence,
                     checkpoint=IntSlider(value=last, min=0, max=last, description="checkpoint"))
 
 
-__all__ = ["checkpoint_diagnoses", "checkpoint_report", "detection_dashboard", "plot_detection_dashboard"]
+__all__ = ["checkpoint_diagnoses", "checkpoint_report", "detection_dashboard", "plot_detection_dashboard",
+           "relabel_explorer"]

@@ -77,7 +77,7 @@ def generation_auc(generation: pd.DataFrame) -> Figure:
         ax.tick_params(axis="x", labelsize=8)
     if axes[-1].get_legend() is not None:
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, title="method")
-    seeds = df.groupby("task")["seed"].nunique().to_dict()
+    seeds = ", ".join(f"{task} {n}" for task, n in df.groupby("task")["seed"].nunique().items())
     fig.suptitle("Which training examples help a query? Same-class training points ranked first "
                  f"(seeds per task: {seeds}; black ticks: the paper)", fontsize=10)
     return fig

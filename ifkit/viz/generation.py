@@ -3,6 +3,7 @@ training examples, as text or as images."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -24,12 +25,22 @@ def select_method(pairwise, method: str | None) -> tuple[np.ndarray, str | None]
         raise ValueError(f"no pairwise scores for method {method!r}; available: {list(pairwise)}")
     return as_numpy(pairwise[method]), method
 
+TEXT_WIDTH = 9.0  # inches: the text figure's width; lines wrap to fit it
+
+
+def _wrapped(text: str, width: int, indent: str) -> str:
+    """``text`` wrapped at ``width`` characters, continuation lines indented (long prompts stay readable)."""
+    return "\n".join(textwrap.wrap(text, width=width, subsequent_indent=indent, break_on_hyphens=False)) or " "
+
+
 def plot_top_examples(pairwise: Mapping[str, ArrayLike] | ArrayLike, query_texts: Sequence[str],
                       train_texts: Sequence[str], cls_train: ArrayLike, cls_query: ArrayLike, query: int = 0,
-                      method: str | None = None, k: int = 5) -> Figure:
+                      method: str | None = None, k: int = 5, width: int = 100) -> Figure:
     """The ``k`` most helpful training examples of one query (most negative ``pairwise``), as a text figure.
 
-    Green lines share the query's class (the protocol's hits), red ones do not.
+    Green lines share the query's class (the protocol's hits), red ones do not. Every text is wrapped at
+    ``width`` characters and the figure's height follows the number of lines, so nothing is clipped however
+    long the prompts are (DataInf's protocol prompt is about 170 characters).
 
     Args:
         pairwise: (n_queries, n_train) influence matrix, or {method: matrix} (then ``method`` picks one).
@@ -38,9 +49,11 @@ def plot_top_examples(pairwise: Mapping[str, ArrayLike] | ArrayLike, query_texts
         query: which query to show.
         method: key of ``pairwise`` when it is a dict (default: its first key).
         k: how many training examples to list.
+        width: characters per line before wrapping (100 fits the 9-inch figure in 8-9 pt monospace).
 
     Returns:
-        A Figure with one axis of text: the query, then its top-k training examples with their influence.
+        A Figure with one axis of text (one text per entry): the query, then its top-k training examples with
+        their influence; the figure's title says how many share the query's class.
     """
     P, method = select_method(pairwise, method)
     ct, cq = as_numpy(cls_train), as_numpy(cls_query)
@@ -51,17 +64,27 @@ def plot_top_examples(pairwise: Mapping[str, ArrayLike] | ArrayLike, query_texts
         raise ValueError(f"query={query} is out of range [0, {len(P)})")
     top = np.argsort(P[query], kind="stable")[: min(k, P.shape[1])]  # most negative = most helpful first
     hits = int((ct[top] == cq[query]).sum())
-    fig = Figure(figsize=(9, 0.32 * (len(top) + 2) + 0.3), layout="constrained")
-    ax = fig.subplots()
+    entries = [(_wrapped(f"query {query}: {query_texts[query]}", width - 10, "    "),
+                dict(fontsize=9, weight="bold", color="black"))]
+    entries += [(_wrapped(f"{r}. {train_texts[i]}   ({P[query, i]:+.3g})", width, "   "),
+                 dict(fontsize=8, color=HIT_COLOUR if ct[i] == cq[query] else FLIPPED_COLOUR))
+                for r, i in enumerate(top, 1)]
+    # inches each entry takes: its lines at matplotlib's 1.2 line spacing, plus a gap (a wider one after the query)
+    tall = [(text.count("\n") + 1) * 1.2 * style["fontsize"] / 72 + (0.14 if r == 0 else 0.05)
+            for r, (text, style) in enumerate(entries)]
+    title_h = 0.45
+    height = title_h + sum(tall) + 0.15
+    # no constrained layout: a text-only axis collapses under it (its warning) and long lines get cut; one axis
+    # spans the figure and every text is placed in inches from the top
+    fig = Figure(figsize=(TEXT_WIDTH, height))
+    ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
-    n = len(top) + 2
-    ax.text(0, 1, f"query {query}: {query_texts[query]}", va="top", fontsize=9, weight="bold", family="monospace")
-    for r, i in enumerate(top, 1):
-        same = ct[i] == cq[query]
-        ax.text(0.02, 1 - (r + 0.6) / n, f"{r}. {train_texts[i]}   ({P[query, i]:+.3g})", va="top", fontsize=8,
-                family="monospace", color=HIT_COLOUR if same else FLIPPED_COLOUR)
+    y = title_h
+    for (text, style), h in zip(entries, tall):
+        ax.text(0.02, 1 - y / height, text, va="top", family="monospace", **style)
+        y += h
     fig.suptitle(f"{method or 'influence'}: top {len(top)} most helpful training examples, {hits} of the "
-                 "query's class", fontsize=10)
+                 "query's class (green)", fontsize=10, y=1 - 0.1 / height, va="top")
     return fig
 
 
@@ -119,7 +142,6 @@ def plot_top_images(
     fig.suptitle(f"{method or 'influence'}: top {len(top)} most helpful training images, {hits} of the query's style",
                  fontsize=9)
     return fig
-
 
 
 __all__ = ["plot_top_examples", "plot_top_images", "select_method"]
