@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -21,22 +23,21 @@ from ifkit.optim.fullbatch import fit_full_batch, upweight_val_change
 
 # --------------------------------------------------------------------- Exercise 2.1: the truth, by re-fitting
 def _convex(seed: int, n: int, D: int, K: int, weight_decay: float):
-    """A tiny float64 logistic regression at its unique optimum theta*: (prob, X, y, Xv, yv)."""
+    """A tiny float64 logistic regression at its unique optimum theta*: (model, X, y, Xv, yv)."""
     g = seeded(seed)
     X, y, Xv, yv = randn(g, n, D), labels(n, K, g), randn(g, 2 * n, D), labels(2 * n, K, g)
     torch.manual_seed(seed)  # the starting point of the fit; the optimum does not depend on it
-    model = fit_full_batch(LogisticRegression(D, K).double(), (X, y), weight_decay)
-    return model, make_problem(model), X, y, Xv, yv
+    return fit_full_batch(LogisticRegression(D, K).double(), (X, y), weight_decay), X, y, Xv, yv
 
 
-def _refit_change(theta_star: Tensor, X: Tensor, y: Tensor, Xv: Tensor, yv: Tensor, w: Tensor,
+def _refit_change(theta_star: Tensor, K: int, X: Tensor, y: Tensor, Xv: Tensor, yv: Tensor, w: Tensor,
                   weight_decay: float) -> Tensor:
     """R_val(theta_w) - R_val(theta*) for softmax regression, theta_w = argmin sum_j w_j l_j + wd/2 ||theta||^2.
 
     Newton's method from theta* with the exact (p, p) Hessian each step (p is tiny), on the closed-form loss:
     a few milliseconds, where going through the model costs ten times more.
     """
-    K, D = int(max(y.max(), yv.max())) + 1, X.shape[1]
+    D = X.shape[1]
 
     def losses(th: Tensor, X: Tensor, y: Tensor) -> Tensor:
         W, b = th[: K * D].view(K, D), th[K * D :]
@@ -55,10 +56,13 @@ def _refit_change(theta_star: Tensor, X: Tensor, y: Tensor, Xv: Tensor, yv: Tens
         return losses(theta, Xv, yv).mean() - losses(theta_star, Xv, yv).mean()
 
 
-def _true_val_change_cases() -> list[Case]:
-    cases = []
+@functools.lru_cache(maxsize=1)
+def _true_val_change_data() -> tuple:
+    """The fits, the truths and the wrong answers, computed once per session (a check re-runs only your code)."""
+    out = []
     for seed, (n, D, K, wd, points) in enumerate([(12, 3, 3, 0.1, [(4, None), (9, 0.5)]), (15, 4, 3, 0.05, [(0, None)])]):
-        model, prob, X, y, Xv, yv = _convex(30 + seed, n, D, K, wd)
+        model, X, y, Xv, yv = _convex(30 + seed, n, D, K, wd)
+        theta = make_problem(model).theta  # (p,) theta*
         for i, eps in points:
             eps = -1.0 / n if eps is None else eps
             expected = upweight_val_change(model, (X, y), (Xv, yv), indices=[i], eps=eps, weight_decay=wd)[0]
@@ -66,18 +70,28 @@ def _true_val_change_cases() -> list[Case]:
             w_up, w_down = w.clone(), w.clone()
             w_up[i] += eps
             w_down[i] -= eps
+            with torch.no_grad():
+                R_star = float(model(Xv).log_softmax(1).gather(1, yv[:, None]).neg().mean())
             wrong = {"the sign is flipped: R_val(theta*) - R_val(theta_eps), not R_val(theta_eps) - R_val(theta*)":
                          -expected,
                      "the weights are renormalised to sum to 1 (for leave-one-out: a mean over the n-1 other "
                      "points), which strengthens the L2 term relative to the data; keep 1/n and add eps to point "
-                     "i's weight": _refit_change(prob.theta, X, y, Xv, yv, w_up / w_up.sum(), wd),
+                     "i's weight": _refit_change(theta, K, X, y, Xv, yv, w_up / w_up.sum(), wd),
                      "eps is subtracted from point i's weight: up-weighting by eps adds it (leave-one-out is "
-                     "eps = -1/n)": _refit_change(prob.theta, X, y, Xv, yv, w_down, wd),
-                     "the validation loss at the re-fitted parameters, not its change": expected
-                         + float(prob.mean_loss(prob.theta, Xv, yv))}
-            what = "left out, eps = -1/n" if eps < 0 else f"up-weighted by eps = {eps}"
-            cases.append(Case(f"logistic regression, n={n}, point {i} {what}, weight_decay={wd}",
-                              (prob, X, y, Xv, yv, i, eps, wd), expected, wrong))
+                     "eps = -1/n)": _refit_change(theta, K, X, y, Xv, yv, w_down, wd),
+                     "the validation loss at the re-fitted parameters, not its change": expected + R_star}
+            out.append((model.state_dict(), D, K, X, y, Xv, yv, i, eps, wd, expected, wrong))
+    return tuple(out)
+
+
+def _true_val_change_cases() -> list[Case]:
+    cases = []
+    for state, D, K, X, y, Xv, yv, i, eps, wd, expected, wrong in _true_val_change_data():
+        model = LogisticRegression(D, K).double()
+        model.load_state_dict({k: v.clone() for k, v in state.items()})  # a fresh theta* for every check
+        what = "left out, eps = -1/n" if eps < 0 else f"up-weighted by eps = {eps}"
+        cases.append(Case(f"logistic regression, n={len(X)}, point {i} {what}, weight_decay={wd}",
+                          (make_problem(model), X, y, Xv, yv, i, eps, wd), expected, dict(wrong)))
     return cases
 
 
