@@ -380,3 +380,11 @@ def _cells_of(line: str) -> list[str]:
 
 def test_notebooks_readme_links_resolve():
     test_relative_links_resolve("notebooks/README.md")
+
+
+def test_notebooks_quote_no_hand_copied_run_time():
+    """Run times live in results/notebook_times.csv and the generated tables; a notebook points there."""
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        text = nb.read_text()
+        assert not re.search(r"Run time: about", text), f"{nb.name} quotes a hand-copied run time"
+        assert not re.search(r"\d+ s (under nbval|in FAST mode)", text), f"{nb.name} quotes a hand-copied run time"
