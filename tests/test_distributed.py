@@ -175,7 +175,7 @@ def test_failing_rank_fails_the_run(tmp_path, problem):
 @pytest.mark.timeout(120)
 def test_score_shards_under_torchrun(tmp_path, one_thread, problem):
     (model, (X, y), (Xv, yv)), _ = problem
-    torch.save(model, tmp_path / "model.pt")
+    ifkit.save_model(model, tmp_path / "model.pt", args=(64, (16,), 10))  # plain data: no pickled code
     torch.save({"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv}, tmp_path / "data.pt")
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nnodes", "1", "--nproc-per-node", str(WORLD), "--master-addr", "127.0.0.1",
@@ -199,12 +199,13 @@ def test_score_shards_in_one_process(tmp_path, one_thread, problem, capsys):
     from ifkit import cli
 
     (model, (X, y), (Xv, yv)), _ = problem
-    torch.save(model, tmp_path / "model.pt")
+    ifkit.save_model(model, tmp_path / "model.pt", args=(64, (16,), 10))
     torch.save({"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv}, tmp_path / "data.pt")
     args = ["score-shards", "--model", str(tmp_path / "model.pt"), "--data", str(tmp_path / "data.pt"),
             "--method", "graddot", "--out", str(tmp_path / "s.pt")]
     assert cli.main(args) == 0
-    torch.testing.assert_close(torch.load(tmp_path / "s.pt"), ifkit.score("graddot", model, (X, y), (Xv, yv)))
+    torch.testing.assert_close(torch.load(tmp_path / "s.pt", weights_only=True),
+                               ifkit.score("graddot", model, (X, y), (Xv, yv)))
     torch.save({"X_train": X}, tmp_path / "bad.pt")
     with pytest.raises(SystemExit) as exc:
         cli.main([*args[:4], str(tmp_path / "bad.pt"), *args[5:]])

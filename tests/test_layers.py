@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "ifkit.models": 1,
     "ifkit.metrics": 1,
     "ifkit.results": 1,
+    "ifkit.modelfile": 1,  # save_model / load_model: files that run no code when loaded
     "ifkit.methods": 2,
     "ifkit.sharpness": 2,
     "ifkit.api": 3,
