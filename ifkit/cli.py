@@ -219,18 +219,17 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 
 def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int, out: Path) -> int:
-    """One ``ifkit reproduce a,b`` subprocess per worker (each single-threaded inside); fail if any fails."""
-    import subprocess
+    """One ``ifkit reproduce a,b`` subprocess per worker (each single-threaded inside); fail if any fails. The
+    workers die with this process, however it ends (ifkit/workers.py)."""
+    from ifkit.workers import run_workers
 
     start = time.perf_counter()
-    procs = []
+    cmds = []
     for names in plan:
-        cmd = [sys.executable, "-m", "ifkit.cli", "reproduce", ",".join(names), "--seeds", str(seeds),
-               "--out", str(out), "--jobs", "1"] + (["--fast"] if fast else [])
-        print(f"== worker {len(procs) + 1}: {', '.join(names)}", flush=True)
-        procs.append((names, subprocess.Popen(cmd)))
-    failed = [(names, p.wait()) for names, p in procs]
-    failed = [(names, rc) for names, rc in failed if rc != 0]
+        cmds.append([sys.executable, "-m", "ifkit.cli", "reproduce", ",".join(names), "--seeds", str(seeds),
+                     "--out", str(out), "--jobs", "1"] + (["--fast"] if fast else []))
+        print(f"== worker {len(cmds)}: {', '.join(names)}", flush=True)
+    failed = [(names, rc) for names, rc in zip(plan, run_workers(cmds)) if rc != 0]
     print(f"== all workers done in {time.perf_counter() - start:.1f} s", flush=True)
     for names, rc in failed:
         print(f"worker running {', '.join(names)} failed with exit code {rc}; rerun it alone with "
@@ -347,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "reproduce":
-        return _reproduce(args.subparser, args)
+        from ifkit.workers import guarded
+
+        return guarded(lambda: _reproduce(args.subparser, args), "ifkit reproduce")
     if args.command == "figures":
         return _figures(args)
     if args.command == "score-shards":

@@ -1,22 +1,33 @@
-"""Faults from outside: crafted model and data files.
+"""Faults from outside: crafted model and data files, signals to `ifkit reproduce --jobs 2`, a full disk.
 
 * No code runs from a loaded file: each loading path gets a pickle whose ``__reduce__`` would write a marker
   file; the marker is never written and the error names --trust-pickle.
+* Workers die with their parent: SIGTERM, SIGINT or SIGKILL to the parent of `ifkit reproduce --jobs 2` leaves
+  no worker running or writing within a few seconds; SIGINT/SIGTERM end with one line and 128 + signal.
+* A full disk (OSError ENOSPC while writing a result) ends with one line and leaves no temp file.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 import ifkit
-from ifkit import cli
+from ifkit import cli, experiments
 from ifkit.modelfile import UntrustedFileError, load_model, load_tensors, save_model
 from ifkit.models import MLP
+from ifkit.results import ResultsTable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,3 +142,125 @@ def test_every_torch_load_in_the_library_is_weights_only():
     assert unsafe == [("ifkit/modelfile.py", "False")], found
     source = (ROOT / "ifkit" / "modelfile.py").read_text()
     assert "if trust_pickle:\n        return torch.load(path, weights_only=False" in source
+
+
+# ------------------------------------------------------------------------------------------- one process
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setattr(experiments, "EXPERIMENTS", {})
+    monkeypatch.setattr(experiments, "PARTS", {})
+    monkeypatch.setattr(experiments, "discover", lambda: experiments.EXPERIMENTS)
+    monkeypatch.delenv("IFKIT_FAST", raising=False)
+    return experiments.register
+
+
+def test_a_full_disk_is_one_line_and_no_temp_file(registry, tmp_path, monkeypatch, capsys):
+    to_csv = pd.DataFrame.to_csv
+
+    @registry("writes")
+    def writes(fast: bool, seeds: int, out: Path) -> None:
+        table = ResultsTable(out / "t.csv", ["seed"], required=["auc"])
+        table.add([{"seed": 0, "auc": 0.5}])
+
+        def full(self, path=None, **kw):  # half a file, then ENOSPC
+            if path is None:
+                return to_csv(self, **kw)
+            Path(path).write_text("seed,au")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+        table.add([{"seed": 1, "auc": 0.6}])
+
+    assert cli.main(["reproduce", "writes", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device while writing" in err[0] and "t.csv" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]  # no temp file
+    assert (tmp_path / "t.csv").read_text() == "seed,auc\n0,0.5\n"  # the previous, complete table
+
+
+@pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 143)])
+def test_an_interrupt_in_one_process_is_one_line(registry, tmp_path, capsys, how, code):
+    @registry("interrupted")
+    def interrupted(fast: bool, seeds: int, out: Path) -> None:
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    assert cli.main(["reproduce", "interrupted", "--out", str(tmp_path)]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stopped by SIG" in err[0] and "run the same command again" in err[0], err
+
+
+# ------------------------------------------------------------------------------------ workers die with parent
+SITE = '''
+import os, time
+from pathlib import Path
+from ifkit import experiments
+
+experiments.discover = lambda: experiments.EXPERIMENTS  # only the two below: workers start in ~1 s
+
+
+def _slow(name):
+    def run(fast, seeds, out):
+        from ifkit.results import ResultsTable
+
+        table = ResultsTable(Path(out) / f"{name}.csv", ["step"], required=["value"])
+        Path(out, f"{name}.pid").write_text(str(os.getpid()))
+        for step in range(100000):  # writes a row every 20 ms until stopped
+            table.add([{"step": step, "value": float(step)}])
+            time.sleep(0.02)
+    return run
+
+
+for _name in ("slow-a", "slow-b"):
+    experiments.register(_name)(_slow(_name))
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie is dead, only not yet reaped by its new parent
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see which workers are alive")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_no_worker_survives_its_parent(tmp_path, sig):
+    site, out = tmp_path / "site", tmp_path / "out"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(SITE))
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-m", "ifkit.cli", "reproduce", "slow-a,slow-b", "--jobs", "2",
+                               "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    pids = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not all((out / f"{n}.csv").is_file() for n in ("slow-a", "slow-b")):
+            assert parent.poll() is None, parent.communicate()
+            time.sleep(0.05)
+        pids = [int((out / f"{n}.pid").read_text()) for n in ("slow-a", "slow-b")]
+        assert all(map(_alive, pids))  # both running and writing
+        parent.send_signal(sig)
+        stdout, stderr = parent.communicate(timeout=30)
+        stopped = time.monotonic()
+        while any(map(_alive, pids)) and time.monotonic() - stopped < 5:
+            time.sleep(0.05)
+        assert not any(map(_alive, pids)), f"workers still running 5 s after the parent ended: {pids}"
+        sizes = [(out / f"{n}.csv").stat().st_size for n in ("slow-a", "slow-b")]
+        time.sleep(0.3)
+        assert sizes == [(out / f"{n}.csv").stat().st_size for n in ("slow-a", "slow-b")]  # nobody writes
+        assert not list(out.glob(".*.tmp"))  # stopped between writes or cleaned up
+        if sig != signal.SIGKILL:
+            lines = stderr.strip().splitlines()
+            assert parent.returncode == 128 + sig and len(lines) == 1 and f"stopped by {sig.name}" in lines[0], stderr
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
