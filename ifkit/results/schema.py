@@ -15,7 +15,8 @@ A record is damaged when it
 * repeats the key of another record (every copy is damaged: which one is right cannot be known).
 
 The whole file is unusable when it is not UTF-8 text or its header lacks a key or required column.
-Cost: one pass over the fields, ~10 ms per 10,000 values.
+Cost: each distinct value of a column is checked once: ~60 ms for the largest committed table (2,520 rows x 12
+columns; pandas.read_csv alone: 3 ms).
 """
 
 from __future__ import annotations
@@ -118,24 +119,40 @@ def check_text(text: str, schema: Schema, norm: Callable[[str], object] = str) -
     problem = _header_problem(header, schema)
     if problem:
         return Checked(problem=problem)
-    out, index = Checked(header=header), {c: i for i, c in enumerate(header)}
-    checks = [(index[c], c, schema.columns.get(c, Col()), c in schema.needed) for c in header if c in index]
+    out, index, width = Checked(header=header), {c: i for i, c in enumerate(header)}, len(header)
     records: list[tuple[int, list[str]]] = []
     try:
         for rec in reader:
             records.append((reader.line_num, rec))
     except csv.Error as err:  # e.g. a field larger than csv's limit: garbage, not a table
         return Checked(problem=f"cannot be parsed as CSV (line {reader.line_num}: {err})")
+    # Column by column, each distinct value once (keys and settings repeat); rows then only look up the
+    # columns that hold a bad value at all -- usually none.
+    control = _CONTROL.search(text) is not None  # rare: only then is every field searched
+    flagged = []
+    columns = list(zip(*(rec for _, rec in records if len(rec) == width))) or [()] * width
+    for i, (name, values) in enumerate(zip(header, columns)):
+        col, filled = schema.columns.get(name, Col()), name in schema.needed
+        bad = {t: why for t in set(values) if (why := _field_problem(t, name, col, filled, control))}
+        if bad:
+            flagged.append((i, bad))
     good: list[tuple[int, list[str]]] = []
     for n, (line, rec) in enumerate(records):
-        why = _record_problem(rec, header, checks)
+        if len(rec) != width:
+            why = f"has {len(rec)} fields where the header has {width} (a line cut short or run together)"
+        else:
+            why = next((bad[rec[i]] for i, bad in flagged if rec[i] in bad), None) if flagged else None
         if why is None and n == len(records) - 1 and not text.endswith(("\n", "\r")):
             why = "the file ends inside this line (an interrupted write): its last value may be cut short"
         if why is None:
             good.append((line, rec))
         elif rec:  # a blank line is not a row
             out.bad.append((line, rec, why))
-    keys = [tuple(norm(rec[index[k]]) for k in schema.key) for _, rec in good]
+    good_columns, parts = list(zip(*(rec for _, rec in good))), []
+    for k in schema.key if good else ():
+        values = good_columns[index[k]]
+        parts.append(map({t: norm(t) for t in set(values)}.__getitem__, values))  # norm once per distinct value
+    keys = list(zip(*parts)) if parts else [()] * len(good)
     copies = Counter(keys)
     for (line, rec), k in zip(good, keys):
         if copies[k] == 1:
@@ -158,21 +175,13 @@ def _header_problem(header: list[str], schema: Schema) -> str | None:
     return None
 
 
-def _record_problem(rec: list[str], header: list[str], checks: list[tuple[int, str, Col, bool]]) -> str | None:
-    if len(rec) != len(header):
-        return f"has {len(rec)} fields where the header has {len(header)} (a line cut short or run together)"
-    for i, name, col, needed in checks:
-        text = rec[i]
-        if _CONTROL.search(text):
-            return f"{name} holds control characters"
-        if text in EMPTY:
-            if needed:
-                return f"{name} is empty"
-            continue
-        why = col.problem(text)
-        if why:
-            return f"{name}: {why}"
-    return None
+def _field_problem(text: str, name: str, col: Col, filled: bool, control: bool) -> str | None:
+    if control and _CONTROL.search(text):
+        return f"{name} holds control characters"
+    if text in EMPTY:
+        return f"{name} is empty" if filled else None
+    why = col.problem(text)
+    return f"{name}: {why}" if why else None
 
 
 def write_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
