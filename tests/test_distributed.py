@@ -70,14 +70,21 @@ def problem(tmp_path_factory):
     """(model, train, val) built once here and saved: workers load it instead of paying for sklearn + training."""
     path = tmp_path_factory.mktemp("problem") / "problem.pt"
     made = _problem()
-    torch.save(made, path)
+    ifkit.save_model(made[0], path.with_name("model.pt"), args=(64, (16,), 10))  # plain data, loaded weights_only
+    torch.save(made[1:], path)
     return made, str(path)
+
+
+def _load_problem(problem_path: str):
+    """(model, train, val) from the files the fixture wrote, read as plain data (weights_only=True)."""
+    train, val = torch.load(problem_path, weights_only=True)
+    return ifkit.load_model(Path(problem_path).with_name("model.pt")), train, val
 
 
 def _scores_worker(rank: int, port: int, folder: str, problem_path: str) -> None:
     _init(rank, port, 30)
     try:
-        model, train, val = torch.load(problem_path, weights_only=False)
+        model, train, val = _load_problem(problem_path)
         out = {m: ifkit.score(m, model, train, val, **o) for m, o in METHODS.items()}
         out.update({f"pairwise/{m}": ifkit.pairwise(m, model, train, val, **o) for m, o in PAIRWISE.items()})
         out["opt-out"] = ifkit.score("graddot", model, train, val, distributed=False)
@@ -98,7 +105,7 @@ def runs(tmp_path_factory, one_thread, problem):
     mp.spawn(_scores_worker, args=(_free_port(), str(folder), path), nprocs=WORLD, join=True)
     single = {m: ifkit.score(m, model, train, val, **o) for m, o in METHODS.items()}
     single.update({f"pairwise/{m}": ifkit.pairwise(m, model, train, val, **o) for m, o in PAIRWISE.items()})
-    return single, [torch.load(folder / f"rank{r}.pt") for r in range(WORLD)]
+    return single, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.mark.timeout(120)
@@ -141,7 +148,7 @@ def _failing_worker(rank: int, port: int, folder: str, problem_path: str) -> Non
     """Rank 1 gets a NaN input and raises in validation; rank 0 goes on and waits for it in a collective."""
     try:
         _init(rank, port, 3)
-        model, (X, y), val = torch.load(problem_path, weights_only=False)
+        model, (X, y), val = _load_problem(problem_path)
         if rank == 1:
             X = X.clone()
             X[3] = float("nan")
