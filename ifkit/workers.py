@@ -70,7 +70,8 @@ def run_workers(cmds: Sequence[Sequence[str]], grace: float = GRACE) -> list[int
     with _signals_raise(signal.SIGINT, signal.SIGTERM):
         try:
             for cmd in cmds:
-                procs.append(subprocess.Popen(list(cmd), env=env, process_group=0))
+                # a session, hence a process group, of its own (Python >= 3.10; process_group= needs 3.11)
+                procs.append(subprocess.Popen(list(cmd), env=env, start_new_session=True))
             return [p.wait() for p in procs]
         except BaseException:
             _stop(procs, grace)

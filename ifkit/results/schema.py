@@ -104,7 +104,7 @@ class Checked:
 def decode(raw: bytes) -> tuple[str | None, str | None]:
     """(text, None) for UTF-8 bytes, else (None, why): random bytes or a binary file are a whole-file problem."""
     try:
-        return raw.decode("utf-8"), None
+        return raw.decode("utf-8-sig"), None  # -sig: a byte-order mark (a spreadsheet's export) is not a column
     except UnicodeDecodeError as err:
         return None, f"is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}: binary or garbled data)"
 
