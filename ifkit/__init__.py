@@ -5,6 +5,9 @@
 
 Higher score = more harmful (more likely mislabelled); pairwise negative = helpful.
 
+Save a model for ``ifkit score-shards`` or another process with ``ifkit.save_model(model, path, args=...)``
+and read it back with ``ifkit.load_model(path)``: plain data, no pickled code (ifkit/modelfile.py).
+
 Scoring one model with several methods? Share its training gradients: ``cache = ifkit.GradCache()``, then pass
 ``cache_grads=cache`` to each call (ifkit/core/cache.py).
 
@@ -14,6 +17,7 @@ Layers, each importing only the ones below it (tests/test_layers.py checks):
     curvature/    solvers (Cholesky, CG, LiSSA, DataInf), one ``inverse(...)``, (E)K-FAC, the validation inverse
     optim/        training loops, full-batch fits and retraining, SAM / LPF-SGD, flat fine-tuning on S_val
     data/, models, metrics, results      datasets and noise, the kit's models, AUCs, result files
+    modelfile     save_model / load_model: model files that run no code when loaded
     methods/      one function per method, one static REGISTRY
     api           options, input checks, ``score`` / ``pairwise``
     sharpness     validation sharpness and the paper's sign-error bound
@@ -25,7 +29,7 @@ Layers, each importing only the ones below it (tests/test_layers.py checks):
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["score", "pairwise", "diagnose", "clean", "METHODS", "GradCache"]
+__all__ = ["score", "pairwise", "diagnose", "clean", "METHODS", "GradCache", "save_model", "load_model"]
 
 
 def __getattr__(name: str):
@@ -48,6 +52,10 @@ def __getattr__(name: str):
         from .methods import REGISTRY
 
         return tuple(REGISTRY)
+    if name in ("save_model", "load_model"):
+        from . import modelfile
+
+        return getattr(modelfile, name)
     if name == "GradCache":
         from .core.cache import GradCache
 

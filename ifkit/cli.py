@@ -88,9 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data data.pt --method fvm --out scores.csv",
     )
     sh.add_argument("--model", type=Path, required=True,
-                    help="a whole module saved with torch.save(model) (unpickled: load trusted files only)")
+                    help="a model saved with ifkit.save_model(model, path, args=...): its class name, constructor "
+                    "arguments and state_dict, loaded with weights_only=True (nothing in the file runs)")
     sh.add_argument("--data", type=Path, required=True,
                     help="a torch.save'd dict of tensors with keys " + ", ".join(DATA_KEYS))
+    sh.add_argument("--trust-pickle", action="store_true",
+                    help="also accept a whole pickled model (torch.save(model, path)) or data with Python objects: "
+                    "unpickling RUNS ARBITRARY CODE from the files, so use it only for files you made yourself")
     sh.add_argument("--method", required=True, help="an ifkit method, e.g. fvm, if-cg, graddot, datainf")
     sh.add_argument("--out", type=Path, required=True,
                     help="scores file: .pt (a float tensor of shape (n_train,)) or .csv (columns index,score)")
@@ -215,18 +219,17 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 
 def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int, out: Path) -> int:
-    """One ``ifkit reproduce a,b`` subprocess per worker (each single-threaded inside); fail if any fails."""
-    import subprocess
+    """One ``ifkit reproduce a,b`` subprocess per worker (each single-threaded inside); fail if any fails. The
+    workers die with this process, however it ends (ifkit/workers.py)."""
+    from ifkit.workers import run_workers
 
     start = time.perf_counter()
-    procs = []
+    cmds = []
     for names in plan:
-        cmd = [sys.executable, "-m", "ifkit.cli", "reproduce", ",".join(names), "--seeds", str(seeds),
-               "--out", str(out), "--jobs", "1"] + (["--fast"] if fast else [])
-        print(f"== worker {len(procs) + 1}: {', '.join(names)}", flush=True)
-        procs.append((names, subprocess.Popen(cmd)))
-    failed = [(names, p.wait()) for names, p in procs]
-    failed = [(names, rc) for names, rc in failed if rc != 0]
+        cmds.append([sys.executable, "-m", "ifkit.cli", "reproduce", ",".join(names), "--seeds", str(seeds),
+                     "--out", str(out), "--jobs", "1"] + (["--fast"] if fast else []))
+        print(f"== worker {len(cmds)}: {', '.join(names)}", flush=True)
+    failed = [(names, rc) for names, rc in zip(plan, run_workers(cmds)) if rc != 0]
     print(f"== all workers done in {time.perf_counter() - start:.1f} s", flush=True)
     for names, rc in failed:
         print(f"worker running {', '.join(names)} failed with exit code {rc}; rerun it alone with "
@@ -263,7 +266,7 @@ def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"unknown method {args.method!r}; available: {', '.join(ifkit.METHODS)}")
     if args.out.suffix not in (".pt", ".csv"):
         parser.error(f"--out must end in .pt or .csv, got {str(args.out)!r}")
-    data = torch.load(args.data, weights_only=True)
+    model, data = _load_inputs(parser, args)
     missing = [k for k in DATA_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
         parser.error(f"--data {args.data} must hold a dict with keys {', '.join(DATA_KEYS)}; "
@@ -286,10 +289,6 @@ def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 options["device"] = f"cuda:{local}"
             dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
         try:
-            model = torch.load(args.model, weights_only=False, map_location="cpu")
-            if not isinstance(model, torch.nn.Module):
-                raise TypeError(f"--model {args.model} holds a {type(model).__name__}, not a torch.nn.Module: save "
-                                "the whole model with torch.save(model, path)")
             start = time.perf_counter()
             scores = ifkit.score(args.method, model, train=(data["X_train"], data["y_train"]),
                                  val=(data["X_val"], data["y_val"]), **options).cpu()
@@ -306,18 +305,33 @@ def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return 0
 
 
+def _load_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple:
+    """(model, data) of score-shards, read as plain data unless --trust-pickle; a refused file is a usage error."""
+    from ifkit.modelfile import load_model, load_tensors
+
+    try:
+        return (load_model(args.model, trust_pickle=args.trust_pickle),
+                load_tensors(args.data, trust_pickle=args.trust_pickle))
+    except (OSError, ValueError, TypeError) as err:
+        parser.error(str(err))
+
+
 def _write_scores(scores, out: Path) -> None:
     """Write scores to out (.pt tensor or .csv index,score) through a temp file + rename: never half a file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    if out.suffix == ".pt":
-        import torch
+    try:
+        if out.suffix == ".pt":
+            import torch
 
-        torch.save(scores, tmp)
-    else:
-        rows = "".join(f"{i},{s!r}\n" for i, s in enumerate(scores.tolist()))  # repr: round-trips exactly
-        tmp.write_text("index,score\n" + rows)
-    os.replace(tmp, out)
+            torch.save(scores, tmp)
+        else:
+            rows = "".join(f"{i},{s!r}\n" for i, s in enumerate(scores.tolist()))  # repr: round-trips exactly
+            tmp.write_text("index,score\n" + rows)
+        os.replace(tmp, out)
+    except BaseException:  # a full disk or a signal: no half-written temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "reproduce":
-        return _reproduce(args.subparser, args)
+        from ifkit.workers import guarded
+
+        return guarded(lambda: _reproduce(args.subparser, args), "ifkit reproduce")
     if args.command == "figures":
         return _figures(args)
     if args.command == "score-shards":

@@ -176,7 +176,7 @@ def test_parallel_workers_run_as_subprocesses(tmp_path, monkeypatch):
     started = []
 
     class FakePopen:
-        def __init__(self, cmd):
+        def __init__(self, cmd, **kwargs):
             started.append(cmd)
             self.rc = 3 if "broken" in cmd[4] else 0
 

@@ -70,14 +70,21 @@ def problem(tmp_path_factory):
     """(model, train, val) built once here and saved: workers load it instead of paying for sklearn + training."""
     path = tmp_path_factory.mktemp("problem") / "problem.pt"
     made = _problem()
-    torch.save(made, path)
+    ifkit.save_model(made[0], path.with_name("model.pt"), args=(64, (16,), 10))  # plain data, loaded weights_only
+    torch.save(made[1:], path)
     return made, str(path)
+
+
+def _load_problem(problem_path: str):
+    """(model, train, val) from the files the fixture wrote, read as plain data (weights_only=True)."""
+    train, val = torch.load(problem_path, weights_only=True)
+    return ifkit.load_model(Path(problem_path).with_name("model.pt")), train, val
 
 
 def _scores_worker(rank: int, port: int, folder: str, problem_path: str) -> None:
     _init(rank, port, 30)
     try:
-        model, train, val = torch.load(problem_path, weights_only=False)
+        model, train, val = _load_problem(problem_path)
         out = {m: ifkit.score(m, model, train, val, **o) for m, o in METHODS.items()}
         out.update({f"pairwise/{m}": ifkit.pairwise(m, model, train, val, **o) for m, o in PAIRWISE.items()})
         out["opt-out"] = ifkit.score("graddot", model, train, val, distributed=False)
@@ -98,7 +105,7 @@ def runs(tmp_path_factory, one_thread, problem):
     mp.spawn(_scores_worker, args=(_free_port(), str(folder), path), nprocs=WORLD, join=True)
     single = {m: ifkit.score(m, model, train, val, **o) for m, o in METHODS.items()}
     single.update({f"pairwise/{m}": ifkit.pairwise(m, model, train, val, **o) for m, o in PAIRWISE.items()})
-    return single, [torch.load(folder / f"rank{r}.pt") for r in range(WORLD)]
+    return single, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.mark.timeout(120)
@@ -141,7 +148,7 @@ def _failing_worker(rank: int, port: int, folder: str, problem_path: str) -> Non
     """Rank 1 gets a NaN input and raises in validation; rank 0 goes on and waits for it in a collective."""
     try:
         _init(rank, port, 3)
-        model, (X, y), val = torch.load(problem_path, weights_only=False)
+        model, (X, y), val = _load_problem(problem_path)
         if rank == 1:
             X = X.clone()
             X[3] = float("nan")
@@ -175,7 +182,7 @@ def test_failing_rank_fails_the_run(tmp_path, problem):
 @pytest.mark.timeout(120)
 def test_score_shards_under_torchrun(tmp_path, one_thread, problem):
     (model, (X, y), (Xv, yv)), _ = problem
-    torch.save(model, tmp_path / "model.pt")
+    ifkit.save_model(model, tmp_path / "model.pt", args=(64, (16,), 10))  # plain data: no pickled code
     torch.save({"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv}, tmp_path / "data.pt")
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nnodes", "1", "--nproc-per-node", str(WORLD), "--master-addr", "127.0.0.1",
@@ -199,12 +206,13 @@ def test_score_shards_in_one_process(tmp_path, one_thread, problem, capsys):
     from ifkit import cli
 
     (model, (X, y), (Xv, yv)), _ = problem
-    torch.save(model, tmp_path / "model.pt")
+    ifkit.save_model(model, tmp_path / "model.pt", args=(64, (16,), 10))
     torch.save({"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv}, tmp_path / "data.pt")
     args = ["score-shards", "--model", str(tmp_path / "model.pt"), "--data", str(tmp_path / "data.pt"),
             "--method", "graddot", "--out", str(tmp_path / "s.pt")]
     assert cli.main(args) == 0
-    torch.testing.assert_close(torch.load(tmp_path / "s.pt"), ifkit.score("graddot", model, (X, y), (Xv, yv)))
+    torch.testing.assert_close(torch.load(tmp_path / "s.pt", weights_only=True),
+                               ifkit.score("graddot", model, (X, y), (Xv, yv)))
     torch.save({"X_train": X}, tmp_path / "bad.pt")
     with pytest.raises(SystemExit) as exc:
         cli.main([*args[:4], str(tmp_path / "bad.pt"), *args[5:]])

@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "ifkit.models": 1,
     "ifkit.metrics": 1,
     "ifkit.results": 1,
+    "ifkit.modelfile": 1,  # save_model / load_model: files that run no code when loaded
     "ifkit.methods": 2,
     "ifkit.sharpness": 2,
     "ifkit.api": 3,
@@ -39,6 +40,7 @@ LAYERS: dict[str, int] = {
     "ifkit.exercises": 6,  # the tutorials' checked exercises: oracles from the library, answers in words
     "ifkit.viz": 7,  # figures read results and the experiments' constants
     "ifkit.widgets": 8,
+    "ifkit.workers": 8,  # the command's worker processes and signals (stdlib only)
     "ifkit.bench": 9,
     "ifkit.cli": 9,
 }
