@@ -131,3 +131,14 @@ def test_fill_solutions_replaces_every_stub(tmp_path, monkeypatch):
         nb, names = out
         srcs = ["".join(c["source"]) for c in nb["cells"] if "exercise" in c.get("metadata", {}).get("tags", [])]
         assert srcs and not any("NotImplementedError" in s for s in srcs)
+
+
+def test_result_renders_in_jupyter_with_the_same_words():
+    name = sorted(REGISTRY)[0]
+
+    def stub(*args):
+        raise NotImplementedError
+    result = check(stub, name=name)
+    html = result._repr_html_()
+    assert "not attempted yet" in html and html.startswith("<pre") and "#6e7781" in html
+    assert "&lt;" not in repr(result)  # plain text stays plain

@@ -16,6 +16,7 @@ notebook filled with its reference answers fails loudly if an answer or a checke
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,13 @@ class Result:
 
     def __repr__(self) -> str:
         return self.message
+
+    def _repr_html_(self) -> str:
+        """In Jupyter: the same words in a coloured box (green pass, grey not attempted, red wrong)."""
+        colour = {"passed": "#1a7f37", "not attempted": "#6e7781", "failed": "#cf222e"}[self.status]
+        text = html.escape(self.message)
+        return (f'<pre style="border-left: 4px solid {colour}; padding: 4px 8px; margin: 0; '
+                f'white-space: pre-wrap; color: {colour}">{text}</pre>')
 
 
 REGISTRY: dict[str, Exercise] = {}

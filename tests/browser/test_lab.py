@@ -4,7 +4,9 @@ nbval proves that the cells run; this proves what a reader sees. JupyterLab is s
 random free port and a token (``IFKIT_FAST=1``), Debian's Chromium is driven by the ``playwright`` package
 (``executable_path``: no browser download), and for each notebook the test runs every cell, then checks:
 no error outputs, matplotlib images rendered, ipywidgets controls rendered (and no "Error displaying widget");
-in notebook 00 it moves the suspects slider and waits for the widget's image to change.
+in notebook 00 it moves the suspects slider and waits for the widget's image to change; in notebook 01 it does
+what a learner does with an exercise: sees "not attempted yet", types an answer into the stub's cell, runs it and
+its check, and reads the check's verdict (first a wrong answer, named, then the right one).
 
 Run it with ``make test-browser`` (installs chromium when root, and the ``browser`` extra), which sets
 ``IFKIT_BROWSER_TEST=1``; a plain ``pytest tests/`` skips it, so the unit tests need no browser.
@@ -38,7 +40,8 @@ CHROMIUM = os.environ.get("IFKIT_CHROMIUM") or shutil.which("chromium") or "/usr
 IS_ROOT = hasattr(os, "getuid") and os.getuid() == 0
 # Limits for running all cells of one notebook in FAST mode (measured on 2 shared cores: 14-19 s for 00, 30-58 s
 # for 05, depending on the load).
-RUN_TIMEOUT_S = {"00_quickstart.ipynb": 180, "05_mislabel_detection.ipynb": 420}
+RUN_TIMEOUT_S = {"00_quickstart.ipynb": 180, "01_influence_functions_from_scratch.ipynb": 300,
+                 "05_mislabel_detection.ipynb": 420}
 # Chromium on a closed network: no background connections, no sandbox as root (Chromium refuses otherwise).
 CHROMIUM_ARGS = ["--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"] + (["--no-sandbox"] if IS_ROOT else [])
@@ -269,5 +272,60 @@ def test_mislabel_detection_dashboard_renders(lab, browser):
     widget.screenshot(path=str(OUT / "05_widget.png"))
     page.screenshot(path=str(OUT / "05_page.png"))
     _record(f"05_mislabel_detection: all cells {seconds:.1f} s")
+    page.evaluate(SHUTDOWN)
+    page.close()
+
+
+# A learner's edit: replace the source of the code cell that defines NAME (the exercise stub), run it, then run
+# the next cell (its check); returns nothing, the test waits for the check's output.
+FIND_STUB = """name => {
+    const cells = window.jupyterapp.shell.currentWidget.content.widgets;
+    return cells.findIndex(c => c.model.type === 'code' && c.model.sharedModel.getSource().includes(`def ${name}(`)
+                                && c.model.sharedModel.getSource().includes('NotImplementedError'));
+}"""
+TYPE_AND_RUN = """async ({index, source}) => {
+    const panel = window.jupyterapp.shell.currentWidget;
+    panel.content.widgets[index].model.sharedModel.setSource(source);
+    for (const i of [index, index + 1]) {
+        panel.content.activeCellIndex = i;
+        await window.jupyterapp.commands.execute('notebook:run-cell');
+    }
+}"""
+CHECK_OUTPUT = """index => {
+    const cell = window.jupyterapp.shell.currentWidget.content.widgets[index];
+    return cell.model.outputs.toJSON().map(o => String(o.text || (o.data && o.data['text/plain']) || '')).join('');
+}"""
+ANSWER = """from torch.func import grad, vmap
+
+
+def per_sample_grads(loss_one, theta, X, y):
+    return {sign}vmap(grad(loss_one), in_dims=(None, 0, 0))(theta, X, y)
+"""
+
+
+def _check_says(page, index: int, text: str) -> str:
+    page.wait_for_function(f"i => ({CHECK_OUTPUT})(i).includes({text!r})", arg=index, timeout=60_000)
+    return page.evaluate(CHECK_OUTPUT, index)
+
+
+def test_learner_attempts_an_exercise(lab, browser):
+    base, token = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    seconds = _run_notebook(page, base, token, "01_influence_functions_from_scratch.ipynb")
+    body = page.inner_text("body")
+    assert "IFKIT_FAST=1: FAST mode" in body  # the first cell says which mode the learner is in
+    stub = page.evaluate(FIND_STUB, "per_sample_grads")
+    assert stub >= 0, "no per_sample_grads stub in notebook 01"
+    assert "not attempted yet" in _check_says(page, stub + 1, "not attempted yet")
+
+    page.evaluate(TYPE_AND_RUN, {"index": stub, "source": ANSWER.format(sign="-")})
+    wrong = _check_says(page, stub + 1, "sign is flipped")
+    assert "Traceback" not in wrong and "Hint:" in wrong
+    page.evaluate(TYPE_AND_RUN, {"index": stub, "source": ANSWER.format(sign="")})
+    right = _check_says(page, stub + 1, "✓ per_sample_grads")
+    page.locator(".jp-Notebook .jp-Cell").nth(stub + 1).scroll_into_view_if_needed()
+    page.screenshot(path=str(OUT / "01_exercise_passed.png"))
+    assert "all 3 cases match" in right
+    _record(f"01_influence_functions_from_scratch: all cells {seconds:.1f} s, exercise checked twice")
     page.evaluate(SHUTDOWN)
     page.close()
