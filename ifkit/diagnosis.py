@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from . import api
 from .core.func import chunks, iter_grads, make_problem
-from .methods.flat import FVM_DEFAULTS, VM_DEFAULTS
+from .core.options import Options
 from .optim.flat_finetune import flat_finetune
 from .optim.sam import sam_sharpness
 from .optim.train import evaluate
@@ -184,25 +184,14 @@ class Diagnosis:
                 f"<ul>{items}</ul></div>")
 
 
-def _flat_kwargs(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The flat_finetune arguments ``ifkit.score(method, ...)`` uses (methods/flat.py ``flat_point``)."""
-    defaults = VM_DEFAULTS if method == "vm" else FVM_DEFAULTS
-    o = {k: (options[k] if options.get(k) is not None else v) for k, v in defaults.items()}
-    return dict(flat_optimizer=o["flat_optimizer"], flat_steps=o["flat_steps"], flat_lr=o["flat_lr"],
-                rho=o.get("rho", options.get("rho") or DEFAULT_RHO),
-                sigma=o.get("sigma", options.get("sigma") or FVM_DEFAULTS["sigma"]),
-                params=options.get("params"), loss=options.get("loss", "cross_entropy"),
-                seed=options.get("seed", 0), progress=bool(options.get("progress", False)))
-
-
-def _per_sample(model: nn.Module, X: Tensor, y: Tensor, opt: dict[str, Any], with_grads: bool):
+def _per_sample(model: nn.Module, X: Tensor, y: Tensor, opt: Options, with_grads: bool):
     """(n,) training losses and, with_grads, (n,) per-sample gradient norms (streamed in chunks)."""
-    prob = make_problem(model, opt["params"], opt["loss"])
+    prob = make_problem(model, opt.params, opt.loss)
     with torch.no_grad():
-        losses = torch.cat([prob.losses(prob.theta, X[r], y[r]) for r in chunks(len(X), opt["chunk_size"])])
+        losses = torch.cat([prob.losses(prob.theta, X[r], y[r]) for r in chunks(len(X), opt.chunk_size)])
     if not with_grads:
         return losses, None
-    norms = torch.cat([G.norm(dim=1) for _, G in iter_grads(prob, X, y, opt["chunk_size"])])  # (n,)
+    norms = torch.cat([G.norm(dim=1) for _, G in iter_grads(prob, X, y, opt.chunk_size)])  # (n,)
     return losses, norms
 
 
@@ -240,7 +229,7 @@ def diagnose(
         model: the trained classifier at theta; never modified.
         train: (X, y) training set with possibly noisy labels (or a Dataset of pairs).
         val: (X_val, y_val) the clean validation set S_val.
-        method: "fvm" (FVM_DEFAULTS: LPF-SGD) or "vm" (VM_DEFAULTS: plain SGD).
+        method: "fvm" (FVMOptions: LPF-SGD) or "vm" (VMOptions: plain SGD).
         curvature_sharpness: "ggn" (PSD, the default: its top eigenvalue is the sharpest direction even away
             from a minimum) or "hessian", for the top eigenvalue on S_val.
         eig_iters: power-iteration budget for the top eigenvalue.
@@ -264,14 +253,14 @@ def diagnose(
     if options.get("candidates") is not None:
         raise ValueError("diagnose reports on the training points themselves: drop candidates= (score candidate "
                          "labels with ifkit.score(method, d.model_tilde, train, val, flat_steps=0, candidates=...))")
-    opt = api.resolve(method, options)
-    eng = api.prepare(model, train, val, opt, "val")  # every input check of ifkit.score, before any work
+    eng = api.prepare(model, train, val, api.resolve(method, options), "val")  # every check of ifkit.score
+    opt = eng.opt  # typed (methods/flat.py FlatOptions), chunk_size fitted to the memory budget
     X, y, Xv, yv = eng.X, eng.y, eng.Xv, eng.yv  # stacked, on the model's device and dtype
     model = eng.model  # an eval() copy when Dropout/BatchNorm were in training mode
-    rho = float(opt["rho"] if opt["rho"] is not None else DEFAULT_RHO)
-    loss = opt["loss"]
+    rho = float(opt.rho)
+    loss = opt.loss
 
-    tuned = flat_finetune(model, (Xv, yv), **_flat_kwargs(method, opt))
+    tuned = flat_finetune(model, (Xv, yv), **opt.finetune_kwargs())
     tilde = tuned.model
     # The same theta~ as ifkit.score(method, model, ...) reaches (seeded, deterministic): scoring it with no
     # further steps gives exactly that call's scores without fine-tuning twice.
@@ -282,12 +271,12 @@ def diagnose(
     val_loss_t, val_acc_t = evaluate(tilde, Xv, yv, loss=loss)
     first, last = tuned.trajectory.iloc[0], tuned.trajectory.iloc[-1]
     sam0, sam1 = _sam(model, (Xv, yv), rho, opt), _sam(tilde, (Xv, yv), rho, opt)
-    eig = dict(params=opt["params"], loss=loss, iters=eig_iters, tol=1e-4, seed=opt["seed"],
+    eig = dict(params=opt.params, loss=loss, iters=eig_iters, tol=1e-4, seed=opt.seed,
                curvature=curvature_sharpness)
     e0 = top_hessian_eigenvalue(model, (Xv, yv), **eig)
     e1 = top_hessian_eigenvalue(tilde, (Xv, yv), **eig)
 
-    names = make_problem(model, opt["params"], loss).names
+    names = make_problem(model, opt.params, loss).names
     theta, theta_t = _flat(model, names), _flat(tilde, names)
     rel_move = float((theta_t - theta).norm() / theta.norm().clamp_min(1e-30))
 
@@ -314,8 +303,8 @@ def diagnose(
     return d
 
 
-def _sam(model: nn.Module, data, rho: float, opt: dict[str, Any]) -> dict[str, float]:
-    return sam_sharpness(model, data, rho, loss=opt["loss"], params=opt["params"])
+def _sam(model: nn.Module, data, rho: float, opt: Options) -> dict[str, float]:
+    return sam_sharpness(model, data, rho, loss=opt.loss, params=opt.params)
 
 
 def _judge(d: Diagnosis, n_classes: int) -> tuple[list[str], list[str]]:

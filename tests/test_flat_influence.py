@@ -9,9 +9,8 @@ from tolerances import EXACT, LOO_PEARSON, LOO_SIGN_AGREEMENT
 
 import ifkit
 from ifkit import metrics
-from ifkit.api import DEFAULTS
 from ifkit.core import func
-from ifkit.curvature.inverse import dense_curvature
+from ifkit.curvature.inverse import CurvatureOptions, dense_curvature
 from ifkit.curvature.val_inverse import ValInverse
 from ifkit.optim import fullbatch
 
@@ -26,7 +25,7 @@ def _small_net():
 def test_lowrank_ggn_inverse_equals_dense():
     m, Xv, yv = _small_net()
     prob = func.make_problem(m)
-    inv = ValInverse(prob, Xv, yv, dict(DEFAULTS, damping=0.05))
+    inv = ValInverse(prob, Xv, yv, CurvatureOptions(damping=0.05))
     assert inv.lowrank  # 15 x 4 = 60 < p = 264
     M = dense_curvature(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
     G = torch.randn(7, prob.p, dtype=torch.float64)

@@ -7,8 +7,6 @@ network is made of Linear layers; dense, CG and (E)K-FAC forms cover the other c
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -17,7 +15,7 @@ from ..core.cache import module_blocks
 from ..core.func import Problem, ggn_vp_fn, hessian_exact, hvp_fn
 from ..core.grads import stream_grads
 from . import kfac
-from .inverse import dense_curvature
+from .inverse import CurvatureOptions, dense_curvature
 from .solvers import check_damping, conjugate_gradient
 
 
@@ -42,14 +40,14 @@ class ValInverse:
       approximate, but one factorisation serves every training point at O(p) per solve.
     """
 
-    def __init__(self, prob: Problem, Xv: Tensor, yv: Tensor, opt: dict[str, Any], structured: bool = False):
-        self.damping = check_damping(opt["damping"])
+    def __init__(self, prob: Problem, Xv: Tensor, yv: Tensor, opt: CurvatureOptions, structured: bool = False):
+        self.damping = check_damping(opt.damping)
         self.opt = opt
-        budget = opt["budget_mb"] * 2**20 / prob.theta.element_size()  # in entries
+        budget = opt.budget_mb * 2**20 / prob.theta.element_size()  # in entries
         n_out = prob.forward(prob.theta, Xv[:1]).numel()  # K outputs per example
         r = len(Xv) * n_out
         lowrank_ok = yv.dim() == 1 and self.damping > 0 and r < prob.p and r * prob.p <= budget / 2
-        self.kind = opt["curvature"] or (
+        self.kind = opt.curvature or (
             "ggn" if lowrank_ok or prob.p**2 <= budget / 4 else "ggn-cg")
         self.lowrank = self.kind == "ggn" and lowrank_ok
         # Networks of Linear layers: the same kernel from per-layer factors, without the (r, p) matrix A
@@ -64,8 +62,8 @@ class ValInverse:
             kernel = self.A @ self.A.T + self.damping * torch.eye(r, dtype=self.A.dtype, device=self.A.device)
             self.L = torch.linalg.cholesky(kernel)  # (r, r)
         elif self.kind in ("ggn", "exact"):
-            M = dense_curvature(ggn_vp_fn(prob, Xv, yv), prob, opt["budget_mb"]) if self.kind == "ggn" else hessian_exact(
-                prob, Xv, yv, opt["budget_mb"])
+            M = dense_curvature(ggn_vp_fn(prob, Xv, yv), prob, opt.budget_mb) if self.kind == "ggn" else hessian_exact(
+                prob, Xv, yv, opt.budget_mb)
             self.evals, self.Q = torch.linalg.eigh(M)  # (p,), (p, p)
             if bool((self.evals + self.damping <= 0).any()):
                 raise ValueError(f"H~_val + damping I is not positive definite (smallest eigenvalue "
@@ -74,7 +72,7 @@ class ValInverse:
         elif self.kind in ("ggn-cg", "cg"):
             self.mv = ggn_vp_fn(prob, Xv, yv) if self.kind == "ggn-cg" else hvp_fn(prob, Xv, yv)
         elif self.kind in kfac.KINDS:
-            self.kron = kfac.fit(prob, Xv, yv, kind=self.kind, seed=opt["seed"])
+            self.kron = kfac.fit(prob, Xv, yv, kind=self.kind, seed=opt.seed)
         elif self.kind == "datainf":
             self._init_datainf(prob, Xv, yv)
         else:
@@ -118,9 +116,9 @@ class ValInverse:
         Gauss-Newton over S_val is too costly to build (LoRA language models: one product per parameter).
         """
         self.blocks = module_blocks(prob)
-        self.Gv = torch.cat([G for _, G in stream_grads(prob, Xv, yv, self.opt["chunk_size"])])  # (n_val, p)
+        self.Gv = torch.cat([G for _, G in stream_grads(prob, Xv, yv, self.opt.chunk_size)])  # (n_val, p)
         sq = torch.stack([(self.Gv[:, b] ** 2).sum(1) for b in self.blocks], 1)  # (n_val, L)
-        if "damping" not in self.opt.get("_given", ()) or self.opt["damping"] in (None, "auto"):
+        if not self.opt.gave("damping") or self.opt.damping in (None, "auto"):
             sizes = torch.tensor([b.stop - b.start for b in self.blocks], dtype=sq.dtype, device=sq.device)
             self.lams = 0.1 * sq.mean(0) / sizes  # (L,)
         else:
@@ -147,7 +145,7 @@ class ValInverse:
             return self.kron.solve(G.T, self.damping).T
         if self.kind == "datainf":
             return self._solve_datainf(G)
-        return conjugate_gradient(self.mv, G.T, self.damping, iters=self.opt["iters"] or 100, tol=self.opt["tol"]).T
+        return conjugate_gradient(self.mv, G.T, self.damping, iters=self.opt.cg_iters, tol=self.opt.tol).T
 
     def quad(self, G: Tensor) -> Tensor:
         """(c,) quadratic forms g^T (H~ + damping I)^-1 g."""

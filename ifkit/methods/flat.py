@@ -31,6 +31,8 @@ cleanlab on all 4 Fashion-MNIST settings (RESULTS.md; ``ifkit.clean``). ``checkp
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -38,17 +40,76 @@ from torch import Tensor
 
 from ..core.func import Problem, make_problem
 from ..core.grads import GradEngine
+from ..curvature.inverse import CurvatureOptions
 from ..curvature.val_inverse import ValInverse
 from ..optim.flat_finetune import flat_finetune
 from ..optim.train import best_val_checkpoint
 
-# Defaults chosen by measurement: digits, 600 training points with 30% symmetric noise, 200 validation points,
-# a 64-64-10 tanh MLP that fits 99% of the noisy labels; detection AUC, mean of seeds 0 and 1 (VM / FVM):
-#   flat_steps   0: 0.875 / 0.875    20: 0.973 / 0.972    100: 0.991 / 0.991    300: 0.994 / 0.994
-#   damping 1e-3 / 1e-2 / 1e-1 at 100 steps: 0.990 / 0.991 / 0.991 (insensitive; the default is 0.01)
-# Most of the gain comes from the first few dozen steps on S_val; 100 steps take ~0.3 s here.
-VM_DEFAULTS = dict(flat_optimizer="sgd", flat_steps=100, flat_lr=0.01)
-FVM_DEFAULTS = dict(flat_optimizer="lpf", flat_steps=100, flat_lr=0.01, sigma=0.005, rho=0.05)
+# the fine-tuning options for which an explicit None means the method's default (as the api has always read them)
+FINETUNE = ("flat_optimizer", "flat_steps", "flat_lr", "rho", "sigma")
+
+
+@dataclass(frozen=True)
+class FlatOptions(CurvatureOptions):
+    """Options of VM and FVM: the fine-tuning on S_val to theta~, then the validation curvature there.
+
+    Defaults chosen by measurement: digits, 600 training points with 30% symmetric noise, 200 validation points,
+    a 64-64-10 tanh MLP that fits 99% of the noisy labels; detection AUC, mean of seeds 0 and 1 (VM / FVM):
+      flat_steps   0: 0.875 / 0.875    20: 0.973 / 0.972    100: 0.991 / 0.991    300: 0.994 / 0.994
+      damping 1e-3 / 1e-2 / 1e-1 at 100 steps: 0.990 / 0.991 / 0.991 (insensitive; the default is 0.01)
+    Most of the gain comes from the first few dozen steps on S_val; 100 steps take ~0.3 s here.
+
+    Attributes:
+        flat_optimizer: "sgd" (VM), "lpf" (FVM's default: LPF-SGD) or "sam"; "adam" also runs.
+        flat_steps, flat_lr: full-batch steps on S_val and their learning rate.
+        rho: SAM radius (also the radius of the logged sharpness); sigma: LPF-SGD noise scale.
+        checkpoint: where the fine-tuning starts: None (the model given), a state_dict, or "best-val" (of
+            ``checkpoints``, the lowest mean S_val loss).
+        checkpoints: the states "best-val" chooses among (state_dicts or (state_dict, lr) pairs).
+        flat_val: pairwise: the validation set to fine-tune on, when the queries are not S_val.
+        curvature_val: pairwise: the (X, y) whose curvature at theta~ is inverted, when not flat_val (e.g. S_val
+            with the targets of the attribution loss while theta~ is fine-tuned on the model's own loss).
+        curvature (CurvatureOptions): None picks "ggn" (exact, low rank) or "ggn-cg" by size
+            (curvature/val_inverse.py).
+    """
+
+    flat_optimizer: str = "sgd"
+    flat_steps: int = 100
+    flat_lr: float = 0.01
+    rho: float = 0.05
+    sigma: float = 0.005
+    checkpoint: Any = None
+    checkpoints: Sequence[Any] | None = None
+    flat_val: Any = None
+    curvature_val: Any = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name in FINETUNE and getattr(self, f.name) is None:
+                object.__setattr__(self, f.name, f.default)
+
+    def finetune_kwargs(self) -> dict[str, Any]:
+        """The ``flat_finetune`` arguments of this call (optim/flat_finetune.py)."""
+        return dict(flat_optimizer=self.flat_optimizer, flat_steps=self.flat_steps, flat_lr=self.flat_lr,
+                    rho=self.rho, sigma=self.sigma, params=self.params, loss=self.loss, seed=self.seed,
+                    progress=self.progress)
+
+
+@dataclass(frozen=True)
+class VMOptions(FlatOptions):
+    """VM: theta~ reached by plain (momentum) SGD on S_val."""
+
+
+@dataclass(frozen=True)
+class FVMOptions(FlatOptions):
+    """FVM: theta~ reached by a flat-minimum optimiser, LPF-SGD by default."""
+
+    flat_optimizer: str = "lpf"
+
+
+# The fine-tuning of each method as flat_finetune keyword arguments (the experiments fine-tune with them directly)
+VM_DEFAULTS = {k: getattr(VMOptions(), k) for k in ("flat_optimizer", "flat_steps", "flat_lr")}
+FVM_DEFAULTS = {k: getattr(FVMOptions(), k) for k in ("flat_optimizer", "flat_steps", "flat_lr", "sigma", "rho")}
 
 
 def start_model(eng: GradEngine) -> torch.nn.Module:
@@ -57,49 +118,44 @@ def start_model(eng: GradEngine) -> torch.nn.Module:
     "best-val" picks, among ``checkpoints=`` (state_dicts or (state_dict, lr) pairs), the lowest mean loss on
     S_val -- early stopping by validation loss, the model at which VM beat cleanlab in the detection experiment.
     """
-    cp = eng.opt["checkpoint"]
+    cp = eng.opt.checkpoint
     if cp is None:
         return eng.model
     if isinstance(cp, str):
         if cp != "best-val":
             raise ValueError(f"checkpoint={cp!r}: give a state_dict, 'best-val' or None")
-        states = [c[0] if isinstance(c, tuple) else c for c in (eng.opt["checkpoints"] or [])]
+        states = [c[0] if isinstance(c, tuple) else c for c in (eng.opt.checkpoints or [])]
         if not states:
             raise ValueError("checkpoint='best-val' picks among checkpoints=[state_dict, ...]; none were given "
                              "(ifkit.optim.train.train(..., n_checkpoints=k) saves them)")
-        cp = states[best_val_checkpoint(eng.model, states, (eng.Xv, eng.yv), eng.opt["loss"])[0]]
+        cp = states[best_val_checkpoint(eng.model, states, (eng.Xv, eng.yv), eng.opt.loss)[0]]
     model = copy.deepcopy(eng.model)
     model.load_state_dict(cp)
     return model
 
 
-def flat_point(eng: GradEngine, defaults: dict[str, Any]) -> Problem:
+def flat_point(eng: GradEngine) -> Problem:
     """Fine-tune a copy of the model (or of ``checkpoint=``) on S_val (eng.Xv, eng.yv); the problem at theta~."""
-    o = {k: (eng.opt[k] if eng.opt[k] is not None else v) for k, v in defaults.items()}
-    res = flat_finetune(
-        start_model(eng), (eng.Xv, eng.yv), flat_optimizer=o["flat_optimizer"], flat_steps=o["flat_steps"],
-        flat_lr=o["flat_lr"], rho=o.get("rho", eng.opt["rho"] or 0.05), sigma=o.get("sigma", eng.opt["sigma"] or 0.005),
-        params=eng.opt["params"], loss=eng.opt["loss"], seed=eng.opt["seed"], progress=eng.opt["progress"],
-    )
-    tuned = make_problem(res.model, eng.opt["params"], eng.opt["loss"])
+    res = flat_finetune(start_model(eng), (eng.Xv, eng.yv), **eng.opt.finetune_kwargs())
+    tuned = make_problem(res.model, eng.opt.params, eng.opt.loss)
     # The same function of theta~, on the caller's model object (the tuned copy differs only in its numbers), so
     # that a GradCache recognises the model across calls (core/cache.py keys on the model object)
     return Problem(eng.model, tuned.names, tuned.shapes, tuned.theta, tuned.frozen, tuned.loss)
 
 
-def _flat_score(eng: GradEngine, defaults: dict[str, Any]) -> Tensor:
+def _flat_score(eng: GradEngine) -> Tensor:
     """score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ (paper Sec. 3).
 
     Cost: flat_steps full-batch steps on S_val, one curvature factorisation on S_val (or CG), one gradient pass.
     """
-    prob = flat_point(eng, defaults)
+    prob = flat_point(eng)
     inv = ValInverse(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # only the quadratic forms are needed here
     if inv.structured:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
         return eng.apply_sets(inv.quad_factored, prob)  # supported problems stream FactoredGrads
     return eng.apply(inv.quad, prob)
 
 
-def _flat_pairwise(eng: GradEngine, defaults: dict[str, Any]) -> Tensor:
+def _flat_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at theta~ (first order; module docstring).
 
     The queries (eng.Xv) double as S_val for the fine-tuning and the curvature, unless ``flat_val=(X, y)``
@@ -107,10 +163,10 @@ def _flat_pairwise(eng: GradEngine, defaults: dict[str, Any]) -> Tensor:
     names the set of the curvature alone (e.g. S_val with the targets of the queries' loss, not the fine-tuning's).
     Cost: the fine-tuning, one curvature factorisation on S_val, one solve per training point, one pass.
     """
-    val = eng.opt["flat_val"]
+    val = eng.opt.flat_val
     Xval, yval = val if val is not None else (eng.Xv, eng.yv)
-    prob = flat_point(eng.with_other(Xval, yval), defaults)
-    Xc, yc = eng.opt["curvature_val"] if eng.opt["curvature_val"] is not None else (Xval, yval)
+    prob = flat_point(eng.with_other(Xval, yval))
+    Xc, yc = eng.opt.curvature_val if eng.opt.curvature_val is not None else (Xval, yval)
     inv = ValInverse(prob, Xc, yc, eng.opt)  # solve() needs the explicit A: not the structured form
     Gq = eng.query_grads(prob)  # (Q, p)
     return eng.apply(lambda G: -(inv.solve(G) @ Gq.T), prob).T  # (Q, n)
@@ -120,27 +176,27 @@ def vm_score(eng: GradEngine) -> Tensor:
     """VM (paper Sec. 3): score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ reached by plain SGD on S_val.
 
     Cost: flat_steps full-batch steps on S_val, one validation-curvature factorisation, one gradient pass.
-    Defaults in VM_DEFAULTS.
+    Options: VMOptions.
     """
-    return _flat_score(eng, VM_DEFAULTS)
+    return _flat_score(eng)
 
 
 def fvm_score(eng: GradEngine) -> Tensor:
     """FVM (paper Sec. 3-4): the VM score at a FLAT validation minimum theta~ (LPF-SGD; SAM: flat_optimizer="sam").
 
-    Cost: as VM, with one noisy (LPF) or two (SAM) gradient evaluations per fine-tuning step. FVM_DEFAULTS.
+    Cost: as VM, with one noisy (LPF) or two (SAM) gradient evaluations per fine-tuning step. Options: FVMOptions.
     """
-    return _flat_score(eng, FVM_DEFAULTS)
+    return _flat_score(eng)
 
 
 def vm_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at VM's theta~ (first order; module docstring)."""
-    return _flat_pairwise(eng, VM_DEFAULTS)
+    return _flat_pairwise(eng)
 
 
 def fvm_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at FVM's flat theta~."""
-    return _flat_pairwise(eng, FVM_DEFAULTS)
+    return _flat_pairwise(eng)
 
 
-__all__ = ["FVM_DEFAULTS", "VM_DEFAULTS", "flat_point", "start_model", "fvm_pairwise", "fvm_score", "vm_pairwise", "vm_score"]
+__all__ = ["FVMOptions", "FVM_DEFAULTS", "FlatOptions", "VMOptions", "VM_DEFAULTS", "flat_point", "start_model", "fvm_pairwise", "fvm_score", "vm_pairwise", "vm_score"]

@@ -10,6 +10,8 @@ one batch -- then one gradient pass for the dot products. The methods differ onl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -17,8 +19,18 @@ from ..core import factors
 from ..core.func import ggn_vp_fn, hessian_exact, mean_grad
 from ..core.grads import GradEngine
 from ..curvature import kfac
-from ..curvature.inverse import dense_curvature, fits_dense, inverse, kronecker
+from ..curvature.inverse import CurvatureOptions, dense_curvature, fits_dense, inverse, kronecker
 from ..curvature.solvers import check_damping
+
+
+@dataclass(frozen=True)
+class InfluenceOptions(CurvatureOptions):
+    """Options of classic influence and self-influence (if-exact, if-cg, if-lissa, datainf, ekfac, self-if).
+
+    The curvature options (``curvature``, ``iters``, ``tol``, LiSSA's ``scale``, ``lissa_batch`` and
+    ``lissa_products``) are curvature/inverse.py's ``CurvatureOptions``; ``curvature=None`` is each method's own
+    choice: "exact" (if-exact), "ggn-cg" (if-cg), "ekfac" (ekfac), by size for self-if (below).
+    """
 
 
 def influence_score(eng: GradEngine, kind: str) -> Tensor:
@@ -38,12 +50,12 @@ def influence_pairwise(eng: GradEngine, kind: str) -> Tensor:
 def if_exact_score(eng: GradEngine) -> Tensor:
     """Classic influence with the exact Hessian (Cholesky): the oracle (paper notes Sec. 1, both steps exact in
     step 1). Cost O(p^3) + p HVPs for H + one gradient pass."""
-    return influence_score(eng, eng.opt["curvature"] or "exact")
+    return influence_score(eng, eng.opt.curvature or "exact")
 
 
 def if_exact_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g_q^T (H_tr + damping I)^-1 g_i, exact Hessian. Cost O(p^3) + one pass."""
-    return influence_pairwise(eng, eng.opt["curvature"] or "exact")
+    return influence_pairwise(eng, eng.opt.curvature or "exact")
 
 
 def if_cg_score(eng: GradEngine) -> Tensor:
@@ -53,19 +65,19 @@ def if_cg_score(eng: GradEngine) -> Tensor:
     the Hessian for linear models such as logistic regression). ``curvature="cg"`` uses the true Hessian, which
     is indefinite away from a minimum of a network's loss.
     """
-    return influence_score(eng, eng.opt["curvature"] or "ggn-cg")
+    return influence_score(eng, eng.opt.curvature or "ggn-cg")
 
 
 def if_cg_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] by CG, all Q right-hand sides in one batched solve: ``iters`` batched products + one pass."""
-    return influence_pairwise(eng, eng.opt["curvature"] or "ggn-cg")
+    return influence_pairwise(eng, eng.opt.curvature or "ggn-cg")
 
 
 def if_lissa_score(eng: GradEngine) -> Tensor:
     """Classic influence with LiSSA (Agarwal et al. 2017): ``iters`` curvature products + one gradient pass.
 
     score_i = -g_val^T h,  h = LiSSA estimate of (H_tr + damping I)^-1 g_val (Gauss-Newton products by default;
-    ``curvature="cg"`` or ``"exact"`` for Hessian products, as in Koh & Liang 2017).
+    ``lissa_products="hessian"`` for Hessian products, as in Koh & Liang 2017).
     """
     return influence_score(eng, "lissa")
 
@@ -86,7 +98,7 @@ def datainf_pairwise(eng: GradEngine) -> Tensor:
 
 
 def ekfac_kind(eng: GradEngine) -> str:
-    kind = eng.opt["curvature"] or "ekfac"
+    kind = eng.opt.curvature or "ekfac"
     if kind not in kfac.KINDS:
         raise ValueError(f"method 'ekfac' takes curvature='ekfac' (default) or 'kfac', got {kind!r}")
     return kind
@@ -115,11 +127,11 @@ def self_if_score(eng: GradEngine) -> Tensor:
     curvature="ekfac" (or "kfac"), one Kronecker factorisation and O(p) per point -- the choice for models whose
     dense curvature is too big and whose Hessian is indefinite (memorising networks).
     """
-    curv = eng.opt["curvature"] or ("exact" if fits_dense(eng.prob, eng.opt["budget_mb"]) else "cg")
-    lam = check_damping(eng.opt["damping"])
+    curv = eng.opt.curvature or ("exact" if fits_dense(eng.prob, eng.opt.budget_mb) else "cg")
+    lam = check_damping(eng.opt.damping)
     if curv in ("exact", "ggn"):
-        M = hessian_exact(eng.prob, eng.X, eng.y, eng.opt["budget_mb"]) if curv == "exact" else dense_curvature(
-            ggn_vp_fn(eng.prob, eng.X, eng.y), eng.prob, eng.opt["budget_mb"])
+        M = hessian_exact(eng.prob, eng.X, eng.y, eng.opt.budget_mb) if curv == "exact" else dense_curvature(
+            ggn_vp_fn(eng.prob, eng.X, eng.y), eng.prob, eng.opt.budget_mb)
         evals, Q = torch.linalg.eigh(M)  # (p,), (p, p)
         w = evals + lam
         if bool((w <= 0).any()):
@@ -135,6 +147,6 @@ def self_if_score(eng: GradEngine) -> Tensor:
     return eng.apply(lambda G: (G * inverse(eng, G.T, curv).T).sum(1))
 
 
-__all__ = ["datainf_pairwise", "datainf_score", "ekfac_pairwise", "ekfac_score", "if_cg_pairwise", "if_cg_score",
+__all__ = ["InfluenceOptions", "datainf_pairwise", "datainf_score", "ekfac_pairwise", "ekfac_score", "if_cg_pairwise", "if_cg_score",
            "if_exact_pairwise", "if_exact_score", "if_lissa_pairwise", "if_lissa_score", "influence_pairwise",
            "influence_score", "self_if_score"]
