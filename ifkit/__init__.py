@@ -11,11 +11,11 @@ Scoring one model with several methods? Share its training gradients: ``cache = 
 Layers, each importing only the ones below it (tests/test_layers.py checks):
 
     core/         torch.func primitives, per-layer gradient factors, the gradient cache, sharding, the engine
-    curvature/    solvers (Cholesky, CG, LiSSA, DataInf), one ``inverse(...)``, (E)K-FAC, the validation inverse
+    curvature/    solvers, each curvature once (solve / quad / factored quad) and the one factory that builds them
     optim/        training loops, full-batch fits and retraining, SAM / LPF-SGD, flat fine-tuning on S_val
     data/, models, metrics, results      datasets and noise, the kit's models, AUCs, result files
-    methods/      one function per method, one static REGISTRY
-    api           options, input checks, ``score`` / ``pairwise``
+    methods/      one function per method and one frozen options type per family, one static REGISTRY
+    api           keyword arguments parsed into typed options, input checks, ``score`` / ``pairwise``
     sharpness     validation sharpness and the paper's sign-error bound
     diagnosis     ``ifkit.diagnose(model, train, val)``: the trust report to read before acting on VM/FVM scores
     cleaning      ``ifkit.clean(model, train, val, checkpoints=...)``: best-val checkpoint, report, flags, relabels

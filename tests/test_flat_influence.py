@@ -10,8 +10,8 @@ from tolerances import EXACT, LOO_PEARSON, LOO_SIGN_AGREEMENT
 import ifkit
 from ifkit import metrics
 from ifkit.core import func
-from ifkit.curvature.inverse import CurvatureOptions, dense_curvature
-from ifkit.curvature.val_inverse import ValInverse
+from ifkit.curvature.inverse import CurvatureOptions, dense_curvature, validation_curvature
+from ifkit.curvature.val_inverse import LowRankGGN, StructuredGGN
 from ifkit.optim import fullbatch
 
 
@@ -25,13 +25,21 @@ def _small_net():
 def test_lowrank_ggn_inverse_equals_dense():
     m, Xv, yv = _small_net()
     prob = func.make_problem(m)
-    inv = ValInverse(prob, Xv, yv, CurvatureOptions(damping=0.05))
-    assert inv.lowrank  # 15 x 4 = 60 < p = 264
+    inv = validation_curvature(prob, Xv, yv, CurvatureOptions(damping=0.05))
+    assert isinstance(inv, LowRankGGN)  # 15 x 4 = 60 < p = 264
     M = dense_curvature(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
     G = torch.randn(7, prob.p, dtype=torch.float64)
     ref = torch.linalg.solve(M + 0.05 * torch.eye(prob.p, dtype=torch.float64), G.T).T
-    torch.testing.assert_close(inv.solve(G), ref, **EXACT)
+    torch.testing.assert_close(inv.solve_rows(G), ref, **EXACT)
+    torch.testing.assert_close(inv.solve(G.T), ref.T, **EXACT)
     torch.testing.assert_close(inv.quad(G), (G * ref).sum(1), **EXACT)
+    structured = validation_curvature(prob, Xv, yv, CurvatureOptions(damping=0.05), structured=True)
+    assert isinstance(structured, StructuredGGN) and structured.factored  # quadratic forms from layer factors
+    from ifkit.core import factors
+
+    X = torch.randn(7, 8, dtype=torch.float64)
+    F = factors.factored_grads(prob, X, torch.randint(0, 4, (7,)))
+    torch.testing.assert_close(structured.quad_sets(F), inv.quad(F.dense()), **EXACT)
 
 
 @pytest.mark.parametrize("curvature", ["ggn", "exact", "ggn-cg"])

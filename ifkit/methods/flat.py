@@ -40,8 +40,7 @@ from torch import Tensor
 
 from ..core.func import Problem, make_problem
 from ..core.grads import GradEngine
-from ..curvature.inverse import CurvatureOptions
-from ..curvature.val_inverse import ValInverse
+from ..curvature.inverse import CurvatureOptions, validation_curvature
 from ..optim.flat_finetune import flat_finetune
 from ..optim.train import best_val_checkpoint
 
@@ -149,10 +148,10 @@ def _flat_score(eng: GradEngine) -> Tensor:
     Cost: flat_steps full-batch steps on S_val, one curvature factorisation on S_val (or CG), one gradient pass.
     """
     prob = flat_point(eng)
-    inv = ValInverse(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # only the quadratic forms are needed here
-    if inv.structured:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
-        return eng.apply_sets(inv.quad_factored, prob)  # supported problems stream FactoredGrads
-    return eng.apply(inv.quad, prob)
+    curv = validation_curvature(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # quadratic forms only
+    if curv.factored:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
+        return eng.apply_sets(curv.quad_sets, prob)  # supported problems stream FactoredGrads
+    return eng.apply(curv.quad, prob)
 
 
 def _flat_pairwise(eng: GradEngine) -> Tensor:
@@ -167,9 +166,9 @@ def _flat_pairwise(eng: GradEngine) -> Tensor:
     Xval, yval = val if val is not None else (eng.Xv, eng.yv)
     prob = flat_point(eng.with_other(Xval, yval))
     Xc, yc = eng.opt.curvature_val if eng.opt.curvature_val is not None else (Xval, yval)
-    inv = ValInverse(prob, Xc, yc, eng.opt)  # solve() needs the explicit A: not the structured form
+    curv = validation_curvature(prob, Xc, yc, eng.opt)  # solves need the explicit A: not the structured form
     Gq = eng.query_grads(prob)  # (Q, p)
-    return eng.apply(lambda G: -(inv.solve(G) @ Gq.T), prob).T  # (Q, n)
+    return eng.apply(lambda G: -(curv.solve_rows(G) @ Gq.T), prob).T  # (Q, n)
 
 
 def vm_score(eng: GradEngine) -> Tensor:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-from ..core import factors
-from ..core.func import ggn_vp_fn, hessian_exact, mean_grad
+from ..core.func import mean_grad
 from ..core.grads import GradEngine
-from ..curvature import kfac
-from ..curvature.inverse import CurvatureOptions, dense_curvature, fits_dense, inverse, kronecker
-from ..curvature.solvers import check_damping
+from ..curvature.forms import fits_dense
+from ..curvature.inverse import KRONECKER, CurvatureOptions, inverse, training_curvature
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,7 @@ def datainf_pairwise(eng: GradEngine) -> Tensor:
 
 def ekfac_kind(eng: GradEngine) -> str:
     kind = eng.opt.curvature or "ekfac"
-    if kind not in kfac.KINDS:
+    if kind not in KRONECKER:
         raise ValueError(f"method 'ekfac' takes curvature='ekfac' (default) or 'kfac', got {kind!r}")
     return kind
 
@@ -122,29 +119,17 @@ def self_if_score(eng: GradEngine) -> Tensor:
     """Self-influence: score_i = g_i^T (H_tr + damping I)^-1 g_i (Koh & Liang 2017, Sec. 5.4).
 
     How much point i's own loss would drop if it were up-weighted: large for points the model can only fit by
-    bending around them. Exact curvature: one eigendecomposition, then per chunk ||diag(1/sqrt(lam+d)) Q^T g||^2;
-    with CG, one batched solve per chunk of training points (cost ~ n/chunk * iters HVPs); with
-    curvature="ekfac" (or "kfac"), one Kronecker factorisation and O(p) per point -- the choice for models whose
-    dense curvature is too big and whose Hessian is indefinite (memorising networks).
+    bending around them. The curvature is built once (curvature/inverse.py), then its quadratic form streams
+    over the training points. Exact curvature: one eigendecomposition, then per chunk
+    ||diag(1/sqrt(lam+d)) Q^T g||^2; with CG, one batched solve per chunk (cost ~ n/chunk * iters HVPs); with
+    curvature="ekfac" (or "kfac"), one Kronecker factorisation and O(p) per point read from per-layer factors --
+    the choice for models whose dense curvature is too big and whose Hessian is indefinite (memorising networks).
     """
-    curv = eng.opt.curvature or ("exact" if fits_dense(eng.prob, eng.opt.budget_mb) else "cg")
-    lam = check_damping(eng.opt.damping)
-    if curv in ("exact", "ggn"):
-        M = hessian_exact(eng.prob, eng.X, eng.y, eng.opt.budget_mb) if curv == "exact" else dense_curvature(
-            ggn_vp_fn(eng.prob, eng.X, eng.y), eng.prob, eng.opt.budget_mb)
-        evals, Q = torch.linalg.eigh(M)  # (p,), (p, p)
-        w = evals + lam
-        if bool((w <= 0).any()):
-            raise ValueError(
-                f"H + damping I is not positive definite (smallest eigenvalue {evals[0].item():.3g}): "
-                f"use damping > {-evals[0].item():.3g} or curvature='ggn'"
-            )
-        return eng.apply(lambda G: ((G @ Q) ** 2 / w).sum(1))
-    if curv in kfac.KINDS:  # factor once, then O(p) per training point
-        F = kronecker(eng, curv)
-        return eng.apply_sets(lambda gs: F.quad_factored(gs, lam) if isinstance(gs, factors.FactoredGrads)
-                              else (gs.dense() * F.solve(gs.dense().T, lam).T).sum(1))
-    return eng.apply(lambda G: (G * inverse(eng, G.T, curv).T).sum(1))
+    kind = eng.opt.curvature or ("exact" if fits_dense(eng.prob, eng.opt.budget_mb) else "cg")
+    curv = training_curvature(eng, kind)
+    if curv.factored:  # Linear-layer networks stream per-layer factors; the form reads them directly
+        return eng.apply_sets(curv.quad_sets)
+    return eng.apply(curv.quad)
 
 
 __all__ = ["InfluenceOptions", "datainf_pairwise", "datainf_score", "ekfac_pairwise", "ekfac_score", "if_cg_pairwise", "if_cg_score",
