@@ -5,6 +5,10 @@
 
 Higher score = more harmful (more likely mislabelled); pairwise negative = helpful.
 
+VM/FVM fine-tune a copy of the model on S_val to theta~; ``point = ifkit.flat_point("vm", model, train, val)``
+keeps that theta~ as a value: ``ifkit.score("vm", model, train, val, at=point)`` (and pairwise / diagnose) score
+there without fine-tuning again, sharing one validation curvature.
+
 Scoring one model with several methods? Share its training gradients: ``cache = ifkit.GradCache()``, then pass
 ``cache_grads=cache`` to each call (ifkit/core/cache.py).
 
@@ -25,15 +29,19 @@ Layers, each importing only the ones below it (tests/test_layers.py checks):
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["score", "pairwise", "diagnose", "clean", "METHODS", "GradCache"]
+__all__ = ["score", "pairwise", "flat_point", "diagnose", "clean", "METHODS", "GradCache"]
 
 
 def __getattr__(name: str):
     # Loaded on first use, so that `import ifkit.core.func` (or any lower layer) does not import every layer.
-    if name in ("score", "pairwise"):
+    if name in ("score", "pairwise", "flat_point"):
         from . import api
 
         return getattr(api, name)
+    if name == "FlatPoint":
+        from .methods.flat import FlatPoint
+
+        return FlatPoint
     if name in ("diagnose", "Diagnosis"):
         # The module is ``diagnosis``, not ``diagnose``: importing a submodule binds its name on the package,
         # which would shadow the function ifkit.diagnose.

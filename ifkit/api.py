@@ -30,6 +30,8 @@ from .core.options import Options
 from .curvature.inverse import LEGACY_LISSA_PRODUCTS
 from .curvature.solvers import check_damping
 from .methods import REGISTRY
+from .methods.flat import FINETUNE, FlatPoint
+from .methods.flat import flat_point as point_of
 
 # Every option any method understands, with its default (the first family's where presets differ: VM's
 # flat_optimizer "sgd", FVM's "lpf"). The options of a call are its method's own frozen type (REGISTRY[m].Options,
@@ -39,7 +41,7 @@ OPTION_ORDER = {k: i for i, k in enumerate((
     "damping", "iters", "tol", "scale", "lissa_batch", "lissa_products", "checkpoints", "lrs", "curvature",
     "ensemble_size", "gex_steps", "gex_lr", "gex_batch", "budget_mb", "cache_grads", "params", "loss", "chunk_size",
     "seed", "device", "progress", "flat_optimizer", "flat_steps", "flat_lr", "rho", "sigma", "flat_val",
-    "curvature_val", "checkpoint", "distributed", "candidates"))}
+    "curvature_val", "checkpoint", "at", "distributed", "candidates"))}
 FAMILIES: tuple[type[Options], ...] = tuple(dict.fromkeys(m.Options for m in REGISTRY.values()))
 DEFAULTS: dict[str, Any] = {f.name: f.default for cls in FAMILIES for f in dataclasses.fields(cls)
                             if f.name != "given"}
@@ -69,10 +71,28 @@ def resolve(method: str, options: dict[str, Any]) -> Options:
     damping = options.get("damping", DEFAULTS["damping"])
     if damping is not None and damping != "auto":
         check_damping(damping)
+    if options.get("at") is not None:
+        _check_at(method, options)
     options = _renamed(method, options)
     cls = REGISTRY[method].Options
     own = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in options.items() if k in own}, given=frozenset(options))
+
+
+def _check_at(method: str, options: dict[str, Any]) -> None:
+    """``at=`` is a theta~ of the same method, and replaces the fine-tuning: its options cannot be given too."""
+    at = options["at"]
+    if method not in ("vm", "fvm"):
+        raise TypeError(f"at= is the fine-tuned theta~ VM/FVM score at; {method!r} does not use it")
+    if not isinstance(at, FlatPoint):
+        raise TypeError(f"at= takes the FlatPoint that ifkit.flat_point(...) returns, got {type(at).__name__}")
+    if type(at.options) is not REGISTRY[method].Options:
+        raise ValueError(f"at= was fine-tuned for {type(at.options).__name__[:-7].lower()!r}, not {method!r}: "
+                         f"call ifkit.flat_point({method!r}, ...) for this method's theta~")
+    again = [k for k in (*FINETUNE, "checkpoint", "flat_val") if options.get(k) is not None]
+    if again:
+        raise TypeError(f"at= is already fine-tuned: drop {', '.join(f'{k}=' for k in again)} (they were given to "
+                        "ifkit.flat_point)")
 
 
 def _renamed(method: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +145,8 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
         train: (X, y) tensors or a Dataset of pairs.
         val: (X_val, y_val), the clean validation set S_val.
         **options: see ``ifkit.api.DEFAULTS`` (damping, iters, scale, checkpoints, params, ...); each method reads
-            them as its family's frozen options type (``ifkit.methods.REGISTRY[method].Options``).
+            them as its family's frozen options type (``ifkit.methods.REGISTRY[method].Options``). VM/FVM:
+            ``at=ifkit.flat_point(...)`` scores at that theta~ instead of fine-tuning again.
 
     Under an initialised torch.distributed process group (e.g. torchrun), call it on every rank with the same
     arguments: each rank scores a shard of the training set and every rank returns the full, identical result
@@ -133,8 +154,25 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
     """
     opt = resolve(method, options)
     eng = prepare(model, train, val, opt, "val")
-    out = REGISTRY[method].score(eng)
-    return check_finite(out, method)
+    return run(method, eng)
+
+
+def run(method: str, eng: GradEngine) -> Tensor:
+    """``method``'s scores on a prepared engine (its inputs checked, its options typed): (n_scored,)."""
+    return check_finite(REGISTRY[method].score(eng), method)
+
+
+def flat_point(method: str, model: torch.nn.Module, train, val, **options: Any) -> FlatPoint:
+    """theta~ as a value: fine-tune a copy of ``model`` on ``val`` exactly as ``ifkit.score(method, ...)`` does.
+
+    Pass it on as ``at=`` to ``ifkit.score`` / ``ifkit.pairwise`` / ``ifkit.diagnose`` (same method, same
+    validation set) to score there without fine-tuning again; calls with the same curvature options share one
+    validation curvature at theta~. Takes every ``ifkit.score`` option and checks the inputs as it does.
+    """
+    if method not in ("vm", "fvm"):
+        raise ValueError(f"flat_point fine-tunes for the flat-validation-minimum scores: method must be 'vm' or "
+                         f"'fvm', got {method!r}")
+    return point_of(prepare(model, train, val, resolve(method, options), "val"))
 
 
 def pairwise(method: str, model: torch.nn.Module, train, queries, **options: Any) -> Tensor:
@@ -301,4 +339,5 @@ def methods() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
-__all__ = ["DEFAULTS", "FAMILIES", "check_finite", "methods", "pairwise", "prepare", "resolve", "score", "validate"]
+__all__ = ["DEFAULTS", "FAMILIES", "check_finite", "flat_point", "methods", "pairwise", "prepare", "resolve", "run", "score",
+           "validate"]

@@ -185,3 +185,30 @@ def test_datainf_validation_curvature_is_datainf_at_theta_tilde(tiny_mlp, method
                           flat_steps=30)
     torch.testing.assert_close(same, ifkit.pairwise(method, model, train, queries, flat_val=val,
                                                     curvature="datainf", flat_steps=30))
+
+
+def test_theta_tilde_is_a_value_scored_at_without_fine_tuning_again(tiny_mlp):
+    """ifkit.flat_point returns theta~; score / pairwise / diagnose at=point give the numbers of the calls that
+    fine-tune themselves, and at= refuses what cannot apply."""
+    model, train, val, _ = tiny_mlp
+    queries = (val[0][:4], val[1][:4])
+    point = ifkit.flat_point("fvm", model, train, val, flat_steps=10)
+    assert isinstance(point, ifkit.FlatPoint) and point.start is not point.model
+    assert torch.equal(ifkit.score("fvm", model, train, val, at=point),
+                       ifkit.score("fvm", model, train, val, flat_steps=10))
+    assert torch.equal(ifkit.pairwise("fvm", model, train, queries, at=point),
+                       ifkit.pairwise("fvm", model, train, queries, flat_val=val, flat_steps=10))
+    assert torch.equal(ifkit.score("fvm", model, train, val, at=point, damping=0.1),
+                       ifkit.score("fvm", model, train, val, flat_steps=10, damping=0.1))  # its own curvature
+    d = ifkit.diagnose(model, train, val, "fvm", at=point)
+    assert d.point is point and torch.equal(d.scores, ifkit.diagnose(model, train, val, "fvm", flat_steps=10).scores)
+    with pytest.raises(TypeError, match="'graddot' does not use it"):
+        ifkit.score("graddot", model, train, val, at=point)
+    with pytest.raises(ValueError, match="fine-tuned for 'fvm', not 'vm'"):
+        ifkit.score("vm", model, train, val, at=point)
+    with pytest.raises(TypeError, match="drop flat_steps="):
+        ifkit.score("fvm", model, train, val, at=point, flat_steps=5)
+    with pytest.raises(TypeError, match="FlatPoint"):
+        ifkit.score("fvm", model, train, val, at=point.model)
+    with pytest.raises(ValueError, match="params="):
+        ifkit.score("fvm", model, train, val, at=point, params=["2.weight"])

@@ -32,17 +32,19 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from ..core.func import Problem, make_problem
 from ..core.grads import GradEngine
+from ..curvature.forms import Curvature
 from ..curvature.inverse import CurvatureOptions, validation_curvature
 from ..optim.flat_finetune import flat_finetune
-from ..optim.train import best_val_checkpoint
+from ..optim.train import best_val_checkpoint, checkpoint_state
 
 # the fine-tuning options for which an explicit None means the method's default (as the api has always read them)
 FINETUNE = ("flat_optimizer", "flat_steps", "flat_lr", "rho", "sigma")
@@ -68,6 +70,7 @@ class FlatOptions(CurvatureOptions):
         flat_val: pairwise: the validation set to fine-tune on, when the queries are not S_val.
         curvature_val: pairwise: the (X, y) whose curvature at theta~ is inverted, when not flat_val (e.g. S_val
             with the targets of the attribution loss while theta~ is fine-tuned on the model's own loss).
+        at: a ``FlatPoint`` (theta~ of an earlier call): score there instead of fine-tuning again.
         curvature (CurvatureOptions): None picks "ggn" (exact, low rank) or "ggn-cg" by size
             (curvature/val_inverse.py).
     """
@@ -81,6 +84,7 @@ class FlatOptions(CurvatureOptions):
     checkpoints: Sequence[Any] | None = None
     flat_val: Any = None
     curvature_val: Any = None
+    at: FlatPoint | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -123,7 +127,7 @@ def start_model(eng: GradEngine) -> torch.nn.Module:
     if isinstance(cp, str):
         if cp != "best-val":
             raise ValueError(f"checkpoint={cp!r}: give a state_dict, 'best-val' or None")
-        states = [c[0] if isinstance(c, tuple) else c for c in (eng.opt.checkpoints or [])]
+        states = [checkpoint_state(c)[0] for c in (eng.opt.checkpoints or [])]
         if not states:
             raise ValueError("checkpoint='best-val' picks among checkpoints=[state_dict, ...]; none were given "
                              "(ifkit.optim.train.train(..., n_checkpoints=k) saves them)")
@@ -133,22 +137,66 @@ def start_model(eng: GradEngine) -> torch.nn.Module:
     return model
 
 
-def flat_point(eng: GradEngine) -> Problem:
-    """Fine-tune a copy of the model (or of ``checkpoint=``) on S_val (eng.Xv, eng.yv); the problem at theta~."""
-    res = flat_finetune(start_model(eng), (eng.Xv, eng.yv), **eng.opt.finetune_kwargs())
+@dataclass(eq=False)
+class FlatPoint:
+    """theta~ as a value: the fine-tuned point of one VM/FVM call and what scoring there needs.
+
+    ``ifkit.flat_point(...)`` returns it; ``ifkit.score(method, model, train, val, at=point)``,
+    ``ifkit.pairwise(..., at=point)`` and ``ifkit.diagnose(..., at=point)`` score at it without fine-tuning again,
+    and every call with the same validation set and curvature options reuses the one validation curvature built
+    at theta~ (``curvature``): ``ifkit.clean`` scores the training points and every candidate label with one.
+
+    Attributes:
+        start: theta, where the fine-tuning started (the model given, or its ``checkpoint=``).
+        model: theta~, the fine-tuned copy.
+        trajectory: ``flat_finetune``'s log (step, val_loss, val_acc, sharpness, grad_norm).
+        val: (X, y) the validation set it was fine-tuned on (on the model's device and dtype).
+        options: the options of the call that made it (its type says the method: VMOptions or FVMOptions).
+    """
+
+    start: torch.nn.Module
+    model: torch.nn.Module
+    trajectory: pd.DataFrame = field(repr=False)
+    val: tuple[Tensor, Tensor] = field(repr=False)
+    options: FlatOptions = field(repr=False)
+    tuned: Problem = field(repr=False)
+    _curvatures: dict = field(default_factory=dict, repr=False)
+
+    def problem(self, eng: GradEngine) -> Problem:
+        """The problem at theta~ on the caller's model object (the tuned copy differs only in its numbers), so
+        that a GradCache recognises the model across calls (core/cache.py keys on the model object)."""
+        if (eng.prob.names, eng.prob.shapes) != (self.tuned.names, self.tuned.shapes):
+            raise ValueError(f"at=: this theta~ differentiates {len(self.tuned.names)} parameter tensors "
+                             f"{self.tuned.names[:3]}..., the call {eng.prob.names[:3]}...: pass the model and "
+                             "params= it was fine-tuned with")
+        return Problem(eng.model, self.tuned.names, self.tuned.shapes, self.tuned.theta, self.tuned.frozen,
+                       eng.prob.loss)
+
+    def curvature(self, prob: Problem, X: Tensor, y: Tensor, opt: FlatOptions, structured: bool) -> Curvature:
+        """(H~_val + damping I)^-1 over (X, y) at theta~ for ``opt``'s curvature options, built once per set."""
+        key = (structured, X.data_ptr(), tuple(X.shape), y.data_ptr(), tuple(y.shape), opt.loss, opt.curvature,
+               opt.damping, opt.gave("damping"), opt.iters, opt.tol, opt.budget_mb, opt.chunk_size, opt.seed)
+        if key not in self._curvatures:
+            self._curvatures[key] = validation_curvature(prob, X, y, opt, structured=structured)
+        return self._curvatures[key]
+
+
+def flat_point(eng: GradEngine) -> FlatPoint:
+    """Fine-tune a copy of the model (or of ``checkpoint=``) on S_val (eng.Xv, eng.yv) to theta~."""
+    start = start_model(eng)
+    res = flat_finetune(start, (eng.Xv, eng.yv), **eng.opt.finetune_kwargs())
     tuned = make_problem(res.model, eng.opt.params, eng.opt.loss)
-    # The same function of theta~, on the caller's model object (the tuned copy differs only in its numbers), so
-    # that a GradCache recognises the model across calls (core/cache.py keys on the model object)
-    return Problem(eng.model, tuned.names, tuned.shapes, tuned.theta, tuned.frozen, tuned.loss)
+    return FlatPoint(start, res.model, res.trajectory, (eng.Xv, eng.yv), eng.opt, tuned)
 
 
 def _flat_score(eng: GradEngine) -> Tensor:
-    """score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ (paper Sec. 3).
+    """score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ (paper Sec. 3), theta~ = ``at=`` or fine-tuned here.
 
     Cost: flat_steps full-batch steps on S_val, one curvature factorisation on S_val (or CG), one gradient pass.
     """
-    prob = flat_point(eng)
-    curv = validation_curvature(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # quadratic forms only
+    point = eng.opt.at or flat_point(eng)
+    prob = point.problem(eng)
+    curv = point.curvature(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # quadratic forms only
     if curv.factored:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
         return eng.apply_sets(curv.quad_sets, prob)  # supported problems stream FactoredGrads
     return eng.apply(curv.quad, prob)
@@ -158,15 +206,19 @@ def _flat_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at theta~ (first order; module docstring).
 
     The queries (eng.Xv) double as S_val for the fine-tuning and the curvature, unless ``flat_val=(X, y)``
-    names the validation set separately (e.g. when the queries are generated outputs); ``curvature_val=(X, y)``
-    names the set of the curvature alone (e.g. S_val with the targets of the queries' loss, not the fine-tuning's).
+    names the validation set separately (e.g. when the queries are generated outputs), or ``at=`` gives theta~
+    (fine-tuned on its own ``val``); ``curvature_val=(X, y)`` names the set of the curvature alone (e.g. S_val
+    with the targets of the queries' loss, not the fine-tuning's).
     Cost: the fine-tuning, one curvature factorisation on S_val, one solve per training point, one pass.
     """
-    val = eng.opt.flat_val
-    Xval, yval = val if val is not None else (eng.Xv, eng.yv)
-    prob = flat_point(eng.with_other(Xval, yval))
-    Xc, yc = eng.opt.curvature_val if eng.opt.curvature_val is not None else (Xval, yval)
-    curv = validation_curvature(prob, Xc, yc, eng.opt)  # solves need the explicit A: not the structured form
+    if eng.opt.at is not None:
+        point = eng.opt.at
+    else:
+        val = eng.opt.flat_val
+        point = flat_point(eng.with_other(*val) if val is not None else eng)
+    prob = point.problem(eng)
+    Xc, yc = eng.opt.curvature_val if eng.opt.curvature_val is not None else point.val
+    curv = point.curvature(prob, Xc, yc, eng.opt, structured=False)  # solves need the explicit A
     Gq = eng.query_grads(prob)  # (Q, p)
     return eng.apply(lambda G: -(curv.solve_rows(G) @ Gq.T), prob).T  # (Q, n)
 
@@ -198,4 +250,5 @@ def fvm_pairwise(eng: GradEngine) -> Tensor:
     return _flat_pairwise(eng)
 
 
-__all__ = ["FVMOptions", "FVM_DEFAULTS", "FlatOptions", "VMOptions", "VM_DEFAULTS", "flat_point", "start_model", "fvm_pairwise", "fvm_score", "vm_pairwise", "vm_score"]
+__all__ = ["FVMOptions", "FVM_DEFAULTS", "FINETUNE", "FlatOptions", "FlatPoint", "VMOptions", "VM_DEFAULTS", "flat_point",
+           "fvm_pairwise", "fvm_score", "start_model", "vm_pairwise", "vm_score"]

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..core.func import Problem, make_problem, mean_grad
 from ..core.grads import GradEngine
 from ..core.options import Options
+from ..optim.train import checkpoint_state
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def checkpoint_problems(eng: GradEngine) -> Iterator[tuple[Problem, float]]:
         raise ValueError(f"lrs has {len(lrs)} entries but checkpoints has {len(cps)}; give one learning rate each")
     model = copy.deepcopy(eng.model)
     for j, cp in enumerate(cps):
-        state, lr = (cp if isinstance(cp, tuple) else (cp, None))
+        state, lr = checkpoint_state(cp)
         lr = lrs[j] if lrs is not None else (1.0 if lr is None else lr)
         model.load_state_dict(state)
         yield make_problem(model, eng.opt.params, eng.opt.loss), float(lr)
