@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
