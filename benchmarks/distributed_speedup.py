@@ -77,14 +77,16 @@ def worker(args: argparse.Namespace) -> None:
         result[method] = timed(lambda: ifkit.score(method, model, train, val, **opts))
 
     if size > 1:  # fvm's query side vs broadcasting its products from rank 0
-        from ifkit.api import DEFAULTS
         from ifkit.core.grads import GradEngine
-        from ifkit.curvature.val_inverse import ValInverse
-        from ifkit.methods.flat import FVM_DEFAULTS, flat_point
+        from ifkit.methods.flat import FVMOptions, flat_point
 
-        ctx = GradEngine(model, *train, *val, {**DEFAULTS, "_given": frozenset()})
+        ctx = GradEngine(model, *train, *val, FVMOptions())
         box = {}
-        query = lambda: box.update(inv=ValInverse(prob := flat_point(ctx, FVM_DEFAULTS), *val, ctx.opt), prob=prob)  # noqa: E731
+
+        def query():  # theta~ and the validation curvature there (LowRankGGN: its (r, p) matrix A)
+            point = flat_point(ctx)
+            prob = point.problem(ctx)
+            box.update(inv=point.curvature(prob, *val, ctx.opt, structured=False), prob=prob)
         result["fvm_query_side"] = timed(query)
         result["broadcast_query_side"] = timed(
             lambda: (D.broadcast(box["prob"].theta.clone(), ctx.world), D.broadcast(box["inv"].A.clone(), ctx.world)))

@@ -15,6 +15,7 @@ change of a loss with gradient g is  d L / d eps = -g^T H^-1 g_i.  Removing the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import warnings
 from typing import Any
@@ -23,61 +24,36 @@ import torch
 from torch import Tensor
 
 from .core.cache import GradCache
-from .core.func import DEFAULT_CHUNK_SIZE, as_tensors, chunks, param_names, resolve_loss
+from .core.func import as_tensors, chunks, param_names, resolve_loss
 from .core.grads import GradEngine, grad_chunk_rows
+from .core.options import Options
+from .curvature.inverse import LEGACY_LISSA_PRODUCTS
 from .curvature.solvers import check_damping
 from .methods import REGISTRY
+from .methods.flat import FINETUNE, FlatPoint
+from .methods.flat import flat_point as point_of
 
-# Every option any method understands, with its default. Unknown names are refused with a suggestion.
-DEFAULTS: dict[str, Any] = dict(
-    damping=0.01,  # lam in (H + lam I)^-1; the L2 strength the model was trained with is the principled choice
-    iters=None,  # CG iterations (100) / LiSSA depth (500)
-    tol=1e-8,
-    scale=None,  # LiSSA scale; None: 1.5 x (top eigenvalue of H + damping), measured by power iteration
-    # None: full-batch HVPs up to LISSA_FULL_MAX training points, mini-batches of LISSA_AUTO_BATCH above;
-    # an int: stochastic mini-batch HVPs of that size; "full": always full batch. Seeded either way.
-    lissa_batch=None,
-    checkpoints=None,  # TracIn: list of state_dicts or (state_dict, lr) pairs
-    lrs=None,  # TracIn: learning rate of each checkpoint (default 1.0)
-    curvature=None,  # "exact" | "ggn" | "cg" | "ggn-cg"; None picks per method and size
-    ensemble_size=8,  # GEX
-    gex_steps=100,
-    gex_lr=0.05,
-    gex_batch=64,
-    budget_mb=1024.0,  # memory budget for the exact Hessian
-    # False: stream training gradients, recomputed per pass; True: keep them for this call; a GradCache: keep
-    # them across every call given that cache (core/cache.py; keyed by model, parameters and data)
-    cache_grads=False,
-    params=None,
-    loss="cross_entropy",
-    chunk_size=DEFAULT_CHUNK_SIZE,  # unless given: fewer rows when (rows, p) would exceed budget_mb / 4
-    seed=0,
-    device=None,
-    progress=False,
-    # flat validation minima (VM / FVM)
-    flat_optimizer=None,
-    flat_steps=None,
-    flat_lr=None,
-    rho=None,
-    sigma=None,
-    flat_val=None,  # pairwise VM/FVM: the validation set to fine-tune on, when the queries are not S_val
-    # pairwise VM/FVM: the (X, y) whose curvature at theta~ is inverted, when not flat_val: e.g. the validation
-    # inputs with the targets of the attribution loss while theta~ is fine-tuned on the model's own loss
-    curvature_val=None,
-    # VM/FVM: where the fine-tuning on S_val starts. None: the model given; a state_dict: that checkpoint (e.g.
-    # the early-stopped one); "best-val": of checkpoints=, the one with the lowest mean S_val loss
-    checkpoint=None,
-    # None: under an initialised torch.distributed process group, each rank does the per-training-point pass
-    # on its shard and the results are gathered (core/distributed.py); False: always the whole set here
-    distributed=None,
-    # (X, y) points to score INSTEAD of the training points, with every training-set quantity (curvature,
-    # TracIn checkpoints, GEX ensemble, DataInf's damping) still from train=: e.g. each flagged point under
-    # every candidate label, for relabeling. None: score the training points.
-    candidates=None,
-)
+# Every option any method understands, with its default (the first family's where presets differ: VM's
+# flat_optimizer "sgd", FVM's "lpf"). The options of a call are its method's own frozen type (REGISTRY[m].Options,
+# declared beside the method's code); the names of every family are accepted by every method, as they always
+# were, and unknown names are refused with a suggestion.
+OPTION_ORDER = {k: i for i, k in enumerate((
+    "damping", "iters", "tol", "scale", "lissa_batch", "lissa_products", "checkpoints", "lrs", "curvature",
+    "ensemble_size", "gex_steps", "gex_lr", "gex_batch", "budget_mb", "cache_grads", "params", "loss", "chunk_size",
+    "seed", "device", "progress", "flat_optimizer", "flat_steps", "flat_lr", "rho", "sigma", "flat_val",
+    "curvature_val", "checkpoint", "at", "distributed", "candidates"))}
+FAMILIES: tuple[type[Options], ...] = tuple(dict.fromkeys(m.Options for m in REGISTRY.values()))
+DEFAULTS: dict[str, Any] = {f.name: f.default for cls in FAMILIES for f in dataclasses.fields(cls)
+                            if f.name != "given"}
+DEFAULTS = {k: DEFAULTS[k] for k in sorted(DEFAULTS, key=lambda k: OPTION_ORDER.get(k, len(OPTION_ORDER)))}
 
 
-def resolve(method: str, options: dict[str, Any]) -> dict[str, Any]:
+def resolve(method: str, options: dict[str, Any]) -> Options:
+    """Parse ``ifkit.score`` keyword arguments into the method's frozen options type (REGISTRY[method].Options).
+
+    Refuses unknown methods and options (naming the closest ones), and options that cannot apply, before any
+    work; ``given`` records the names passed explicitly.
+    """
     if not isinstance(method, str) or method not in REGISTRY:
         close = difflib.get_close_matches(str(method), REGISTRY, n=3)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -89,23 +65,55 @@ def resolve(method: str, options: dict[str, Any]) -> dict[str, Any]:
         hints = {k: difflib.get_close_matches(k, DEFAULTS, n=1) for k in unknown}
         fix = "; ".join(f"{k!r} -> did you mean {v[0]!r}?" if v else f"{k!r} is not an option" for k, v in hints.items())
         raise TypeError(f"unknown option(s) for ifkit.{method}: {fix}. Options: {', '.join(DEFAULTS)}")
-    opt = {**DEFAULTS, **options, "_given": frozenset(options)}
-    if opt["checkpoint"] is not None and method not in ("vm", "fvm"):
+    if options.get("checkpoint") is not None and method not in ("vm", "fvm"):
         raise TypeError(f"checkpoint= chooses where VM/FVM fine-tune on S_val; {method!r} does not use it (TracIn's "
                         "checkpoints go in checkpoints=)")
-    if opt["damping"] is not None and opt["damping"] != "auto":
-        check_damping(opt["damping"])
-    return opt
+    damping = options.get("damping", DEFAULTS["damping"])
+    if damping is not None and damping != "auto":
+        check_damping(damping)
+    if options.get("at") is not None:
+        _check_at(method, options)
+    options = _renamed(method, options)
+    cls = REGISTRY[method].Options
+    own = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in options.items() if k in own}, given=frozenset(options))
 
 
-def prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_name: str) -> GradEngine:
+def _check_at(method: str, options: dict[str, Any]) -> None:
+    """``at=`` is a theta~ of the same method, and replaces the fine-tuning: its options cannot be given too."""
+    at = options["at"]
+    if method not in ("vm", "fvm"):
+        raise TypeError(f"at= is the fine-tuned theta~ VM/FVM score at; {method!r} does not use it")
+    if not isinstance(at, FlatPoint):
+        raise TypeError(f"at= takes the FlatPoint that ifkit.flat_point(...) returns, got {type(at).__name__}")
+    if type(at.options) is not REGISTRY[method].Options:
+        raise ValueError(f"at= was fine-tuned for {type(at.options).__name__[:-7].lower()!r}, not {method!r}: "
+                         f"call ifkit.flat_point({method!r}, ...) for this method's theta~")
+    again = [k for k in (*FINETUNE, "checkpoint", "flat_val") if options.get(k) is not None]
+    if again:
+        raise TypeError(f"at= is already fine-tuned: drop {', '.join(f'{k}=' for k in again)} (they were given to "
+                        "ifkit.flat_point)")
+
+
+def _renamed(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Old spellings still accepted, with a warning naming the new one."""
+    if method == "if-lissa" and options.get("curvature") is not None:
+        products = LEGACY_LISSA_PRODUCTS.get(options["curvature"], "ggn")
+        warnings.warn(f"if-lissa: curvature={options['curvature']!r} chose LiSSA's products; that option is now "
+                      f"lissa_products={products!r} (curvature= will be ignored by if-lissa in a later release)",
+                      DeprecationWarning, stacklevel=4)
+        options = {**{k: v for k, v in options.items() if k != "curvature"}, "lissa_products": products}
+    return options
+
+
+def prepare(model: torch.nn.Module, train, other, opt: Options, other_name: str) -> GradEngine:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     X, y = as_tensors(train, "train")
     Xv, yv = as_tensors(other, other_name)
-    if opt["device"] is not None:
-        model = copy.deepcopy(model).to(opt["device"])
-        X, y, Xv, yv = (t.to(opt["device"]) for t in (X, y, Xv, yv))
+    if opt.device is not None:
+        model = copy.deepcopy(model).to(opt.device)
+        X, y, Xv, yv = (t.to(opt.device) for t in (X, y, Xv, yv))
     if model.training and any(isinstance(m, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm))
                               for m in model.modules()):
         warnings.warn("model is in training mode with Dropout/BatchNorm: scoring an eval() copy (your model is "
@@ -116,14 +124,14 @@ def prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_nam
     X = X.to(dtype) if X.is_floating_point() else X
     Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
     validate(model, (X, y), (Xv, yv), opt, other_name)  # below: raises early, naming the fix
-    if "chunk_size" not in opt["_given"]:  # a (chunk, p) gradient block takes at most a quarter of budget_mb
-        p = sum(model.get_parameter(n).numel() for n in param_names(model, opt["params"]))
-        opt["chunk_size"] = grad_chunk_rows(p, dtype, opt["budget_mb"])
-    if opt["candidates"] is not None:
-        Xc, yc = as_tensors(opt["candidates"], "candidates")
+    if not opt.gave("chunk_size"):  # a (chunk, p) gradient block takes at most a quarter of budget_mb
+        p = sum(model.get_parameter(n).numel() for n in param_names(model, opt.params))
+        opt = dataclasses.replace(opt, chunk_size=grad_chunk_rows(p, dtype, opt.budget_mb))
+    if opt.candidates is not None:
+        Xc, yc = as_tensors(opt.candidates, "candidates")
         Xc = Xc.to(device=X.device, dtype=dtype) if Xc.is_floating_point() else Xc.to(X.device)
-        validate(model, (X, y), (Xc, yc.to(X.device)), {**opt, "candidates": None}, "candidates")
-        opt = {**opt, "candidates": (Xc, yc.to(X.device))}
+        validate(model, (X, y), (Xc, yc.to(X.device)), opt, "candidates")
+        opt = dataclasses.replace(opt, candidates=(Xc, yc.to(X.device)))
     return GradEngine(model, X, y, Xv, yv, opt)
 
 
@@ -136,7 +144,9 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
         model: a torch.nn.Module at the trained parameters theta*; never modified.
         train: (X, y) tensors or a Dataset of pairs.
         val: (X_val, y_val), the clean validation set S_val.
-        **options: see ``ifkit.api.DEFAULTS`` (damping, iters, scale, checkpoints, params, ...).
+        **options: see ``ifkit.api.DEFAULTS`` (damping, iters, scale, checkpoints, params, ...); each method reads
+            them as its family's frozen options type (``ifkit.methods.REGISTRY[method].Options``). VM/FVM:
+            ``at=ifkit.flat_point(...)`` scores at that theta~ instead of fine-tuning again.
 
     Under an initialised torch.distributed process group (e.g. torchrun), call it on every rank with the same
     arguments: each rank scores a shard of the training set and every rank returns the full, identical result
@@ -144,8 +154,25 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
     """
     opt = resolve(method, options)
     eng = prepare(model, train, val, opt, "val")
-    out = REGISTRY[method][0](eng)
-    return check_finite(out, method)
+    return run(method, eng)
+
+
+def run(method: str, eng: GradEngine) -> Tensor:
+    """``method``'s scores on a prepared engine (its inputs checked, its options typed): (n_scored,)."""
+    return check_finite(REGISTRY[method].score(eng), method)
+
+
+def flat_point(method: str, model: torch.nn.Module, train, val, **options: Any) -> FlatPoint:
+    """theta~ as a value: fine-tune a copy of ``model`` on ``val`` exactly as ``ifkit.score(method, ...)`` does.
+
+    Pass it on as ``at=`` to ``ifkit.score`` / ``ifkit.pairwise`` / ``ifkit.diagnose`` (same method, same
+    validation set) to score there without fine-tuning again; calls with the same curvature options share one
+    validation curvature at theta~. Takes every ``ifkit.score`` option and checks the inputs as it does.
+    """
+    if method not in ("vm", "fvm"):
+        raise ValueError(f"flat_point fine-tunes for the flat-validation-minimum scores: method must be 'vm' or "
+                         f"'fvm', got {method!r}")
+    return point_of(prepare(model, train, val, resolve(method, options), "val"))
 
 
 def pairwise(method: str, model: torch.nn.Module, train, queries, **options: Any) -> Tensor:
@@ -154,9 +181,9 @@ def pairwise(method: str, model: torch.nn.Module, train, queries, **options: Any
     Negative = helpful (proponent), positive = harmful (opponent).
     """
     opt = resolve(method, options)
-    fn = REGISTRY[method][1]
+    fn = REGISTRY[method].pairwise
     if fn is None:
-        has = [m for m, (_, p) in REGISTRY.items() if p is not None]
+        has = [m for m, entry in REGISTRY.items() if entry.pairwise is not None]
         raise ValueError(f"method {method!r} is a self-influence score and has no pairwise form; use one of {has}")
     eng = prepare(model, train, queries, opt, "queries")
     return check_finite(fn(eng), method)
@@ -181,7 +208,7 @@ MAX_SHOWN = 10  # indices / names listed in a message
 
 
 def validate(model: torch.nn.Module, train: tuple[Tensor, Tensor], other: tuple[Tensor, Tensor],
-             opt: dict[str, Any], other_name: str) -> None:
+             opt: Options, other_name: str) -> None:
     """Raise ValueError / TypeError for inputs no method can score meaningfully; return None otherwise."""
     sets = {"train": train, other_name: other}
     _check_params_option(opt)
@@ -197,21 +224,21 @@ def validate(model: torch.nn.Module, train: tuple[Tensor, Tensor], other: tuple[
             _check_finite_rows(y, f"{name} targets")
     with torch.no_grad():
         out = model(train[0][:1])  # one example: the number of outputs (classes, or vocabulary size)
-    if opt["loss"] == "cross_entropy":
+    if opt.loss == "cross_entropy":
         for name, (_, y) in sets.items():
             _check_class_targets(y, out, name)
     _check_losses_finite(model, *train, opt, _loss_rows(out, opt))
 
 
-def _loss_rows(out: Tensor, opt: dict[str, Any]) -> int:
+def _loss_rows(out: Tensor, opt: Options) -> int:
     """Rows per forward pass of the loss check: up to 4,096 (one big batch costs less than 16 of 256: measured
     42 -> 12 ms for 4,000 points of a 784-64-10 MLP), as long as their outputs stay within budget_mb / 16."""
     per_row = max(out.numel() * out.element_size(), 1) if isinstance(out, Tensor) else 1
-    return max(int(opt["chunk_size"]), min(4096, int(opt["budget_mb"] * 2**20 / 16 // per_row)))
+    return max(int(opt.chunk_size), min(4096, int(opt.budget_mb * 2**20 / 16 // per_row)))
 
 
-def _check_params_option(opt: dict[str, Any]) -> None:
-    params = opt["params"]
+def _check_params_option(opt: Options) -> None:
+    params = opt.params
     if params is None:
         return
     if isinstance(params, str):
@@ -286,9 +313,9 @@ def _check_class_targets(y: Tensor, out: Tensor, name: str) -> None:
                          "more outputs, or pass a custom loss=")
 
 
-def _check_losses_finite(model: torch.nn.Module, X: Tensor, y: Tensor, opt: dict[str, Any], step: int) -> None:
+def _check_losses_finite(model: torch.nn.Module, X: Tensor, y: Tensor, opt: Options, step: int) -> None:
     """One forward pass over the training set, ``step`` rows at a time: per-sample losses at theta must be finite."""
-    loss = resolve_loss(opt["loss"])
+    loss = resolve_loss(opt.loss)
     bad = []
     with torch.no_grad():
         for rows in chunks(len(X), max(step, 1)):
@@ -312,4 +339,5 @@ def methods() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
-__all__ = ["DEFAULTS", "check_finite", "methods", "pairwise", "prepare", "resolve", "score", "validate"]
+__all__ = ["DEFAULTS", "FAMILIES", "check_finite", "flat_point", "methods", "pairwise", "prepare", "resolve", "run", "score",
+           "validate"]

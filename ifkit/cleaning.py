@@ -23,6 +23,7 @@ one core) + one forward pass on S_val per checkpoint + scoring k x n_classes can
 from __future__ import annotations
 
 import copy
+import dataclasses
 import html
 import time
 from collections.abc import Sequence
@@ -34,8 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from . import api
-from .diagnosis import Diagnosis, diagnose
-from .optim.train import best_val_checkpoint, labelled_tensors
+from .core.grads import GradEngine
+from .diagnosis import Diagnosis, report
+from .methods.flat import flat_point
+from .optim.train import best_val_checkpoint, checkpoint_state, labelled_tensors
 
 
 @dataclass
@@ -131,20 +134,23 @@ def clean(
     if method not in ("vm", "fvm"):
         raise ValueError(f"ifkit.clean uses the flat-validation-minimum scores: method must be 'vm' or 'fvm', got "
                          f"{method!r} (other methods: ifkit.score, then torch.topk)")
-    for bad in ("checkpoint", "candidates"):
+    for bad in ("checkpoint", "candidates", "at"):
         if options.get(bad) is not None:
             raise ValueError(f"ifkit.clean chooses the model and the candidates itself: drop {bad}= (give "
                              "checkpoints=[state_dict, ...] to choose among)")
-    loss = options.get("loss", "cross_entropy")
-    X, y = labelled_tensors(train, "train", loss)
+    opt = api.resolve(method, options)  # typed options; unknown names refused before any work
+    X, y = labelled_tensors(train, "train", opt.loss)
     chosen, val_losses = None, []
     start = copy.deepcopy(model)
     if checkpoints:
-        chosen, val_losses = best_val_checkpoint(model, checkpoints, val, loss)
-        c = checkpoints[chosen]
-        start.load_state_dict(c[0] if isinstance(c, tuple) else c)
+        chosen, val_losses = best_val_checkpoint(model, checkpoints, val, opt.loss)
+        start.load_state_dict(checkpoint_state(checkpoints[chosen])[0])
 
-    d = diagnose(start, (X, y), val, method, **options)
+    # One input check, one fine-tuning to theta~, one validation curvature there (cached on the point): the
+    # report's scores and every candidate label's below use them all
+    eng = api.prepare(start, (X, y), val, opt, "val")
+    point = flat_point(eng)
+    d = report(eng, point, method, t0=t0)
     scores = d.scores  # (n,) equal to ifkit.score(method, start, train, val, **options)
     n = len(scores)
     if k is None:
@@ -161,10 +167,11 @@ def clean(
     if relabel and k:
         with torch.no_grad():
             C = int(d.model_tilde(X[:1]).shape[-1])
-        Xc = X[flagged].repeat_interleave(C, dim=0)  # (k*C, ...) each flagged point once per class
-        yc = torch.arange(C, device=y.device).repeat(k)  # (k*C,)
-        # theta~ is already the fine-tuned model: no further steps, the same theta~ as the scores above
-        cand = api.score(method, d.model_tilde, (X, y), val, candidates=(Xc, yc), **{**options, "flat_steps": 0})
+        Xc = eng.X[flagged].repeat_interleave(C, dim=0)  # (k*C, ...) each flagged point once per class
+        yc = torch.arange(C, device=eng.y.device).repeat(k)  # (k*C,)
+        # at theta~ of the scores above, with their curvature: = ifkit.score(..., at=point, candidates=(Xc, yc))
+        cand_opt = dataclasses.replace(eng.opt, candidates=(Xc, yc), at=point)
+        cand = api.run(method, GradEngine(eng.model, eng.X, eng.y, eng.Xv, eng.yv, cand_opt))
         new = cand.view(k, C).argmin(dim=1)  # (k,) the label whose candidate is least harmful
     labels = y.clone()
     labels[flagged] = new

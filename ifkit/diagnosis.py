@@ -52,6 +52,7 @@ gap stays below GAP_DISTRUST although memorisation cost VM 7-12 AUC points: "cau
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import time
@@ -64,8 +65,9 @@ from torch import Tensor, nn
 
 from . import api
 from .core.func import chunks, iter_grads, make_problem
-from .methods.flat import FVM_DEFAULTS, VM_DEFAULTS
-from .optim.flat_finetune import flat_finetune
+from .core.grads import GradEngine
+from .core.options import Options
+from .methods.flat import FlatPoint, flat_point
 from .optim.sam import sam_sharpness
 from .optim.train import evaluate
 from .sharpness import top_hessian_eigenvalue
@@ -109,6 +111,8 @@ class Diagnosis:
         loss_tilde, grad_norm_tilde, loss_theta: (n_train,) the controls: per-sample training loss and gradient
             norm at theta~, training loss at theta.
         model_tilde: the fine-tuned copy (theta~), e.g. to score it with other methods (``flat_steps=0``).
+        point: theta~ as a value (``ifkit.flat_point``): ``ifkit.score(method, ..., at=d.point)`` scores there
+            without fine-tuning again, with the validation curvature these scores used.
         seconds: wall time of the call.
     """
 
@@ -142,10 +146,11 @@ class Diagnosis:
     grad_norm_tilde: Tensor = field(repr=False)
     loss_theta: Tensor = field(repr=False)
     model_tilde: nn.Module = field(repr=False)
+    point: FlatPoint = field(repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The numbers, verdict and reasons (no tensors, no model): one row of a results table."""
-        skip = {"scores", "loss_tilde", "grad_norm_tilde", "loss_theta", "model_tilde"}
+        skip = {"scores", "loss_tilde", "grad_norm_tilde", "loss_theta", "model_tilde", "point"}
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -184,25 +189,14 @@ class Diagnosis:
                 f"<ul>{items}</ul></div>")
 
 
-def _flat_kwargs(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The flat_finetune arguments ``ifkit.score(method, ...)`` uses (methods/flat.py ``flat_point``)."""
-    defaults = VM_DEFAULTS if method == "vm" else FVM_DEFAULTS
-    o = {k: (options[k] if options.get(k) is not None else v) for k, v in defaults.items()}
-    return dict(flat_optimizer=o["flat_optimizer"], flat_steps=o["flat_steps"], flat_lr=o["flat_lr"],
-                rho=o.get("rho", options.get("rho") or DEFAULT_RHO),
-                sigma=o.get("sigma", options.get("sigma") or FVM_DEFAULTS["sigma"]),
-                params=options.get("params"), loss=options.get("loss", "cross_entropy"),
-                seed=options.get("seed", 0), progress=bool(options.get("progress", False)))
-
-
-def _per_sample(model: nn.Module, X: Tensor, y: Tensor, opt: dict[str, Any], with_grads: bool):
+def _per_sample(model: nn.Module, X: Tensor, y: Tensor, opt: Options, with_grads: bool):
     """(n,) training losses and, with_grads, (n,) per-sample gradient norms (streamed in chunks)."""
-    prob = make_problem(model, opt["params"], opt["loss"])
+    prob = make_problem(model, opt.params, opt.loss)
     with torch.no_grad():
-        losses = torch.cat([prob.losses(prob.theta, X[r], y[r]) for r in chunks(len(X), opt["chunk_size"])])
+        losses = torch.cat([prob.losses(prob.theta, X[r], y[r]) for r in chunks(len(X), opt.chunk_size)])
     if not with_grads:
         return losses, None
-    norms = torch.cat([G.norm(dim=1) for _, G in iter_grads(prob, X, y, opt["chunk_size"])])  # (n,)
+    norms = torch.cat([G.norm(dim=1) for _, G in iter_grads(prob, X, y, opt.chunk_size)])  # (n,)
     return losses, norms
 
 
@@ -221,6 +215,7 @@ def diagnose(
     val,
     method: str = "fvm",
     *,
+    at: FlatPoint | None = None,
     curvature_sharpness: str = "ggn",
     eig_iters: int = 100,
     **options: Any,
@@ -240,7 +235,9 @@ def diagnose(
         model: the trained classifier at theta; never modified.
         train: (X, y) training set with possibly noisy labels (or a Dataset of pairs).
         val: (X_val, y_val) the clean validation set S_val.
-        method: "fvm" (FVM_DEFAULTS: LPF-SGD) or "vm" (VM_DEFAULTS: plain SGD).
+        method: "fvm" (FVMOptions: LPF-SGD) or "vm" (VMOptions: plain SGD).
+        at: theta~ already fine-tuned for this method (``ifkit.flat_point``): report there, without fine-tuning
+            again (theta is then ``at.start``, where that fine-tuning started).
         curvature_sharpness: "ggn" (PSD, the default: its top eigenvalue is the sharpest direction even away
             from a minimum) or "hessian", for the top eigenvalue on S_val.
         eig_iters: power-iteration budget for the top eigenvalue.
@@ -263,31 +260,36 @@ def diagnose(
         raise ValueError(f"curvature_sharpness must be 'ggn' or 'hessian', got {curvature_sharpness!r}")
     if options.get("candidates") is not None:
         raise ValueError("diagnose reports on the training points themselves: drop candidates= (score candidate "
-                         "labels with ifkit.score(method, d.model_tilde, train, val, flat_steps=0, candidates=...))")
-    opt = api.resolve(method, options)
-    eng = api.prepare(model, train, val, opt, "val")  # every input check of ifkit.score, before any work
-    X, y, Xv, yv = eng.X, eng.y, eng.Xv, eng.yv  # stacked, on the model's device and dtype
-    model = eng.model  # an eval() copy when Dropout/BatchNorm were in training mode
-    rho = float(opt["rho"] if opt["rho"] is not None else DEFAULT_RHO)
-    loss = opt["loss"]
+                         "labels with ifkit.score(method, model, train, val, at=d.point, candidates=...))")
+    if at is not None:
+        options = {**options, "at": at}  # checked by the api: the same method, no fine-tuning options beside it
+    eng = api.prepare(model, train, val, api.resolve(method, options), "val")  # every check of ifkit.score
+    return report(eng, eng.opt.at or flat_point(eng), method, curvature_sharpness, eig_iters, t0)
 
-    tuned = flat_finetune(model, (Xv, yv), **_flat_kwargs(method, opt))
-    tilde = tuned.model
-    # The same theta~ as ifkit.score(method, model, ...) reaches (seeded, deterministic): scoring it with no
-    # further steps gives exactly that call's scores without fine-tuning twice.
-    scores = api.score(method, tilde, (X, y), (Xv, yv), **{**options, "flat_steps": 0})
+
+def report(eng: GradEngine, point: FlatPoint, method: str, curvature_sharpness: str = "ggn", eig_iters: int = 100,
+           t0: float | None = None) -> Diagnosis:
+    """The trust report of ``diagnose`` for an engine ``api.prepare`` made (inputs checked, options typed) at
+    theta~ = ``point``: no input check and no fine-tuning here (``ifkit.clean`` calls it with its own point)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    opt = eng.opt  # typed (methods/flat.py FlatOptions), chunk_size fitted to the memory budget
+    X, y, Xv, yv = eng.X, eng.y, eng.Xv, eng.yv  # stacked, on the model's device and dtype
+    model, tilde = point.start, point.model  # theta (an eval() copy if Dropout/BatchNorm were training), theta~
+    rho = float(point.options.rho)
+    loss = opt.loss
+    scores = api.run(method, GradEngine(eng.model, X, y, Xv, yv, dataclasses.replace(opt, at=point)))
 
     train_loss, train_acc = evaluate(model, X, y, loss=loss)
     val_loss, val_acc = evaluate(model, Xv, yv, loss=loss)
     val_loss_t, val_acc_t = evaluate(tilde, Xv, yv, loss=loss)
-    first, last = tuned.trajectory.iloc[0], tuned.trajectory.iloc[-1]
+    first, last = point.trajectory.iloc[0], point.trajectory.iloc[-1]
     sam0, sam1 = _sam(model, (Xv, yv), rho, opt), _sam(tilde, (Xv, yv), rho, opt)
-    eig = dict(params=opt["params"], loss=loss, iters=eig_iters, tol=1e-4, seed=opt["seed"],
+    eig = dict(params=opt.params, loss=loss, iters=eig_iters, tol=1e-4, seed=opt.seed,
                curvature=curvature_sharpness)
     e0 = top_hessian_eigenvalue(model, (Xv, yv), **eig)
     e1 = top_hessian_eigenvalue(tilde, (Xv, yv), **eig)
 
-    names = make_problem(model, opt["params"], loss).names
+    names = make_problem(model, opt.params, loss).names
     theta, theta_t = _flat(model, names), _flat(tilde, names)
     rel_move = float((theta_t - theta).norm() / theta.norm().clamp_min(1e-30))
 
@@ -306,7 +308,7 @@ def diagnose(
         val_grad_norm_tilde=float(last["grad_norm"]), rel_move=rel_move,
         spearman_loss_tilde=_rank_corr(scores, loss_tilde), spearman_grad_norm_tilde=_rank_corr(scores, gnorm_tilde),
         spearman_loss=_rank_corr(scores, loss_theta), seconds=0.0, scores=scores, loss_tilde=loss_tilde,
-        grad_norm_tilde=gnorm_tilde, loss_theta=loss_theta, model_tilde=tilde,
+        grad_norm_tilde=gnorm_tilde, loss_theta=loss_theta, model_tilde=tilde, point=point,
     )
     d.levels, d.reasons = _judge(d, n_classes)
     d.verdict = max((lv for lv in d.levels if lv in LEVELS), key=LEVELS.index, default="trust")
@@ -314,8 +316,8 @@ def diagnose(
     return d
 
 
-def _sam(model: nn.Module, data, rho: float, opt: dict[str, Any]) -> dict[str, float]:
-    return sam_sharpness(model, data, rho, loss=opt["loss"], params=opt["params"])
+def _sam(model: nn.Module, data, rho: float, opt: Options) -> dict[str, float]:
+    return sam_sharpness(model, data, rho, loss=opt.loss, params=opt.params)
 
 
 def _judge(d: Diagnosis, n_classes: int) -> tuple[list[str], list[str]]:
@@ -358,5 +360,5 @@ def _judge(d: Diagnosis, n_classes: int) -> tuple[list[str], list[str]]:
     return [lv for lv, _ in out], [r for _, r in out]
 
 
-__all__ = ["CONTROL_SPEARMAN", "Diagnosis", "FIT_RATIO", "GAP_CAUTION", "GAP_DISTRUST", "GRAD_RATIO_MAX",
+__all__ = ["CONTROL_SPEARMAN", "Diagnosis", "report", "FIT_RATIO", "GAP_CAUTION", "GAP_DISTRUST", "GRAD_RATIO_MAX",
            "SHARPNESS_MAX", "TOP_EIG_MAX", "diagnose"]

@@ -120,8 +120,9 @@ def checkpoint_diagnoses(model: torch.nn.Module, train, val, checkpoints: Sequen
     """index -> ``ifkit.diagnose`` of ``model`` with checkpoint ``index`` loaded (state_dicts or (state_dict, lr)
     pairs, as ``ifkit.optim.train.train`` saves them), computed once per index; ``model`` is never modified."""
     from ifkit.diagnosis import diagnose
+    from ifkit.optim.train import checkpoint_state
 
-    states = [c[0] if isinstance(c, tuple) else c for c in checkpoints]
+    states = [checkpoint_state(c)[0] for c in checkpoints]
     if not states:
         raise ValueError("no checkpoints: train with ifkit.optim.train.train(..., n_checkpoints=k) to save some")
     reports: dict[int, Any] = {}

@@ -91,3 +91,33 @@ def test_k_as_count_fraction_or_estimate(setting):
 def test_bad_arguments_name_the_fix(setting, kwargs, match):
     with pytest.raises(ValueError, match=match):
         ifkit.clean(setting.early, setting.train, setting.val, **kwargs)
+
+
+def test_clean_checks_fine_tunes_and_builds_the_curvature_once(tiny_mlp, monkeypatch):
+    """ifkit.clean checks its inputs, fine-tunes to theta~ and builds the validation curvature there once: the
+    report's scores and every candidate label's share them (theta~ is a value: methods/flat.py FlatPoint)."""
+    from ifkit import api
+    from ifkit.methods import flat
+
+    calls = {"prepare": 0, "finetune": 0, "curvature": 0}
+
+    def counted(name, fn):
+        def wrapper(*a, **kw):
+            calls[name] += 1
+            return fn(*a, **kw)
+        return wrapper
+
+    monkeypatch.setattr(api, "prepare", counted("prepare", api.prepare))
+    monkeypatch.setattr(flat, "flat_finetune", counted("finetune", flat.flat_finetune))
+    monkeypatch.setattr(flat, "validation_curvature", counted("curvature", flat.validation_curvature))
+    model, train, val, _ = tiny_mlp
+    c = ifkit.clean(model, train, val, k=5, flat_steps=10)
+    assert calls == {"prepare": 1, "finetune": 1, "curvature": 1}
+    monkeypatch.undo()
+    ref = ifkit.score("vm", model, train, val, flat_steps=10)
+    assert torch.equal(c.scores, ref)
+    X, y = train
+    Xc, yc = X[c.flagged].repeat_interleave(10, dim=0), torch.arange(10).repeat(5)
+    cand = ifkit.score("vm", model, train, val, flat_steps=10, candidates=(Xc, yc))
+    assert torch.equal(c.new_labels, cand.view(5, 10).argmin(1))
+    assert torch.equal(ifkit.score("vm", model, train, val, at=c.diagnosis.point, candidates=(Xc, yc)), cand)

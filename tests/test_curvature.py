@@ -68,15 +68,30 @@ def test_negative_damping_refused():
 
 
 def test_datainf_equals_naive_formula():
+    """DataInf's inverse (curvature/forms.py, the one implementation) on two layer blocks: per block,
+    1/n sum_i (g_il g_il^T + lam I)^-1 v_l; streamed in two chunks; Kwon et al.'s damping when none is given."""
+    from ifkit.core.cache import DenseGrads
+    from ifkit.curvature.forms import DataInf
+
     g = torch.Generator().manual_seed(0)
     G = torch.randn(9, 6, generator=g, dtype=torch.float64)
-    v = torch.randn(6, generator=g, dtype=torch.float64)
-    lam = 0.3
-    naive = (
-        sum(torch.linalg.inv(torch.outer(gi, gi) + lam * torch.eye(6, dtype=torch.float64)) @ v for gi in G)
-        / 9
-    )
-    torch.testing.assert_close(C.datainf_inverse(G, v, lam), naive, **EXACT)
+    V = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    blocks = [slice(0, 4), slice(4, 6)]
+    chunks = lambda: [DenseGrads(G[:5], blocks), DenseGrads(G[5:], blocks)]  # noqa: E731
+
+    def naive(lams):
+        out = torch.empty_like(V)
+        for b, lam in zip(blocks, lams):
+            eye = lam * torch.eye(b.stop - b.start, dtype=torch.float64)
+            out[b] = sum(torch.linalg.inv(torch.outer(gi[b], gi[b]) + eye) @ V[b] for gi in G) / 9
+        return out
+
+    given = DataInf(chunks, 9, blocks, 0.3, torch.float64, G.device)
+    torch.testing.assert_close(given.solve(V), naive([0.3, 0.3]), **EXACT)
+    torch.testing.assert_close(given.solve(V[:, 0]), naive([0.3, 0.3])[:, 0], **EXACT)
+    auto = DataInf(chunks, 9, blocks, None, torch.float64, G.device)
+    kwon = [0.1 * (G[:, b] ** 2).sum(1).mean() / (b.stop - b.start) for b in blocks]
+    torch.testing.assert_close(auto.solve(V), naive(kwon), **EXACT)
 
 
 def test_top_eigenvalue_and_trace():
@@ -86,3 +101,36 @@ def test_top_eigenvalue_and_trace():
     )
     tr = C.hutchinson_trace(lambda v: H @ v, 12, samples=2000, dtype=torch.float64)
     assert tr == pytest.approx(torch.trace(H).item(), rel=HUTCHINSON_REL)
+
+
+# Modules whose comparisons with these strings mean something else: the product type of core/products.py
+# ("hessian" | "ggn"), the curvature whose top eigenvalue sharpness.py / diagnosis.py measure, and K-FAC's own two
+# variants and Fisher type inside curvature/kfac.py (the form the factory builds for "ekfac"/"kfac").
+OTHER_MEANINGS = {"core/products.py", "sharpness.py", "diagnosis.py", "curvature/kfac.py"}
+
+
+def _curvature_name_comparisons(path, kinds) -> list[str]:
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            parts = [c for side in [node.left, *node.comparators] for c in ast.walk(side)]
+            if any(isinstance(c, ast.Constant) and c.value in kinds for c in parts):
+                out.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+def test_each_curvature_name_is_dispatched_in_one_place():
+    """Only the factory (curvature/inverse.py) turns a curvature name into an inverse: no other module of the
+    library compares anything with "exact", "ggn", "cg", "ggn-cg", "lissa", "datainf", "ekfac" or "kfac"."""
+    from pathlib import Path
+
+    import ifkit
+    from ifkit.curvature.inverse import KINDS
+
+    root = Path(ifkit.__file__).parent
+    found = {p.relative_to(root).as_posix(): _curvature_name_comparisons(p, KINDS) for p in root.rglob("*.py")}
+    found = {k: v for k, v in found.items() if v and k not in OTHER_MEANINGS}
+    assert set(found) == {"curvature/inverse.py"}, found
+    assert len(found["curvature/inverse.py"]) >= len(KINDS)  # the check sees the factory's own dispatch

@@ -211,3 +211,16 @@ def test_gradient_chunks_shrink_to_fit_the_memory_budget(tiny_mlp, monkeypatch):
     ifkit.score("gradcos", model, train, val, budget_mb=0.05, chunk_size=50)  # an explicit chunk_size wins
     assert seen[-1] == 50
     torch.testing.assert_close(small, default)
+
+
+def test_lissa_products_have_their_own_option_and_the_old_spelling_warns(tiny_mlp):
+    """if-lissa's product choice is lissa_products=; curvature="cg"/"exact" still works, with a warning naming it."""
+    model, train, val, _ = tiny_mlp
+    opts = dict(damping=0.1, iters=50)
+    hessian = ifkit.score("if-lissa", model, train, val, lissa_products="hessian", **opts)
+    with pytest.warns(DeprecationWarning, match="lissa_products='hessian'"):
+        old = ifkit.score("if-lissa", model, train, val, curvature="cg", **opts)
+    assert torch.equal(hessian, old)
+    assert not torch.equal(hessian, ifkit.score("if-lissa", model, train, val, **opts))  # default: Gauss-Newton
+    with pytest.raises(ValueError, match="lissa_products must be 'ggn' or 'hessian'"):
+        ifkit.score("if-lissa", model, train, val, lissa_products="fisher", **opts)

@@ -9,10 +9,9 @@ from tolerances import EXACT, LOO_PEARSON, LOO_SIGN_AGREEMENT
 
 import ifkit
 from ifkit import metrics
-from ifkit.api import DEFAULTS
 from ifkit.core import func
-from ifkit.curvature.inverse import dense_curvature
-from ifkit.curvature.val_inverse import ValInverse
+from ifkit.curvature.inverse import CurvatureOptions, dense_curvature, validation_curvature
+from ifkit.curvature.val_inverse import LowRankGGN, StructuredGGN
 from ifkit.optim import fullbatch
 
 
@@ -26,13 +25,21 @@ def _small_net():
 def test_lowrank_ggn_inverse_equals_dense():
     m, Xv, yv = _small_net()
     prob = func.make_problem(m)
-    inv = ValInverse(prob, Xv, yv, dict(DEFAULTS, damping=0.05))
-    assert inv.lowrank  # 15 x 4 = 60 < p = 264
+    inv = validation_curvature(prob, Xv, yv, CurvatureOptions(damping=0.05))
+    assert isinstance(inv, LowRankGGN)  # 15 x 4 = 60 < p = 264
     M = dense_curvature(func.ggn_vp_fn(prob, Xv, yv), prob, 1e9)
     G = torch.randn(7, prob.p, dtype=torch.float64)
     ref = torch.linalg.solve(M + 0.05 * torch.eye(prob.p, dtype=torch.float64), G.T).T
-    torch.testing.assert_close(inv.solve(G), ref, **EXACT)
+    torch.testing.assert_close(inv.solve_rows(G), ref, **EXACT)
+    torch.testing.assert_close(inv.solve(G.T), ref.T, **EXACT)
     torch.testing.assert_close(inv.quad(G), (G * ref).sum(1), **EXACT)
+    structured = validation_curvature(prob, Xv, yv, CurvatureOptions(damping=0.05), structured=True)
+    assert isinstance(structured, StructuredGGN) and structured.factored  # quadratic forms from layer factors
+    from ifkit.core import factors
+
+    X = torch.randn(7, 8, dtype=torch.float64)
+    F = factors.factored_grads(prob, X, torch.randint(0, 4, (7,)))
+    torch.testing.assert_close(structured.quad_sets(F), inv.quad(F.dense()), **EXACT)
 
 
 @pytest.mark.parametrize("curvature", ["ggn", "exact", "ggn-cg"])
@@ -178,3 +185,30 @@ def test_datainf_validation_curvature_is_datainf_at_theta_tilde(tiny_mlp, method
                           flat_steps=30)
     torch.testing.assert_close(same, ifkit.pairwise(method, model, train, queries, flat_val=val,
                                                     curvature="datainf", flat_steps=30))
+
+
+def test_theta_tilde_is_a_value_scored_at_without_fine_tuning_again(tiny_mlp):
+    """ifkit.flat_point returns theta~; score / pairwise / diagnose at=point give the numbers of the calls that
+    fine-tune themselves, and at= refuses what cannot apply."""
+    model, train, val, _ = tiny_mlp
+    queries = (val[0][:4], val[1][:4])
+    point = ifkit.flat_point("fvm", model, train, val, flat_steps=10)
+    assert isinstance(point, ifkit.FlatPoint) and point.start is not point.model
+    assert torch.equal(ifkit.score("fvm", model, train, val, at=point),
+                       ifkit.score("fvm", model, train, val, flat_steps=10))
+    assert torch.equal(ifkit.pairwise("fvm", model, train, queries, at=point),
+                       ifkit.pairwise("fvm", model, train, queries, flat_val=val, flat_steps=10))
+    assert torch.equal(ifkit.score("fvm", model, train, val, at=point, damping=0.1),
+                       ifkit.score("fvm", model, train, val, flat_steps=10, damping=0.1))  # its own curvature
+    d = ifkit.diagnose(model, train, val, "fvm", at=point)
+    assert d.point is point and torch.equal(d.scores, ifkit.diagnose(model, train, val, "fvm", flat_steps=10).scores)
+    with pytest.raises(TypeError, match="'graddot' does not use it"):
+        ifkit.score("graddot", model, train, val, at=point)
+    with pytest.raises(ValueError, match="fine-tuned for 'fvm', not 'vm'"):
+        ifkit.score("vm", model, train, val, at=point)
+    with pytest.raises(TypeError, match="drop flat_steps="):
+        ifkit.score("fvm", model, train, val, at=point, flat_steps=5)
+    with pytest.raises(TypeError, match="FlatPoint"):
+        ifkit.score("fvm", model, train, val, at=point.model)
+    with pytest.raises(ValueError, match="params="):
+        ifkit.score("fvm", model, train, val, at=point, params=["2.weight"])

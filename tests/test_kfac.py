@@ -139,15 +139,14 @@ def test_unsupported_layers_are_named_with_a_fix():
 
 
 def test_vm_curvature_ekfac_uses_the_validation_factors(tiny_mlp):
-    from ifkit.api import DEFAULTS
-    from ifkit.curvature.val_inverse import ValInverse
+    from ifkit.curvature.inverse import CurvatureOptions, validation_curvature
 
     model, (X, y), (Xv, yv), flipped = tiny_mlp
     prob = func.make_problem(model)
-    inv = ValInverse(prob, Xv, yv, {**DEFAULTS, "curvature": "ekfac", "damping": 0.1})
+    inv = validation_curvature(prob, Xv, yv, CurvatureOptions(curvature="ekfac", damping=0.1))
     G = func.per_sample_grads(prob, X[:5], y[:5])  # (5, p)
     expected = kfac.fit(prob, Xv, yv).solve(G.T, 0.1).T
-    torch.testing.assert_close(inv.solve(G), expected, **EXACT)
+    torch.testing.assert_close(inv.solve_rows(G), expected, **EXACT)
     torch.testing.assert_close(inv.quad(G), (G * expected).sum(1), **EXACT)
     s = ifkit.score("vm", model, (X, y), (Xv, yv), curvature="ekfac", flat_steps=20)
     assert (s >= 0).all() and metrics.auc(s, flipped) > 0.5

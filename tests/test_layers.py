@@ -151,3 +151,37 @@ def test_no_module_is_too_long():
     long = {module_name(p): n for p in FILES if "experiments" not in p.parts
             and (n := len(p.read_text().splitlines())) > 440}
     assert not long, f"modules over 440 lines: {long}"
+
+
+OPTION_DICTS = {"opt", "opts", "options", "o", "defaults"}  # names an options dict went by
+
+
+def _options_lookups(path: Path) -> list[str]:
+    """`opt[...]`, `options[...]`, `x.opt[...]` subscripts and `.get(` on such names, with their lines."""
+    def named(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id in OPTION_DICTS
+                or isinstance(node, ast.Attribute) and node.attr in OPTION_DICTS)
+    bad = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Subscript) and named(node.value):
+            bad.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and named(node.func.value)):
+            bad.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return bad
+
+
+BELOW_API = [p for p in FILES if layer_of(module_name(p))[1] < LAYERS["ifkit.api"]]
+
+
+@pytest.mark.parametrize("path", BELOW_API, ids=lambda p: module_name(p))
+def test_no_options_dict_below_the_api(path: Path):
+    """Below ifkit/api.py options are typed (core/options.py and each family's type): no dict lookups."""
+    bad = _options_lookups(path)
+    assert not bad, f"{module_name(path)} reads an options dict: {bad}; read the typed field (opt.name) instead"
+
+
+def test_the_options_check_can_fail(tmp_path: Path):
+    f = tmp_path / "m.py"
+    f.write_text("def f(eng, opt, options):\n    return eng.opt['damping'], opt['x'], options.get('y', 1)\n")
+    assert len(_options_lookups(f)) == 3

@@ -206,3 +206,24 @@ def test_candidates_are_validated(small):
     model, train, val = small
     with pytest.raises(ValueError, match="candidates"):
         ifkit.score("graddot", model, train, val, candidates=(train[0][:2], torch.tensor([0, 7])))
+
+
+def test_options_are_parsed_into_the_method_family_type():
+    """ifkit.score's keyword arguments become the method's frozen options type; explicit names are a field."""
+    import dataclasses
+
+    from ifkit import api
+    from ifkit.methods import REGISTRY
+    from ifkit.methods.flat import FVMOptions, VMOptions
+    from ifkit.methods.influence import InfluenceOptions
+
+    opt = api.resolve("datainf", {"damping": 0.1, "flat_steps": 5})
+    assert type(opt) is InfluenceOptions and opt.damping == 0.1 and opt.gave("damping") and not opt.gave("seed")
+    assert opt.given == frozenset({"damping", "flat_steps"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opt.damping = 1.0
+    assert api.resolve("vm", {}).flat_optimizer == "sgd" and api.resolve("fvm", {}).flat_optimizer == "lpf"
+    assert api.resolve("fvm", {"flat_steps": None, "rho": None}).flat_steps == FVMOptions().flat_steps == 100
+    assert isinstance(api.resolve("vm", {}), VMOptions)
+    assert all(set(api.DEFAULTS) >= {f.name for f in dataclasses.fields(m.Options)} - {"given"}
+               for m in REGISTRY.values())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from . import distributed, factors
 from .cache import DenseGrads, GradCache, GradSet, module_blocks
 from .func import DEFAULT_CHUNK_SIZE, Problem, chunks, grad_dots, iter_grads, make_problem
+from .options import Options
 
 # Rows per chunk of per-layer factors: they are small (n * sum(d_in + d_out)), so chunks can be large
 FACTOR_CHUNK = 4096
@@ -57,8 +57,8 @@ class GradEngine:
     """The inputs of one ``score`` / ``pairwise`` call and the gradient operations over them.
 
     ``X, y``: the training set (the curvature's n); ``Xv, yv``: S_val for ``score``, the queries for ``pairwise``;
-    ``Xs, ys``: the points scored -- the training set, or the ``candidates=`` option; ``opt``: the resolved
-    options (ifkit/api.py DEFAULTS); ``prob``: the problem at theta.
+    ``Xs, ys``: the points scored -- the training set, or the ``candidates=`` option; ``opt``: the call's typed
+    options (core/options.py, extended per method family); ``prob``: the problem at theta.
     """
 
     model: torch.nn.Module
@@ -66,7 +66,7 @@ class GradEngine:
     y: Tensor
     Xv: Tensor
     yv: Tensor
-    opt: dict[str, Any]
+    opt: Options
     prob: Problem = field(init=False)
     world: distributed.World | None = field(default=None, init=False)
     Xs: Tensor = field(init=False)
@@ -74,13 +74,13 @@ class GradEngine:
     cache: GradCache | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.prob = make_problem(self.model, self.opt["params"], self.opt["loss"])
-        self.Xs, self.ys = self.opt["candidates"] if self.opt["candidates"] is not None else (self.X, self.y)
-        c = self.opt["cache_grads"]
+        self.prob = make_problem(self.model, self.opt.params, self.opt.loss)
+        self.Xs, self.ys = self.opt.candidates if self.opt.candidates is not None else (self.X, self.y)
+        c = self.opt.cache_grads
         self.cache = c if isinstance(c, GradCache) else (GradCache(budget_mb=math.inf) if c else None)
         # The one distributed hook: dots/apply (every method's final per-training-point pass) run on this
         # rank's shard and gather; everything else, curvature over the training set included, stays whole.
-        self.world = distributed.world(self.opt["distributed"], self.X, self.y)
+        self.world = distributed.world(self.opt.distributed, self.X, self.y)
 
     def with_other(self, Xv: Tensor, yv: Tensor) -> GradEngine:
         """The same training side and options with another validation / query set."""
@@ -110,9 +110,9 @@ class GradEngine:
         X, y = (self.Xs, self.ys) if scored else (self.X, self.y)
         full = None
         if self.cache is not None and prob.model is self.model:  # not TracIn's checkpoint copies
-            full = self.cache.get(prob, X, y, self.opt["chunk_size"])
+            full = self.cache.get(prob, X, y, self.opt.chunk_size)
         factored = isinstance(full, factors.FactoredGrads) if full is not None else factors.supported(prob, X)
-        step = self.opt["chunk_size"] if dense or not factored else FACTOR_CHUNK
+        step = self.opt.chunk_size if dense or not factored else FACTOR_CHUNK
         if full is not None:
             full = full.rows(rows)
             yield from (full.rows(r) for r in chunks(full.n, step))
@@ -123,7 +123,7 @@ class GradEngine:
         else:
             blocks = module_blocks(prob)
             it = (DenseGrads(G, blocks) for _, G in iter_grads(prob, X, y, step))
-        yield from tqdm(it, total=math.ceil(len(X) / step), desc=desc, disable=not self.opt["progress"], leave=False)
+        yield from tqdm(it, total=math.ceil(len(X) / step), desc=desc, disable=not self.opt.progress, leave=False)
 
     def grads(self, prob: Problem | None = None, rows: slice = slice(None), scored: bool = False) -> Iterator[Tensor]:
         """Stream dense (chunk_size, p) blocks of per-sample gradients (``sets`` with ``dense=True``)."""
@@ -162,7 +162,7 @@ class GradEngine:
     def query_grads(self, prob: Problem | None = None) -> Tensor:
         """(Q, p) gradients of each validation point's / query's own loss at ``prob`` (default theta)."""
         prob = prob or self.prob
-        return torch.cat([G for _, G in stream_grads(prob, self.Xv, self.yv, self.opt["chunk_size"])])
+        return torch.cat([G for _, G in stream_grads(prob, self.Xv, self.yv, self.opt.chunk_size)])
 
 
 __all__ = ["FACTOR_CHUNK", "GradEngine", "grad_chunk_rows", "stream_grads"]

@@ -1,2 +1,3 @@
-"""Inverse-curvature products: solvers (Cholesky, CG, LiSSA, DataInf, power iteration), one ``inverse(...)``
-over the training set (inverse), (E)K-FAC (kfac) and the validation curvature of VM/FVM (val_inverse)."""
+"""Inverse curvatures: the solvers (Cholesky, CG, LiSSA, power iteration), each curvature once as an object with
+solve / quad / quad_sets (forms; val_inverse: the low-rank forms over S_val; kfac: (E)K-FAC) and one factory
+(inverse: ``training_curvature``, ``validation_curvature``), the only place a curvature name is dispatched."""

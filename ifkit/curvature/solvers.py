@@ -5,7 +5,6 @@ Solvers, from exact to cheap:
 * ``solve_cholesky``   exact, O(p^3) once, for the oracle and small models.
 * ``conjugate_gradient`` matrix-free, one HVP per iteration per right-hand side, batched over right-hand sides.
 * ``lissa``            Agarwal et al. 2017's stochastic Neumann series, with divergence detection.
-* ``datainf_inverse``  Kwon et al. 2024's closed form: swaps the order of inversion and averaging.
 
 Spectral tools on HVPs: ``top_eigenvalue`` (power iteration / Lanczos) and ``hutchinson_trace``.
 """
@@ -149,27 +148,6 @@ def lissa(
         if step <= tol * max(h.norm().item(), 1e-30):
             break
     return h / scale
-
-
-def datainf_inverse(G: Tensor, v: Tensor, damping: float) -> Tensor:
-    """DataInf (Kwon et al. 2024) approximation of (G^T G / n + damping I)^-1 v for one parameter block.
-
-    Swapping inversion and averaging, and applying Sherman-Morrison to each rank-one term:
-        (1/n sum_i g_i g_i^T + lam I)^-1  ~=  1/n sum_i (g_i g_i^T + lam I)^-1
-                                           =  1/(n lam) sum_i ( I - g_i g_i^T / (lam + ||g_i||^2) )
-    Cost: one pass over the n gradients, O(n p), no HVP.
-
-    Args:
-        G: (n, p) per-sample gradients of the block.
-        v: (p,) or (p, k) right-hand side(s).
-        damping: lam > 0.
-    """
-    if damping <= 0:
-        raise ValueError(f"DataInf needs damping > 0 (it divides by it), got {damping}")
-    n = G.shape[0]
-    Gv = G @ v  # (n,) or (n, k)
-    coef = Gv / (damping + (G * G).sum(1)).view(-1, *([1] * (v.dim() - 1)))  # (n,) or (n, k)
-    return (v - (G.T @ coef) / n) / damping
 
 
 def top_eigenvalue(

@@ -1,7 +1,9 @@
 """Every influence method, one short function each, in one static table.
 
-``REGISTRY[name] = (score_fn, pairwise_fn or None)``; each function takes the ``GradEngine`` of one call
-(core/grads.py) and returns (n,) scores or an (n_queries, n) table. ``ifkit.METHODS`` is ``tuple(REGISTRY)``.
+``REGISTRY[name] = Method(score, pairwise or None, Options)``; each function takes the ``GradEngine`` of one call
+(core/grads.py), whose ``opt`` is an instance of the method's ``Options`` type (its family's frozen dataclass,
+declared beside its code; ifkit/api.py parses the keyword arguments into it), and returns (n,) scores or an
+(n_queries, n) table. ``ifkit.METHODS`` is ``tuple(REGISTRY)``.
 
     module       methods
     gradient     loss, graddot, gradcos, tracin            H replaced by the identity (or no gradient at all)
@@ -14,29 +16,46 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from torch import Tensor
 
 from ..core.grads import GradEngine
+from ..core.options import Options
 from . import flat, gex, gradient, influence
+from .flat import FVMOptions, VMOptions
+from .gex import GexOptions
+from .gradient import GradientOptions
+from .influence import InfluenceOptions
 
-Method = Callable[[GradEngine], Tensor]
+Fn = Callable[[GradEngine], Tensor]
 
-# name -> (score function, pairwise function or None); the order is the order of ifkit.METHODS
-REGISTRY: dict[str, tuple[Method, Method | None]] = {
-    "loss": (gradient.loss_score, None),
-    "graddot": (gradient.graddot_score, gradient.graddot_pairwise),
-    "gradcos": (gradient.gradcos_score, gradient.gradcos_pairwise),
-    "tracin": (gradient.tracin_score, gradient.tracin_pairwise),
-    "if-exact": (influence.if_exact_score, influence.if_exact_pairwise),
-    "if-cg": (influence.if_cg_score, influence.if_cg_pairwise),
-    "if-lissa": (influence.if_lissa_score, influence.if_lissa_pairwise),
-    "datainf": (influence.datainf_score, influence.datainf_pairwise),
-    "self-if": (influence.self_if_score, None),
-    "gex": (gex.gex_score, gex.gex_pairwise),
-    "ekfac": (influence.ekfac_score, influence.ekfac_pairwise),
-    "vm": (flat.vm_score, flat.vm_pairwise),
-    "fvm": (flat.fvm_score, flat.fvm_pairwise),
+
+class Method(NamedTuple):
+    """One method: its score function, its pairwise function (None for self-influence scores) and the frozen
+    options type its functions read (``eng.opt``)."""
+
+    score: Fn
+    pairwise: Fn | None
+    Options: type[Options]
+
+
+G, I = GradientOptions, InfluenceOptions  # noqa: E741
+# the order is the order of ifkit.METHODS
+REGISTRY: dict[str, Method] = {
+    "loss": Method(gradient.loss_score, None, G),
+    "graddot": Method(gradient.graddot_score, gradient.graddot_pairwise, G),
+    "gradcos": Method(gradient.gradcos_score, gradient.gradcos_pairwise, G),
+    "tracin": Method(gradient.tracin_score, gradient.tracin_pairwise, G),
+    "if-exact": Method(influence.if_exact_score, influence.if_exact_pairwise, I),
+    "if-cg": Method(influence.if_cg_score, influence.if_cg_pairwise, I),
+    "if-lissa": Method(influence.if_lissa_score, influence.if_lissa_pairwise, I),
+    "datainf": Method(influence.datainf_score, influence.datainf_pairwise, I),
+    "self-if": Method(influence.self_if_score, None, I),
+    "gex": Method(gex.gex_score, gex.gex_pairwise, GexOptions),
+    "ekfac": Method(influence.ekfac_score, influence.ekfac_pairwise, I),
+    "vm": Method(flat.vm_score, flat.vm_pairwise, VMOptions),
+    "fvm": Method(flat.fvm_score, flat.fvm_pairwise, FVMOptions),
 }
 
 __all__ = ["REGISTRY", "Method"]

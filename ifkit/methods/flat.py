@@ -31,24 +31,88 @@ cleanlab on all 4 Fashion-MNIST settings (RESULTS.md; ``ifkit.clean``). ``checkp
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor
 
 from ..core.func import Problem, make_problem
 from ..core.grads import GradEngine
-from ..curvature.val_inverse import ValInverse
+from ..curvature.forms import Curvature
+from ..curvature.inverse import CurvatureOptions, validation_curvature
 from ..optim.flat_finetune import flat_finetune
-from ..optim.train import best_val_checkpoint
+from ..optim.train import best_val_checkpoint, checkpoint_state
 
-# Defaults chosen by measurement: digits, 600 training points with 30% symmetric noise, 200 validation points,
-# a 64-64-10 tanh MLP that fits 99% of the noisy labels; detection AUC, mean of seeds 0 and 1 (VM / FVM):
-#   flat_steps   0: 0.875 / 0.875    20: 0.973 / 0.972    100: 0.991 / 0.991    300: 0.994 / 0.994
-#   damping 1e-3 / 1e-2 / 1e-1 at 100 steps: 0.990 / 0.991 / 0.991 (insensitive; the default is 0.01)
-# Most of the gain comes from the first few dozen steps on S_val; 100 steps take ~0.3 s here.
-VM_DEFAULTS = dict(flat_optimizer="sgd", flat_steps=100, flat_lr=0.01)
-FVM_DEFAULTS = dict(flat_optimizer="lpf", flat_steps=100, flat_lr=0.01, sigma=0.005, rho=0.05)
+# the fine-tuning options for which an explicit None means the method's default (as the api has always read them)
+FINETUNE = ("flat_optimizer", "flat_steps", "flat_lr", "rho", "sigma")
+
+
+@dataclass(frozen=True)
+class FlatOptions(CurvatureOptions):
+    """Options of VM and FVM: the fine-tuning on S_val to theta~, then the validation curvature there.
+
+    Defaults chosen by measurement: digits, 600 training points with 30% symmetric noise, 200 validation points,
+    a 64-64-10 tanh MLP that fits 99% of the noisy labels; detection AUC, mean of seeds 0 and 1 (VM / FVM):
+      flat_steps   0: 0.875 / 0.875    20: 0.973 / 0.972    100: 0.991 / 0.991    300: 0.994 / 0.994
+      damping 1e-3 / 1e-2 / 1e-1 at 100 steps: 0.990 / 0.991 / 0.991 (insensitive; the default is 0.01)
+    Most of the gain comes from the first few dozen steps on S_val; 100 steps take ~0.3 s here.
+
+    Attributes:
+        flat_optimizer: "sgd" (VM), "lpf" (FVM's default: LPF-SGD) or "sam"; "adam" also runs.
+        flat_steps, flat_lr: full-batch steps on S_val and their learning rate.
+        rho: SAM radius (also the radius of the logged sharpness); sigma: LPF-SGD noise scale.
+        checkpoint: where the fine-tuning starts: None (the model given), a state_dict, or "best-val" (of
+            ``checkpoints``, the lowest mean S_val loss).
+        checkpoints: the states "best-val" chooses among (state_dicts or (state_dict, lr) pairs).
+        flat_val: pairwise: the validation set to fine-tune on, when the queries are not S_val.
+        curvature_val: pairwise: the (X, y) whose curvature at theta~ is inverted, when not flat_val (e.g. S_val
+            with the targets of the attribution loss while theta~ is fine-tuned on the model's own loss).
+        at: a ``FlatPoint`` (theta~ of an earlier call): score there instead of fine-tuning again.
+        curvature (CurvatureOptions): None picks "ggn" (exact, low rank) or "ggn-cg" by size
+            (curvature/val_inverse.py).
+    """
+
+    flat_optimizer: str = "sgd"
+    flat_steps: int = 100
+    flat_lr: float = 0.01
+    rho: float = 0.05
+    sigma: float = 0.005
+    checkpoint: Any = None
+    checkpoints: Sequence[Any] | None = None
+    flat_val: Any = None
+    curvature_val: Any = None
+    at: FlatPoint | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name in FINETUNE and getattr(self, f.name) is None:
+                object.__setattr__(self, f.name, f.default)
+
+    def finetune_kwargs(self) -> dict[str, Any]:
+        """The ``flat_finetune`` arguments of this call (optim/flat_finetune.py)."""
+        return dict(flat_optimizer=self.flat_optimizer, flat_steps=self.flat_steps, flat_lr=self.flat_lr,
+                    rho=self.rho, sigma=self.sigma, params=self.params, loss=self.loss, seed=self.seed,
+                    progress=self.progress)
+
+
+@dataclass(frozen=True)
+class VMOptions(FlatOptions):
+    """VM: theta~ reached by plain (momentum) SGD on S_val."""
+
+
+@dataclass(frozen=True)
+class FVMOptions(FlatOptions):
+    """FVM: theta~ reached by a flat-minimum optimiser, LPF-SGD by default."""
+
+    flat_optimizer: str = "lpf"
+
+
+# The fine-tuning of each method as flat_finetune keyword arguments (the experiments fine-tune with them directly)
+VM_DEFAULTS = {k: getattr(VMOptions(), k) for k in ("flat_optimizer", "flat_steps", "flat_lr")}
+FVM_DEFAULTS = {k: getattr(FVMOptions(), k) for k in ("flat_optimizer", "flat_steps", "flat_lr", "sigma", "rho")}
 
 
 def start_model(eng: GradEngine) -> torch.nn.Module:
@@ -57,90 +121,134 @@ def start_model(eng: GradEngine) -> torch.nn.Module:
     "best-val" picks, among ``checkpoints=`` (state_dicts or (state_dict, lr) pairs), the lowest mean loss on
     S_val -- early stopping by validation loss, the model at which VM beat cleanlab in the detection experiment.
     """
-    cp = eng.opt["checkpoint"]
+    cp = eng.opt.checkpoint
     if cp is None:
         return eng.model
     if isinstance(cp, str):
         if cp != "best-val":
             raise ValueError(f"checkpoint={cp!r}: give a state_dict, 'best-val' or None")
-        states = [c[0] if isinstance(c, tuple) else c for c in (eng.opt["checkpoints"] or [])]
+        states = [checkpoint_state(c)[0] for c in (eng.opt.checkpoints or [])]
         if not states:
             raise ValueError("checkpoint='best-val' picks among checkpoints=[state_dict, ...]; none were given "
                              "(ifkit.optim.train.train(..., n_checkpoints=k) saves them)")
-        cp = states[best_val_checkpoint(eng.model, states, (eng.Xv, eng.yv), eng.opt["loss"])[0]]
+        cp = states[best_val_checkpoint(eng.model, states, (eng.Xv, eng.yv), eng.opt.loss)[0]]
     model = copy.deepcopy(eng.model)
     model.load_state_dict(cp)
     return model
 
 
-def flat_point(eng: GradEngine, defaults: dict[str, Any]) -> Problem:
-    """Fine-tune a copy of the model (or of ``checkpoint=``) on S_val (eng.Xv, eng.yv); the problem at theta~."""
-    o = {k: (eng.opt[k] if eng.opt[k] is not None else v) for k, v in defaults.items()}
-    res = flat_finetune(
-        start_model(eng), (eng.Xv, eng.yv), flat_optimizer=o["flat_optimizer"], flat_steps=o["flat_steps"],
-        flat_lr=o["flat_lr"], rho=o.get("rho", eng.opt["rho"] or 0.05), sigma=o.get("sigma", eng.opt["sigma"] or 0.005),
-        params=eng.opt["params"], loss=eng.opt["loss"], seed=eng.opt["seed"], progress=eng.opt["progress"],
-    )
-    tuned = make_problem(res.model, eng.opt["params"], eng.opt["loss"])
-    # The same function of theta~, on the caller's model object (the tuned copy differs only in its numbers), so
-    # that a GradCache recognises the model across calls (core/cache.py keys on the model object)
-    return Problem(eng.model, tuned.names, tuned.shapes, tuned.theta, tuned.frozen, tuned.loss)
+@dataclass(eq=False)
+class FlatPoint:
+    """theta~ as a value: the fine-tuned point of one VM/FVM call and what scoring there needs.
+
+    ``ifkit.flat_point(...)`` returns it; ``ifkit.score(method, model, train, val, at=point)``,
+    ``ifkit.pairwise(..., at=point)`` and ``ifkit.diagnose(..., at=point)`` score at it without fine-tuning again,
+    and every call with the same validation set and curvature options reuses the one validation curvature built
+    at theta~ (``curvature``): ``ifkit.clean`` scores the training points and every candidate label with one.
+
+    Attributes:
+        start: theta, where the fine-tuning started (the model given, or its ``checkpoint=``).
+        model: theta~, the fine-tuned copy.
+        trajectory: ``flat_finetune``'s log (step, val_loss, val_acc, sharpness, grad_norm).
+        val: (X, y) the validation set it was fine-tuned on (on the model's device and dtype).
+        options: the options of the call that made it (its type says the method: VMOptions or FVMOptions).
+    """
+
+    start: torch.nn.Module
+    model: torch.nn.Module
+    trajectory: pd.DataFrame = field(repr=False)
+    val: tuple[Tensor, Tensor] = field(repr=False)
+    options: FlatOptions = field(repr=False)
+    tuned: Problem = field(repr=False)
+    _curvatures: dict = field(default_factory=dict, repr=False)
+
+    def problem(self, eng: GradEngine) -> Problem:
+        """The problem at theta~ on the caller's model object (the tuned copy differs only in its numbers), so
+        that a GradCache recognises the model across calls (core/cache.py keys on the model object)."""
+        if (eng.prob.names, eng.prob.shapes) != (self.tuned.names, self.tuned.shapes):
+            raise ValueError(f"at=: this theta~ differentiates {len(self.tuned.names)} parameter tensors "
+                             f"{self.tuned.names[:3]}..., the call {eng.prob.names[:3]}...: pass the model and "
+                             "params= it was fine-tuned with")
+        return Problem(eng.model, self.tuned.names, self.tuned.shapes, self.tuned.theta, self.tuned.frozen,
+                       eng.prob.loss)
+
+    def curvature(self, prob: Problem, X: Tensor, y: Tensor, opt: FlatOptions, structured: bool) -> Curvature:
+        """(H~_val + damping I)^-1 over (X, y) at theta~ for ``opt``'s curvature options, built once per set."""
+        key = (structured, X.data_ptr(), tuple(X.shape), y.data_ptr(), tuple(y.shape), opt.loss, opt.curvature,
+               opt.damping, opt.gave("damping"), opt.iters, opt.tol, opt.budget_mb, opt.chunk_size, opt.seed)
+        if key not in self._curvatures:
+            self._curvatures[key] = validation_curvature(prob, X, y, opt, structured=structured)
+        return self._curvatures[key]
 
 
-def _flat_score(eng: GradEngine, defaults: dict[str, Any]) -> Tensor:
-    """score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ (paper Sec. 3).
+def flat_point(eng: GradEngine) -> FlatPoint:
+    """Fine-tune a copy of the model (or of ``checkpoint=``) on S_val (eng.Xv, eng.yv) to theta~."""
+    start = start_model(eng)
+    res = flat_finetune(start, (eng.Xv, eng.yv), **eng.opt.finetune_kwargs())
+    tuned = make_problem(res.model, eng.opt.params, eng.opt.loss)
+    return FlatPoint(start, res.model, res.trajectory, (eng.Xv, eng.yv), eng.opt, tuned)
+
+
+def _flat_score(eng: GradEngine) -> Tensor:
+    """score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ (paper Sec. 3), theta~ = ``at=`` or fine-tuned here.
 
     Cost: flat_steps full-batch steps on S_val, one curvature factorisation on S_val (or CG), one gradient pass.
     """
-    prob = flat_point(eng, defaults)
-    inv = ValInverse(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # only the quadratic forms are needed here
-    if inv.structured:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
-        return eng.apply_sets(inv.quad_factored, prob)  # supported problems stream FactoredGrads
-    return eng.apply(inv.quad, prob)
+    point = eng.opt.at or flat_point(eng)
+    prob = point.problem(eng)
+    curv = point.curvature(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # quadratic forms only
+    if curv.factored:  # Linear-layer networks: per-layer factors, no per-sample gradients (same numbers, faster)
+        return eng.apply_sets(curv.quad_sets, prob)  # supported problems stream FactoredGrads
+    return eng.apply(curv.quad, prob)
 
 
-def _flat_pairwise(eng: GradEngine, defaults: dict[str, Any]) -> Tensor:
+def _flat_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at theta~ (first order; module docstring).
 
     The queries (eng.Xv) double as S_val for the fine-tuning and the curvature, unless ``flat_val=(X, y)``
-    names the validation set separately (e.g. when the queries are generated outputs); ``curvature_val=(X, y)``
-    names the set of the curvature alone (e.g. S_val with the targets of the queries' loss, not the fine-tuning's).
+    names the validation set separately (e.g. when the queries are generated outputs), or ``at=`` gives theta~
+    (fine-tuned on its own ``val``); ``curvature_val=(X, y)`` names the set of the curvature alone (e.g. S_val
+    with the targets of the queries' loss, not the fine-tuning's).
     Cost: the fine-tuning, one curvature factorisation on S_val, one solve per training point, one pass.
     """
-    val = eng.opt["flat_val"]
-    Xval, yval = val if val is not None else (eng.Xv, eng.yv)
-    prob = flat_point(eng.with_other(Xval, yval), defaults)
-    Xc, yc = eng.opt["curvature_val"] if eng.opt["curvature_val"] is not None else (Xval, yval)
-    inv = ValInverse(prob, Xc, yc, eng.opt)  # solve() needs the explicit A: not the structured form
+    if eng.opt.at is not None:
+        point = eng.opt.at
+    else:
+        val = eng.opt.flat_val
+        point = flat_point(eng.with_other(*val) if val is not None else eng)
+    prob = point.problem(eng)
+    Xc, yc = eng.opt.curvature_val if eng.opt.curvature_val is not None else point.val
+    curv = point.curvature(prob, Xc, yc, eng.opt, structured=False)  # solves need the explicit A
     Gq = eng.query_grads(prob)  # (Q, p)
-    return eng.apply(lambda G: -(inv.solve(G) @ Gq.T), prob).T  # (Q, n)
+    return eng.apply(lambda G: -(curv.solve_rows(G) @ Gq.T), prob).T  # (Q, n)
 
 
 def vm_score(eng: GradEngine) -> Tensor:
     """VM (paper Sec. 3): score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ reached by plain SGD on S_val.
 
     Cost: flat_steps full-batch steps on S_val, one validation-curvature factorisation, one gradient pass.
-    Defaults in VM_DEFAULTS.
+    Options: VMOptions.
     """
-    return _flat_score(eng, VM_DEFAULTS)
+    return _flat_score(eng)
 
 
 def fvm_score(eng: GradEngine) -> Tensor:
     """FVM (paper Sec. 3-4): the VM score at a FLAT validation minimum theta~ (LPF-SGD; SAM: flat_optimizer="sam").
 
-    Cost: as VM, with one noisy (LPF) or two (SAM) gradient evaluations per fine-tuning step. FVM_DEFAULTS.
+    Cost: as VM, with one noisy (LPF) or two (SAM) gradient evaluations per fine-tuning step. Options: FVMOptions.
     """
-    return _flat_score(eng, FVM_DEFAULTS)
+    return _flat_score(eng)
 
 
 def vm_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at VM's theta~ (first order; module docstring)."""
-    return _flat_pairwise(eng, VM_DEFAULTS)
+    return _flat_pairwise(eng)
 
 
 def fvm_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g~_q^T (H~_val + damping I)^-1 g~_i at FVM's flat theta~."""
-    return _flat_pairwise(eng, FVM_DEFAULTS)
+    return _flat_pairwise(eng)
 
 
-__all__ = ["FVM_DEFAULTS", "VM_DEFAULTS", "flat_point", "start_model", "fvm_pairwise", "fvm_score", "vm_pairwise", "vm_score"]
+__all__ = ["FVMOptions", "FVM_DEFAULTS", "FINETUNE", "FlatOptions", "FlatPoint", "VMOptions", "VM_DEFAULTS", "flat_point",
+           "fvm_pairwise", "fvm_score", "start_model", "vm_pairwise", "vm_score"]

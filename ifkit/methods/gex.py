@@ -9,11 +9,30 @@ of 32; Kim et al.'s released configuration uses 8 members and a cosine schedule,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..core.grads import GradEngine
+from ..core.options import Options
+
+
+@dataclass(frozen=True)
+class GexOptions(Options):
+    """Options of GEX: the ensemble and how each member is fine-tuned from theta* on the training set.
+
+    Attributes:
+        ensemble_size: K members (Kim et al.'s released configuration uses 8).
+        gex_steps: mini-batch SGD steps per member.
+        gex_lr: initial learning rate of the cosine schedule.
+        gex_batch: mini-batch size.
+    """
+
+    ensemble_size: int = 8
+    gex_steps: int = 100
+    gex_lr: float = 0.05
+    gex_batch: int = 64
 
 
 def ensemble(eng: GradEngine) -> list[Tensor]:
@@ -21,12 +40,12 @@ def ensemble(eng: GradEngine) -> list[Tensor]:
     cosine learning-rate schedule from ``gex_lr``, member k seeded by (seed, k). Cost: K x gex_steps steps."""
     prob, opt = eng.prob, eng.opt
     members = []
-    for k in range(opt["ensemble_size"]):
-        gen = torch.Generator().manual_seed(opt["seed"] * 1000 + k)
+    for k in range(opt.ensemble_size):
+        gen = torch.Generator().manual_seed(opt.seed * 1000 + k)
         theta = prob.theta.clone()
-        for t in range(opt["gex_steps"]):
-            idx = torch.randint(0, eng.n, (min(opt["gex_batch"], eng.n),), generator=gen)
-            lr = opt["gex_lr"] * 0.5 * (1 + math.cos(math.pi * t / opt["gex_steps"]))
+        for t in range(opt.gex_steps):
+            idx = torch.randint(0, eng.n, (min(opt.gex_batch, eng.n),), generator=gen)
+            lr = opt.gex_lr * 0.5 * (1 + math.cos(math.pi * t / opt.gex_steps))
             g = torch.func.grad(lambda th: prob.mean_loss(th, eng.X[idx], eng.y[idx]))(theta)
             theta = theta - lr * g
         members.append(theta.detach())
@@ -57,4 +76,4 @@ def gex_pairwise(eng: GradEngine) -> Tensor:
     return -(Dq.T @ Dn) / len(members)  # (Q, n)
 
 
-__all__ = ["ensemble", "gex_pairwise", "gex_score", "loss_deviations"]
+__all__ = ["GexOptions", "ensemble", "gex_pairwise", "gex_score", "loss_deviations"]

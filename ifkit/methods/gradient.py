@@ -7,13 +7,30 @@ the gradient dot product replace H by the identity), or needs no gradient at all
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..core.func import Problem, make_problem, mean_grad
 from ..core.grads import GradEngine
+from ..core.options import Options
+from ..optim.train import checkpoint_state
+
+
+@dataclass(frozen=True)
+class GradientOptions(Options):
+    """Options of the methods without curvature (loss, graddot, gradcos, tracin).
+
+    Attributes:
+        checkpoints: TracIn: state_dicts or (state_dict, lr) pairs along training; None: the final model only.
+        lrs: TracIn: the learning rate of each checkpoint (default: the pair's lr, else 1.0).
+    """
+
+    checkpoints: Sequence[Any] | None = None
+    lrs: Sequence[float] | None = None
 
 
 def loss_score(eng: GradEngine) -> Tensor:
@@ -74,20 +91,20 @@ def tracin_pairwise(eng: GradEngine) -> Tensor:
 
 def checkpoint_problems(eng: GradEngine) -> Iterator[tuple[Problem, float]]:
     """(Problem at checkpoint c, lr_c) for TracIn; the final model with lr 1 when no checkpoints are given."""
-    cps = eng.opt["checkpoints"]
+    cps = eng.opt.checkpoints
     if not cps:
         yield eng.prob, 1.0
         return
-    lrs = eng.opt["lrs"]
+    lrs = eng.opt.lrs
     if lrs is not None and len(lrs) != len(cps):
         raise ValueError(f"lrs has {len(lrs)} entries but checkpoints has {len(cps)}; give one learning rate each")
     model = copy.deepcopy(eng.model)
     for j, cp in enumerate(cps):
-        state, lr = (cp if isinstance(cp, tuple) else (cp, None))
+        state, lr = checkpoint_state(cp)
         lr = lrs[j] if lrs is not None else (1.0 if lr is None else lr)
         model.load_state_dict(state)
-        yield make_problem(model, eng.opt["params"], eng.opt["loss"]), float(lr)
+        yield make_problem(model, eng.opt.params, eng.opt.loss), float(lr)
 
 
-__all__ = ["checkpoint_problems", "gradcos_pairwise", "gradcos_score", "graddot_pairwise", "graddot_score",
+__all__ = ["GradientOptions", "checkpoint_problems", "gradcos_pairwise", "gradcos_score", "graddot_pairwise", "graddot_score",
            "loss_score", "tracin_pairwise", "tracin_score"]

@@ -10,15 +10,24 @@ one batch -- then one gradient pass for the dot products. The methods differ onl
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+
 from torch import Tensor
 
-from ..core import factors
-from ..core.func import ggn_vp_fn, hessian_exact, mean_grad
+from ..core.func import mean_grad
 from ..core.grads import GradEngine
-from ..curvature import kfac
-from ..curvature.inverse import dense_curvature, fits_dense, inverse, kronecker
-from ..curvature.solvers import check_damping
+from ..curvature.forms import fits_dense
+from ..curvature.inverse import KRONECKER, CurvatureOptions, inverse, training_curvature
+
+
+@dataclass(frozen=True)
+class InfluenceOptions(CurvatureOptions):
+    """Options of classic influence and self-influence (if-exact, if-cg, if-lissa, datainf, ekfac, self-if).
+
+    The curvature options (``curvature``, ``iters``, ``tol``, LiSSA's ``scale``, ``lissa_batch`` and
+    ``lissa_products``) are curvature/inverse.py's ``CurvatureOptions``; ``curvature=None`` is each method's own
+    choice: "exact" (if-exact), "ggn-cg" (if-cg), "ekfac" (ekfac), by size for self-if (below).
+    """
 
 
 def influence_score(eng: GradEngine, kind: str) -> Tensor:
@@ -38,12 +47,12 @@ def influence_pairwise(eng: GradEngine, kind: str) -> Tensor:
 def if_exact_score(eng: GradEngine) -> Tensor:
     """Classic influence with the exact Hessian (Cholesky): the oracle (docs/PAPER.md, Eq. 2-4, both steps exact in
     step 1). Cost O(p^3) + p HVPs for H + one gradient pass."""
-    return influence_score(eng, eng.opt["curvature"] or "exact")
+    return influence_score(eng, eng.opt.curvature or "exact")
 
 
 def if_exact_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] = -g_q^T (H_tr + damping I)^-1 g_i, exact Hessian. Cost O(p^3) + one pass."""
-    return influence_pairwise(eng, eng.opt["curvature"] or "exact")
+    return influence_pairwise(eng, eng.opt.curvature or "exact")
 
 
 def if_cg_score(eng: GradEngine) -> Tensor:
@@ -53,19 +62,19 @@ def if_cg_score(eng: GradEngine) -> Tensor:
     the Hessian for linear models such as logistic regression). ``curvature="cg"`` uses the true Hessian, which
     is indefinite away from a minimum of a network's loss.
     """
-    return influence_score(eng, eng.opt["curvature"] or "ggn-cg")
+    return influence_score(eng, eng.opt.curvature or "ggn-cg")
 
 
 def if_cg_pairwise(eng: GradEngine) -> Tensor:
     """pairwise[q, i] by CG, all Q right-hand sides in one batched solve: ``iters`` batched products + one pass."""
-    return influence_pairwise(eng, eng.opt["curvature"] or "ggn-cg")
+    return influence_pairwise(eng, eng.opt.curvature or "ggn-cg")
 
 
 def if_lissa_score(eng: GradEngine) -> Tensor:
     """Classic influence with LiSSA (Agarwal et al. 2017): ``iters`` curvature products + one gradient pass.
 
     score_i = -g_val^T h,  h = LiSSA estimate of (H_tr + damping I)^-1 g_val (Gauss-Newton products by default;
-    ``curvature="cg"`` or ``"exact"`` for Hessian products, as in Koh & Liang 2017).
+    ``lissa_products="hessian"`` for Hessian products, as in Koh & Liang 2017).
     """
     return influence_score(eng, "lissa")
 
@@ -86,8 +95,8 @@ def datainf_pairwise(eng: GradEngine) -> Tensor:
 
 
 def ekfac_kind(eng: GradEngine) -> str:
-    kind = eng.opt["curvature"] or "ekfac"
-    if kind not in kfac.KINDS:
+    kind = eng.opt.curvature or "ekfac"
+    if kind not in KRONECKER:
         raise ValueError(f"method 'ekfac' takes curvature='ekfac' (default) or 'kfac', got {kind!r}")
     return kind
 
@@ -110,31 +119,19 @@ def self_if_score(eng: GradEngine) -> Tensor:
     """Self-influence: score_i = g_i^T (H_tr + damping I)^-1 g_i (Koh & Liang 2017, Sec. 5.4).
 
     How much point i's own loss would drop if it were up-weighted: large for points the model can only fit by
-    bending around them. Exact curvature: one eigendecomposition, then per chunk ||diag(1/sqrt(lam+d)) Q^T g||^2;
-    with CG, one batched solve per chunk of training points (cost ~ n/chunk * iters HVPs); with
-    curvature="ekfac" (or "kfac"), one Kronecker factorisation and O(p) per point -- the choice for models whose
-    dense curvature is too big and whose Hessian is indefinite (memorising networks).
+    bending around them. The curvature is built once (curvature/inverse.py), then its quadratic form streams
+    over the training points. Exact curvature: one eigendecomposition, then per chunk
+    ||diag(1/sqrt(lam+d)) Q^T g||^2; with CG, one batched solve per chunk (cost ~ n/chunk * iters HVPs); with
+    curvature="ekfac" (or "kfac"), one Kronecker factorisation and O(p) per point read from per-layer factors --
+    the choice for models whose dense curvature is too big and whose Hessian is indefinite (memorising networks).
     """
-    curv = eng.opt["curvature"] or ("exact" if fits_dense(eng.prob, eng.opt["budget_mb"]) else "cg")
-    lam = check_damping(eng.opt["damping"])
-    if curv in ("exact", "ggn"):
-        M = hessian_exact(eng.prob, eng.X, eng.y, eng.opt["budget_mb"]) if curv == "exact" else dense_curvature(
-            ggn_vp_fn(eng.prob, eng.X, eng.y), eng.prob, eng.opt["budget_mb"])
-        evals, Q = torch.linalg.eigh(M)  # (p,), (p, p)
-        w = evals + lam
-        if bool((w <= 0).any()):
-            raise ValueError(
-                f"H + damping I is not positive definite (smallest eigenvalue {evals[0].item():.3g}): "
-                f"use damping > {-evals[0].item():.3g} or curvature='ggn'"
-            )
-        return eng.apply(lambda G: ((G @ Q) ** 2 / w).sum(1))
-    if curv in kfac.KINDS:  # factor once, then O(p) per training point
-        F = kronecker(eng, curv)
-        return eng.apply_sets(lambda gs: F.quad_factored(gs, lam) if isinstance(gs, factors.FactoredGrads)
-                              else (gs.dense() * F.solve(gs.dense().T, lam).T).sum(1))
-    return eng.apply(lambda G: (G * inverse(eng, G.T, curv).T).sum(1))
+    kind = eng.opt.curvature or ("exact" if fits_dense(eng.prob, eng.opt.budget_mb) else "cg")
+    curv = training_curvature(eng, kind)
+    if curv.factored:  # Linear-layer networks stream per-layer factors; the form reads them directly
+        return eng.apply_sets(curv.quad_sets)
+    return eng.apply(curv.quad)
 
 
-__all__ = ["datainf_pairwise", "datainf_score", "ekfac_pairwise", "ekfac_score", "if_cg_pairwise", "if_cg_score",
+__all__ = ["InfluenceOptions", "datainf_pairwise", "datainf_score", "ekfac_pairwise", "ekfac_score", "if_cg_pairwise", "if_cg_score",
            "if_exact_pairwise", "if_exact_score", "if_lissa_pairwise", "if_lissa_score", "influence_pairwise",
            "influence_score", "self_if_score"]

@@ -211,6 +211,12 @@ def train(
     return TrainResult(model=model, checkpoints=checkpoints, history=pd.DataFrame(rows))
 
 
+def checkpoint_state(checkpoint) -> tuple[dict[str, Tensor], float | None]:
+    """(state_dict, lr or None) of a saved checkpoint: a state_dict, or a (state_dict, lr) pair as ``train``
+    saves them (the learning rate in force when it was saved)."""
+    return checkpoint if isinstance(checkpoint, tuple) else (checkpoint, None)
+
+
 def best_val_checkpoint(model: nn.Module, checkpoints, val, loss: str | LossFn = "cross_entropy"
                         ) -> tuple[int, list[float]]:
     """(index of the lowest mean loss on ``val``, every checkpoint's mean loss) among ``checkpoints``.
@@ -222,10 +228,10 @@ def best_val_checkpoint(model: nn.Module, checkpoints, val, loss: str | LossFn =
     probe = copy.deepcopy(model)
     losses = []
     for c in checkpoints:
-        probe.load_state_dict(c[0] if isinstance(c, tuple) else c)
+        probe.load_state_dict(checkpoint_state(c)[0])
         losses.append(evaluate(probe, Xv, yv, loss=loss)[0])
     return int(torch.tensor(losses).argmin()), losses
 
 
-__all__ = ["TrainResult", "best_val_checkpoint", "checkpoint_epochs", "evaluate", "labelled_tensors",
+__all__ = ["TrainResult", "best_val_checkpoint", "checkpoint_epochs", "checkpoint_state", "evaluate", "labelled_tensors",
            "model_device_dtype", "to_model", "train"]
