@@ -210,20 +210,6 @@ def test_per_sample_lora_grads_under_vmap_equal_a_loop():
     assert not any(model.get_parameter(n).requires_grad for n, _ in model.named_parameters() if n not in names)
 
 
-def test_ranking_metrics_on_a_hand_made_case():
-    cls_train = np.array([0, 0, 1, 1])
-    cls_query = np.array([0, 1])
-    # query 0: both class-0 points most helpful (perfect); query 1: one class-1 point first, one last
-    P = np.array([[-3.0, -2.0, 1.0, 2.0],
-                  [-1.0, 0.5, -2.0, 3.0]])
-    auc, recall, top1 = G.ranking_metrics(P, cls_train, cls_query, top=1)
-    # query 1: -P = [1, -0.5, 2, -3]; positives {2: 2, 3: -3} vs negatives {0: 1, 1: -0.5}: 2 of 4 pairs won
-    assert auc == pytest.approx((1.0 + 0.5) / 2)
-    assert recall == pytest.approx((1.0 + 0.5) / 2)  # top 2 of query 1: points 2 and 0
-    assert top1 == 1.0  # both queries' most helpful point has their class
-    assert G.ranking_metrics(P, cls_train, cls_query, top=3)[2] == pytest.approx((2 / 3 + 1 / 3) / 2)
-
-
 TINY = replace(G.FAST, per_class=6, n_val_per_class=2, d_model=16, d_ff=32, pretrain_steps=(3, 3), pretrain_pool=64,
                epochs=2, n_checkpoints=2, lora_rank=1, methods=("graddot", "tracin", "datainf", "if-lissa", "vm"),
                flat_steps=3, n_examples=2)

@@ -99,13 +99,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 from torch import Tensor
 from tqdm.auto import tqdm
 
 import ifkit
 from ifkit.data import balanced_indices, load_digits, load_fashion_mnist
 from ifkit.experiments import register
+from ifkit.metrics import ranking_metrics
 from ifkit.models import MLP, ConditionalVAE, add_lora, lora_names
 from ifkit.results import ResultsTable
 
@@ -455,40 +455,6 @@ def pairwise(method: str, cfg: Config, model: ConditionalVAE, train, val, checkp
     return total
 
 
-def ranking_metrics(table: Tensor | np.ndarray, train_style: Sequence[int] | Tensor,
-                    query_style: Sequence[int] | Tensor) -> dict[str, float]:
-    """Mean over queries of the ROC AUC, the top-k recall and the top-5 precision of same-style training points.
-
-    Args:
-        table: (n_queries, n_train) pairwise influences (negative = helpful).
-        train_style, query_style: style id of each training point and each query.
-
-    Returns:
-        ``{"auc": ..., "recall": ..., "precision5": ...}``: AUC with score = -table[q] and positives = same
-        style; recall = share of the k same-style training points among the k most helpful (k = number of
-        same-style points); precision5 = share of same-style points among the 5 most helpful.
-    """
-    T = table.detach().cpu().numpy() if isinstance(table, Tensor) else np.asarray(table)
-    st = np.asarray(train_style)
-    sq = np.asarray(query_style)
-    if T.shape != (len(sq), len(st)):
-        raise ValueError(f"table has shape {T.shape} but there are {len(sq)} queries and {len(st)} training points")
-    pos = st[None, :] == sq[:, None]  # (Q, n) same style
-    k = pos.sum(1)  # (Q,)
-    if (k == 0).any() or (k == len(st)).any():
-        q = int(np.flatnonzero((k == 0) | (k == len(st)))[0])
-        raise ValueError(f"query {q}: its style must have some, but not all, training points")
-    # ROC AUC as the Mann-Whitney U of the scores -T (ties count 1/2, as in sklearn's roc_auc_score), all queries
-    # at once: sklearn's per-query call cost 3 ms, 20 s of the full run.
-    ranks = rankdata(-T, axis=1)  # (Q, n), average ranks of ties
-    aucs = ((ranks * pos).sum(1) - k * (k + 1) / 2) / (k * (len(st) - k))
-    order = np.argsort(T, axis=1, kind="stable")  # most negative = most helpful first
-    hits = np.take_along_axis(pos, order, axis=1)  # (Q, n) same style, in ranked order
-    recalls = [hits[q, : k[q]].mean() for q in range(len(sq))]
-    prec5 = hits[:, :TOP].mean(1)
-    return {"auc": float(np.mean(aucs)), "recall": float(np.mean(recalls)), "precision5": float(np.mean(prec5))}
-
-
 def top_helpful(table: Tensor, k: int = TOP) -> Tensor:
     """(n_queries, k) indices of the k most helpful (most negative) training points of each query."""
     return torch.argsort(table, dim=1, stable=True)[:, :k]
@@ -628,7 +594,7 @@ def _measure(cfg: Config, seeds: list[int], out: Path, progress: bool, mode: str
             start = time.perf_counter()
             tab = pairwise(method, cfg, tuned, train, val, checkpoints, seed)  # (n_val, n_train)
             seconds = time.perf_counter() - start
-            m = ranking_metrics(tab, data.s_train, data.s_val)
+            m = ranking_metrics(tab, data.s_train, data.s_val, top=TOP).as_dict()
             top = top_helpful(tab[shown])  # (len(shown), TOP)
             examples.add([
                 {"variant": v, "seed": seed, "method": method, "query": int(q),

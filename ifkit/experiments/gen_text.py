@@ -106,6 +106,7 @@ from ifkit.data.text import (
     vocabulary,
 )
 from ifkit.experiments import register
+from ifkit.metrics import ranking_metrics
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.optim.train import train
 from ifkit.results import ResultsTable
@@ -216,28 +217,6 @@ def exact_match(model: TinyLM, data: TaskData, generic: bool = False) -> np.ndar
         toks = decode(data.task, ids) + [EOS]
         hits.append(toks[: toks.index(EOS)] == ans)
     return np.array(hits)
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def ranking_metrics(pairwise: Tensor | np.ndarray, cls_train: np.ndarray, cls_query: np.ndarray, top: int = 5
-                    ) -> tuple[float, float, float]:
-    """Mean over queries of ROC AUC, recall@k and precision@``top`` of same-class training points, by -pairwise.
-
-    k = the number of same-class training points of the query (90 in the full protocol; DataInf's recall).
-    Most helpful first: pairwise < 0 means up-weighting the training point lowers the query's loss.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    S = -np.asarray(pairwise, dtype=float)  # (Q, n): higher = more helpful
-    aucs, recalls, precs = [], [], []
-    for q in range(len(S)):
-        pos = cls_train == cls_query[q]
-        k = int(pos.sum())
-        aucs.append(roc_auc_score(pos, S[q]))
-        order = np.argsort(-S[q], kind="stable")
-        recalls.append(pos[order[:k]].mean())
-        precs.append(pos[order[:top]].mean())
-    return float(np.mean(aucs)), float(np.mean(recalls)), float(np.mean(precs))
 
 
 def method_options(method: str, cfg: Config, data: TaskData, model, grad_loss: str = "answer",
