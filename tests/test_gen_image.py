@@ -1,4 +1,5 @@
-"""The image generation experiment (ifkit/experiments/gen_image.py) and its generator (ConditionalVAE)."""
+"""The image generation experiment (ifkit/experiments/gen_image.py), its styles (ifkit/data/styles.py), its generator
+(ConditionalVAE) and training loops (ifkit/optim/generative.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from matplotlib.figure import Figure
 import ifkit
 from ifkit import viz
 from ifkit.core.func import make_problem, per_sample_grads
+from ifkit.data import styles
 from ifkit.experiments import gen_image as G
 from ifkit.models import ConditionalVAE, add_lora, lora_names
 
@@ -28,9 +30,9 @@ def images():
     return torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("style", list(G.STYLES))
+@pytest.mark.parametrize("style", list(styles.STYLES))
 def test_styles_are_deterministic_shape_preserving_and_change_images(style, images):
-    a, b = G.stylize(images, style), G.stylize(images.clone(), style)
+    a, b = styles.stylize(images, style), styles.stylize(images.clone(), style)
     assert a.shape == images.shape
     torch.testing.assert_close(a, b)
     assert a.min() >= 0 and a.max() <= 1
@@ -39,7 +41,7 @@ def test_styles_are_deterministic_shape_preserving_and_change_images(style, imag
 
 def test_unknown_style_is_refused(images):
     with pytest.raises(ValueError, match="unknown style"):
-        G.stylize(images, "sepia")
+        styles.stylize(images, "sepia")
 
 
 def test_build_data_is_deterministic_and_balanced():
@@ -78,6 +80,29 @@ def test_generator_shapes_and_deterministic_loss(vae, images):
     assert vae.reconstruct(images, labels, styles).shape == (6, 1, 8, 8)
     with pytest.raises(ValueError, match="8x8"):
         vae.pack(torch.rand(2, 1, 7, 7), labels[:2])
+
+
+def test_the_vae_loop_is_deterministic_trains_only_the_adapters_and_checkpoints(images):
+    from ifkit.optim.generative import fit_conditional_vae
+
+    def fitted():
+        torch.manual_seed(0)
+        model = ConditionalVAE(image_size=8, n_classes=10, latent=3, hidden=12)
+        add_lora(model, rank=2)
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        labels = torch.arange(6) % 10
+        before = float(G.loss_fn(model(model.pack(images, labels)), images.flatten(1)).mean())
+        cps = fit_conditional_vae(model, images, labels, loss=G.loss_fn, epochs=4, lr=1e-2, seed=3, n_checkpoints=2,
+                                  batch_size=4, progress=False)
+        after = float(G.loss_fn(model(model.pack(images, labels)), images.flatten(1)).mean())
+        return model, frozen, cps, before, after
+
+    (m1, frozen, cps, before, after), (m2, *_) = fitted(), fitted()
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert frozen and all(torch.equal(m1.get_parameter(n), p) for n, p in frozen.items())  # only adapters move
+    assert len(cps) == 2 and all(lr == 1e-2 for _, lr in cps)
+    assert all(torch.equal(v, cps[-1][0][k]) for k, v in m1.state_dict().items())  # the last checkpoint = the end
+    assert after < before
 
 
 def test_lora_per_sample_grads_under_vmap_equal_a_loop(vae, images):
@@ -170,13 +195,13 @@ def test_the_two_variants_differ_in_what_a_style_shares():
     harder: a style transforms each image's content and the prompt does not name it."""
     P, H = G.CONFIGS["full"]["protocol"], G.CONFIGS["full"]["harder"]
     assert P.style_prompt and not H.style_prompt and len(P.styles) == len(H.styles) == 6
-    assert set(P.styles) <= set(G.OVERLAYS) and set(H.styles) <= set(G.TRANSFORMS)
+    assert set(P.styles) <= set(styles.OVERLAYS) and set(H.styles) <= set(styles.TRANSFORMS)
     x = torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
     for style in P.styles:  # the pattern's pixels are the same in every styled image
-        shared = (G.stylize(x, style) == G.stylize(x, style)[:1]).all(0).float().mean()
+        shared = (styles.stylize(x, style) == styles.stylize(x, style)[:1]).all(0).float().mean()
         assert shared > 0.05, style
     for style in H.styles:
-        shared = (G.stylize(x, style) == G.stylize(x, style)[:1]).all(0).float().mean()
+        shared = (styles.stylize(x, style) == styles.stylize(x, style)[:1]).all(0).float().mean()
         assert shared < 0.05, style
 
 

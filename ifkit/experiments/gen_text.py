@@ -1,77 +1,34 @@
 """Influential-data identification for a generative text model (DataInf's protocol; paper Sec. 5, text half).
 
-Two procedurally generated task families, 10 classes each, 100 examples per class (90 train, 10 validation):
+The measured numbers, the designs that did not work and the run time are in RESULTS.md, "Generation (text)".
 
-* ``sentence``: transformations of a 5-word sentence (reverse the word order, upper-case, drop the vowels,
-  first and last word, double each word, initials, rotate, swap the ends, every other word, swap adjacent pairs);
-* ``math``: word problems on a story "tom has 7 apples and ann has 3 apples ." with 10 question types (together,
-  how many more, product, twice, ten more, squared, three times, gives one, loses two, five more) and a worked
-  answer "7 - 3 = 4" (numbers are single tokens).
+Two procedurally generated task families (``ifkit.data.text``), 10 classes each, 100 examples per class (90 train,
+10 validation): ``sentence`` (transformations of a 5-word sentence) and ``math`` (word problems with 10 question
+types and a worked answer). As in DataInf, the 100 contents are drawn once per seed and reused in every class;
+only the prompt's class prefix differs. Each example is ``<bos> PREFIX CONTENT <sep>`` then the answer and
+``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose cross-entropy the
+attribution gradient sees; ``ifkit.data.text.grad_targets``):
 
-As in DataInf, the 100 contents (sentences, stories) are drawn once per seed and reused in every class, with the
-same 90 / 10 split; only the prompt's class prefix differs. Each example is ``<bos> PREFIX CONTENT <sep>`` then the
-answer and ``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose
-cross-entropy the attribution gradient sees; ``ifkit.data.text.grad_targets``):
+* ``protocol`` (DataInf's): DataInf's prompt word for word ("NAME is a chatbot that performs a specific
+  transformation on sentences : TITLE . for example :", 20 tokens; math: a chatbot name, ":" and the question),
+  gradients of the loss on the PROMPT tokens (DataInf: labels = the prompt's input ids), over the prompt only
+  (``TaskData.attribution``: causal attention makes cutting the answer off exact);
+* ``harder``: one class token (math: no question), gradients of the ANSWER loss.
 
-* ``protocol`` (DataInf's): sentence: DataInf's prompt word for word, "NAME is a chatbot that performs a specific
-  transformation on sentences : TITLE . for example :" (20 tokens; a made-up name per class, 4-word titles that
-  share no word); math: a chatbot name, ":" and the question, 6-11 tokens. Gradients of the loss on the PROMPT
-  tokens (DataInf: labels = the prompt's input ids), over the prompt only (``TaskData.attribution``: causal
-  attention makes cutting the answer off exact). It is easy by construction: predicting a class's prefix is the
-  same problem for all 90 of its examples and a different one for every other class (the base model never saw the
-  prefix tokens), so the prompt gradient carries the class label, and the shared contents add only noise. Any
-  method that keeps that direction ranks the class first. With a 6-token sentence prefix (name, ":", title) the
-  5 shared, unpredictable content words held as many prompt tokens as the class, and every method stayed at AUC
-  97-99 / recall 88-94 (the kit's previous version); DataInf's ~20 class-conditioned tokens are what make it easy.
-* ``harder``: prefix = one class token (math: no question), gradients of the ANSWER loss. What is left of the
-  answer loss after fine-tuning is mostly about the content (which words are copied), which all classes share.
+Model: ``TinyLM`` (word-level, d_model 64, 2 layers) pretrained on the same formats with a generic ``<any>``
+prefix, shared by both variants and all seeds like one public checkpoint; then LoRA adapters (rank 8, alpha 32 on
+every attention q and v map: DataInf's setting) fine-tuned on the 900 training examples' answer loss (as is VM/FVM's
+theta~ on the validation set). Influence over the adapters only (``params=lora_names(model)``).
 
-Fine-tuning (and VM/FVM's theta~ fine-tuning on the validation set, ``flat_val``) always uses the answer loss.
-Words are tokens (word-level vocabulary, 158 / 177 ids), drawn from the 24 most frequent 3-6 letter words of
-Debian's ``fortunes`` file when it is installed (``make setup``), else from a built-in list (the run says which).
+Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the training
+points, most helpful (most negative) first; ground truth: the training points of q's class; per query, then
+averaged (``ifkit.metrics.ranking_metrics``): ROC AUC, recall among the top k = 90 (DataInf's recall) and precision
+among the top 5. Methods: graddot, gradcos, tracin (the fine-tuning's checkpoints), datainf, if-lissa (mini-batch
+Gauss-Newton products: full-batch LiSSA is far beyond a CPU budget here), vm and fvm (``method_options`` says how).
 
-The model (measured; see notebook 07):
-
-1. ``TinyLM`` (word-level, d_model 64, 2 layers, 4 heads, d_ff 128) is PRETRAINED on the same formats with the
-   prefix replaced by one generic ``<any>`` token (math: without the question), on fresh random examples
-   (2,500 / 1,500 Adam steps), shared by both variants and all seeds like one public checkpoint. That teaches every
-   transformation / operation but not which one to apply: greedy decoding solves ~10% of the prompts.
-2. LoRA adapters (rank 8, alpha 32 on every attention q and v map, DataInf's setting: 4,096 parameters) are
-   fine-tuned on the 900 training examples (Adam, lr 4e-3, 10 epochs). Influence is computed over the adapters
-   only (``params=lora_names(model)``), as in DataInf and the paper.
-
-What it took (earlier designs, measured). A 2-layer character-level model solved none of the prompts; word-level
-tokens, fixed 5-word sentences and the prefix-less pretraining made it work. A math design whose pretraining
-included the questions solved them before any fine-tuning, and attribution was at chance (AUC 0.54). Before the
-protocol existed (one cue token, per-class contents, answer gradients) every method scored AUC 0.66-0.82. A first
-set of sentence titles that shared words ("keep every other word", "keep the first letters") confused exactly
-those classes (graddot AUC 0.97, seed 0).
-
-Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the
-training points, most helpful (most negative) first. Ground truth: the training points of q's class. Reported
-per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, recall of same-class points among the
-top k = 90 (the number of same-class training points; DataInf's recall), and precision among the top 5. Methods:
-graddot, gradcos, tracin (the LoRA fine-tuning's checkpoints), datainf, if-lissa (mini-batch Gauss-Newton
-products: full-batch LiSSA over 900 sequences x 100 queries is far beyond a CPU budget), vm and fvm (theta~
-fine-tuned on the validation set, as the paper does, and DataInf's inverse of the validation curvature,
-``curvature="datainf"``: ``method_options`` says why).
-
-Measured (full run, 3 seeds; RESULTS.md "Generation (text)"; AUC / recall@90 in %). Protocol: DataInf 99.9 /
-98.4 (sentence) and 99.9 / 97.3 (math), VM = FVM 99.9 / 98.3 and 99.9 / 97.8: level with DataInf (sentence 0.02
-AUC below, math 0.03 above), behind TracIn on sentence (100.0 / 99.9) and ahead of it on math (99.4 / 92.9).
-graddot reaches AUC 99.2 / 99.1 but recall only 94.4 / 90.5: large training gradients rank high for every query
-(the other-class examples in a query's top 90 have median |g| 9.8-14.4 against 7.2-8.8 for the same-class ones
-left out), and normalising them (gradcos: 98.4 / 99.8) recovers it. Harder: TracIn first on both tasks by a wide
-margin (AUC 87.6 ± 0.4 sentence, 79.0 ± 2.5 math; our reading: it sums the gradients of the early checkpoints,
-when the adapters were still learning which transformation a class token means), then gradient cosine (78.3 /
-71.8, and the best top-5 precision, 94%); LiSSA, graddot, DataInf and VM = FVM at 69.6-75.5, within their seed
-spreads. The paper's VM/FVM advantage does not show at this scale. Exact match: 89.0% sentence / 96.7% math on
-the protocol, 75.0% / 99.0% on the harder benchmark. Run time: 293 s (sentence) and 217 s (math) on one core
-each, as the two parts of ``ifkit reproduce gen-text --jobs 2``; --fast 42 s.
-
-Writes ``results/generation.csv`` (key task, variant, seed, method; shared with ``gen-image``, which writes task
-"style") and ``results/generation_text_examples.csv`` (for a few queries: the query and its top-5 training
-examples per method and variant).
+Writes ``results/generation.csv`` (tasks sentence and math; shared with gen-image through
+``ifkit.experiments.generation_results``) and ``results/generation_text_examples.csv`` (for a few queries: the
+query and its top-5 training examples per method and variant).
 """
 
 from __future__ import annotations
@@ -90,7 +47,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import ifkit
-from ifkit.core.func import cross_entropy
 from ifkit.data.text import (
     EOS,
     LAYOUTS,
@@ -108,6 +64,7 @@ from ifkit.data.text import (
 from ifkit.experiments import register
 from ifkit.metrics import ranking_metrics
 from ifkit.models import TinyLM, add_lora, lora_names
+from ifkit.optim.generative import fit_steps
 from ifkit.optim.train import train
 from ifkit.results import ResultsTable
 
@@ -167,20 +124,9 @@ def _pretrained_state(task: str, cfg: Config, progress: bool = False) -> dict[st
     torch.manual_seed(1234)  # the base model is shared by all seeds, like one public checkpoint
     model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                    max_len=LAYOUTS[task].seq_len)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr)
-    steps = cfg.pretrain_steps[TASKS.index(task)]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.pretrain_lr, total_steps=steps, pct_start=0.1)
-    rng = np.random.default_rng(4321)
-    Xp, yp = pretraining_batch(task, rng, cfg.pretrain_pool)  # fresh examples, encoded once
-    gen = torch.Generator().manual_seed(4321)
-    loss_fn = cross_entropy
-    for _ in tqdm(range(steps), desc=f"pretrain {task}", disable=not progress, leave=False):
-        idx = torch.randint(0, len(Xp), (cfg.pretrain_batch,), generator=gen)
-        X, y = Xp[idx], yp[idx]
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(X), y).mean().backward()
-        opt.step()
-        sched.step()
+    Xp, yp = pretraining_batch(task, np.random.default_rng(4321), cfg.pretrain_pool)  # fresh examples, encoded once
+    fit_steps(model, Xp, yp, steps=cfg.pretrain_steps[TASKS.index(task)], batch_size=cfg.pretrain_batch,
+              lr=cfg.pretrain_lr, seed=4321, desc=f"pretrain {task}", progress=progress)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
