@@ -18,6 +18,7 @@ from ifkit import viz
 from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.data import styles
 from ifkit.experiments import gen_image as G
+from ifkit.experiments import generation_results as GR
 from ifkit.models import ConditionalVAE, add_lora, lora_names
 
 TINY = G.Config(dataset="digits", image_size=8, styles=("inverted", "flipped"), n_train_per_style=12,
@@ -160,7 +161,7 @@ def test_tracin_per_checkpoint_equals_ifkits_checkpoints():
 
 def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     df = G.measure(TINY, [0], tmp_path, progress=False)
-    out = pd.read_csv(tmp_path / G.FILENAME)
+    out = pd.read_csv(tmp_path / GR.FILENAME)
     assert {"task", "variant", "seed", "method", "auc", "recall", "precision5", "n_train", "n_queries", "seconds",
             "mode"} <= set(out.columns)
     assert set(out["method"]) == set(TINY.methods) and (out["task"] == "style").all()
@@ -172,22 +173,39 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     assert len(ex) == len(TINY.methods) * len(TINY.styles) * TINY.n_examples * G.TOP
     assert pd.read_csv(tmp_path / G.STYLES_FILENAME)["style"].tolist() == ["inverted", "flipped", "plain"]
     # another task's rows in the same file (gen-text) are kept, and a rerun computes nothing
-    ifkit.results.ResultsTable(tmp_path / G.FILENAME, G.KEY, G.REQUIRED).add(
+    ifkit.results.ResultsTable(tmp_path / GR.FILENAME, GR.KEY, GR.REQUIRED).add(
         [{"task": "sentence", "variant": "protocol", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8,
           "precision5": 1.0}])
     monkeypatch.setattr(ifkit, "pairwise", lambda *a, **k: pytest.fail("a finished run must not recompute"))
     G.measure(TINY, [0], tmp_path, progress=False)
-    again = pd.read_csv(tmp_path / G.FILENAME)
+    again = pd.read_csv(tmp_path / GR.FILENAME)
     assert len(again) == len(TINY.methods) + 1 and "sentence" in set(again["task"])
 
 
-def test_a_file_from_before_the_variant_column_keeps_the_text_rows(tmp_path):
-    pd.DataFrame([{"task": "style", "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.4},
-                  {"task": "math", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}]).to_csv(
-        tmp_path / G.FILENAME, index=False)
-    G._migrate(tmp_path / G.FILENAME)
-    out = pd.read_csv(tmp_path / G.FILENAME)
-    assert out["task"].tolist() == ["math"] and out["variant"].tolist() == ["protocol"]
+def test_a_file_from_before_the_variant_column_keeps_the_other_experiments_rows(tmp_path):
+    """generation_results.table migrates for the experiment that opens it: its own old rows go, the others stay."""
+    old = pd.DataFrame([{"task": "style", "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.4},
+                        {"task": "math", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}])
+    old.to_csv(tmp_path / GR.FILENAME, index=False)
+    table = GR.table(tmp_path, ["style"])  # gen-image opens it
+    out = pd.read_csv(tmp_path / GR.FILENAME)
+    assert out["task"].tolist() == ["math"] and out["variant"].tolist() == ["protocol"] and len(table) == 1
+    old.to_csv(tmp_path / GR.FILENAME, index=False)
+    GR.table(tmp_path, ["sentence", "math"])  # gen-text opens it
+    assert pd.read_csv(tmp_path / GR.FILENAME)["task"].tolist() == ["style"]
+    GR.table(tmp_path, ["style"])  # a migrated file is left alone
+    assert pd.read_csv(tmp_path / GR.FILENAME)["task"].tolist() == ["style"]
+
+
+def test_a_row_is_done_only_in_the_mode_it_was_measured_in(tmp_path):
+    table = GR.table(tmp_path, ["style"])
+    key = {"task": "style", "variant": "protocol", "seed": 1, "method": "vm"}
+    assert not GR.done(table, "fast", **key)
+    table.add([{**key, "auc": 0.9, "recall": 0.8, "mode": "fast"},
+               {**key, "seed": 0, "auc": 0.7, "recall": 0.6, "mode": "full"}])
+    reread = GR.table(tmp_path, ["style"])  # seeds read back from the CSV
+    assert GR.done(reread, "fast", **key) and not GR.done(reread, "full", **key)
+    assert GR.done(reread, "full", **{**key, "seed": 0}) and not GR.done(reread, "fast", **{**key, "seed": 0})
 
 
 def test_the_two_variants_differ_in_what_a_style_shares():

@@ -47,18 +47,15 @@ from tqdm.auto import tqdm
 import ifkit
 from ifkit.data import balanced_indices, load_digits, load_fashion_mnist
 from ifkit.data.styles import OVERLAYS, STYLES, TRANSFORMS, stylize
-from ifkit.experiments import register
+from ifkit.experiments import generation_results, register
 from ifkit.metrics import ranking_metrics
 from ifkit.models import MLP, ConditionalVAE, add_lora, lora_names
 from ifkit.optim.generative import fit_classifier, fit_conditional_vae
 from ifkit.results import ResultsTable
 
 TASK = "style"
-FILENAME = "generation.csv"
 EXAMPLES_FILENAME = "generation_image_examples.csv"
 STYLES_FILENAME = "generation_image_styles.csv"
-KEY = ["task", "variant", "seed", "method"]  # shared with gen-text (tasks sentence, math) in the same file
-REQUIRED = ["auc", "recall"]  # every row written here has precision5; text rows from before it may lack it
 TOP = 5  # training images kept per query and method for the figure
 
 
@@ -351,28 +348,6 @@ def _mode(cfg: Config) -> str:
     return "custom"
 
 
-def _done(table: ResultsTable, cfg: Config, seed: int, method: str, mode: str) -> bool:
-    """A row counts as done only when it was measured in the same mode (FAST and full rows share a key)."""
-    if not table.has(task=TASK, variant=cfg.variant, seed=seed, method=method):
-        return False
-    f = table.frame
-    row = f[(f["task"] == TASK) & (f["variant"] == cfg.variant) & (f["seed"] == seed) & (f["method"] == method)]
-    return "mode" not in f.columns or str(row["mode"].iloc[0]) == mode
-
-
-def _migrate(path: Path) -> None:
-    """A generation.csv from before the variant column: its "style" rows are dropped (another setup, rerun); the
-    other tasks' rows (gen-text) are kept as variant "protocol", so the file parses under the new key."""
-    if not path.is_file():
-        return
-    df = pd.read_csv(path)
-    if "variant" in df.columns:
-        return
-    from ifkit.results import write_atomic
-
-    write_atomic(df[df["task"] != TASK].assign(variant="protocol"), path)
-
-
 def measure(cfg: Config, seeds: Iterable[int], out: str | Path, progress: bool = True,
             mode: str | None = None) -> pd.DataFrame:
     """Run (or resume) one variant (``cfg.variant``) for ``seeds``; return its rows of ``out/generation.csv``.
@@ -393,14 +368,14 @@ def measure(cfg: Config, seeds: Iterable[int], out: str | Path, progress: bool =
 
 
 def _measure(cfg: Config, seeds: list[int], out: Path, progress: bool, mode: str) -> pd.DataFrame:
-    _migrate(out / FILENAME)
-    table = ResultsTable(out / FILENAME, KEY, required=REQUIRED)
+    table = generation_results.table(out, [TASK])
     examples = ResultsTable(out / EXAMPLES_FILENAME, ["variant", "seed", "method", "query", "rank"],
                             required=["train_index"])
     styles_table = ResultsTable(out / STYLES_FILENAME, ["variant", "seed", "style"], required=["nelbo_lora"])
     v = cfg.variant
     for seed in seeds:
-        todo = [m for m in cfg.methods if not _done(table, cfg, seed, m, mode)]
+        todo = [m for m in cfg.methods
+                if not generation_results.done(table, mode, task=TASK, variant=v, seed=seed, method=m)]
         if not todo:
             continue
         data = build_data(cfg, seed)

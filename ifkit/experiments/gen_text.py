@@ -61,17 +61,14 @@ from ifkit.data.text import (
     source_words,
     vocabulary,
 )
-from ifkit.experiments import register
+from ifkit.experiments import generation_results, register
 from ifkit.metrics import ranking_metrics
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.optim.generative import fit_steps
 from ifkit.optim.train import train
 from ifkit.results import ResultsTable
 
-FILENAME = "generation.csv"
 EXAMPLES = "generation_text_examples.csv"
-KEY = ["task", "variant", "seed", "method"]  # shared with gen-image (task "style") in the same file
-REQUIRED = ["auc", "recall"]  # and "precision5", always written here (gen-image rows may predate it)
 
 
 @dataclass(frozen=True)
@@ -251,14 +248,14 @@ def measure(cfg: Config, seeds: Iterable[int], out: str | Path, tasks: Sequence[
 
 def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], progress: bool, mode: str
              ) -> pd.DataFrame:
-    _migrate(out / FILENAME)
-    table = ResultsTable(out / FILENAME, KEY, required=REQUIRED)
+    table = generation_results.table(out, TASKS)
     ex_table = ResultsTable(out / EXAMPLES, ["task", "variant", "seed", "query", "method", "rank"], required=["text"])
     for task in tasks:
         for vname in cfg.variants:
             var = VARIANTS[vname]
             for seed in seeds:
-                todo = [m for m in cfg.methods if not _done(table, (task, vname, seed, m), mode)]
+                todo = [m for m in cfg.methods if not generation_results.done(
+                    table, mode, task=task, variant=vname, seed=seed, method=m)]
                 if not todo:
                     continue
                 t0 = time.perf_counter()
@@ -289,32 +286,6 @@ def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], pro
     if df.empty:
         return df
     return df[df["task"].isin(tasks) & df["seed"].isin(seeds)].reset_index(drop=True)
-
-
-def _migrate(path: Path) -> None:
-    """A generation.csv from before the variant column: text rows are dropped (another setup, rerun), other tasks'
-    rows (gen-image) are kept as variant "protocol" so that the file still parses under the new key."""
-    if not path.is_file():
-        return
-    df = pd.read_csv(path)
-    if "variant" in df.columns:
-        return
-    df = df[~df["task"].isin(TASKS)].assign(variant="protocol")
-    from ifkit.results import write_atomic
-
-    write_atomic(df, path)
-
-
-def _done(table: ResultsTable, key: tuple, mode: str) -> bool:
-    """A row counts as done only in the same mode: the key is shared with gen-image and has no mode, so a --fast
-    row is replaced by a full run (and the other way round) instead of resuming it."""
-    if not table.has(**dict(zip(KEY, key))):
-        return False
-    f = table.frame
-    sel = np.ones(len(f), bool)
-    for col, val in zip(KEY, key):
-        sel &= (f[col].astype(float) == val).to_numpy() if col == "seed" else (f[col] == val).to_numpy()
-    return "mode" not in f or str(f.loc[sel, "mode"].iloc[0]) == mode
 
 
 def _example_queries(data: TaskData, n: int) -> list[int]:
