@@ -8,16 +8,21 @@ Two families, each a deterministic map of (n, 1, H, W) images in [0, 1] to image
 * ``TRANSFORMS`` (the "harder" variant): a transformation of each image's content (inverted, outlined, blurred,
   striped, checker, flipped), so no pixel is the same across a style's images.
 
-``stylize(images, name)`` applies one by name.
+``stylize(images, name)`` applies one by name; ``style_data`` draws the experiment's image sets (plain images for
+pretraining, styled ones for LoRA training and validation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .images import balanced_indices, load_digits, load_fashion_mnist
 
 
 def _invert(x: Tensor) -> Tensor:
@@ -99,4 +104,64 @@ def stylize(images: Tensor, style: str) -> Tensor:
     return STYLES[style](images).clamp(0, 1)
 
 
-__all__ = ["OVERLAYS", "STYLES", "TRANSFORMS", "stylize"]
+@dataclass
+class StyleData:
+    """Plain images for pretraining and the styled LoRA training / validation sets.
+
+    Attributes:
+        pretrain: (images (m, 1, H, W), class labels (m,)) plain images.
+        X_train, c_train, s_train: styled training images, their class labels (the prompt) and style ids.
+        X_val, c_val, s_val: the same for validation (the queries).
+        styles: style names; ``s_*`` index into it.
+    """
+
+    pretrain: tuple[Tensor, Tensor]
+    X_train: Tensor
+    c_train: Tensor
+    s_train: Tensor
+    X_val: Tensor
+    c_val: Tensor
+    s_val: Tensor
+    styles: tuple[str, ...]
+
+
+def plain_images(dataset: str, image_size: int, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """n class-balanced plain images (n, 1, image_size, image_size) and their labels (n,), in random order."""
+    if dataset == "fashion":
+        X, y = load_fashion_mnist("train", n=n, seed=seed)  # (n, 1, 28, 28)
+        if image_size != 28:
+            X = F.interpolate(X, size=(image_size, image_size), mode="area")
+        return X, y
+    if dataset == "digits":
+        X, y = load_digits()
+        if image_size != 8:
+            raise ValueError(f"digits are 8x8: use image_size=8, not {image_size}")
+        idx = balanced_indices(y.numpy(), n, np.random.default_rng(seed))
+        return X[idx], y[idx]
+    raise ValueError(f"unknown dataset {dataset!r}: use 'fashion' or 'digits'")
+
+
+def style_data(dataset: str, image_size: int, styles: Sequence[str], n_train_per_style: int,
+               n_val_per_style: int, n_pretrain: int, seed: int) -> StyleData:
+    """Draw every image of one seed; deterministic in the arguments, so figures can rebuild the images.
+
+    Each styled image comes from a different plain image (no image appears in two styles or in pretraining);
+    the training set is shuffled so that styles are interleaved.
+    """
+    per = n_train_per_style + n_val_per_style
+    X, y = plain_images(dataset, image_size, n_pretrain + len(styles) * per, seed)
+    pre = (X[:n_pretrain], y[:n_pretrain])
+    parts: dict[str, tuple[list, list, list]] = {"train": ([], [], []), "val": ([], [], [])}
+    for s, style in enumerate(styles):
+        lo = n_pretrain + s * per
+        Xs, ys = stylize(X[lo : lo + per], style), y[lo : lo + per]
+        for name, sl in (("train", slice(0, n_train_per_style)), ("val", slice(n_train_per_style, per))):
+            parts[name][0].append(Xs[sl])
+            parts[name][1].append(ys[sl])
+            parts[name][2].append(torch.full((len(ys[sl]),), s, dtype=torch.long))
+    (Xt, ct, st), (Xv, cv, sv) = ([torch.cat(p) for p in parts[k]] for k in ("train", "val"))
+    perm = torch.randperm(len(Xt), generator=torch.Generator().manual_seed(seed))
+    return StyleData(pre, Xt[perm], ct[perm], st[perm], Xv, cv, sv, tuple(styles))
+
+
+__all__ = ["OVERLAYS", "STYLES", "TRANSFORMS", "StyleData", "plain_images", "style_data", "stylize"]

@@ -37,7 +37,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -45,8 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import ifkit
-from ifkit.data import balanced_indices, load_digits, load_fashion_mnist
-from ifkit.data.styles import OVERLAYS, STYLES, TRANSFORMS, stylize
+from ifkit.data.styles import OVERLAYS, STYLES, TRANSFORMS, StyleData, style_data, stylize
 from ifkit.experiments import generation_results, register
 from ifkit.metrics import ranking_metrics
 from ifkit.models import MLP, ConditionalVAE, add_lora, lora_names
@@ -115,63 +113,11 @@ VARIANTS = tuple(CONFIGS["full"])
 
 
 # ------------------------------------------------------------------------------------------------ data
-@dataclass
-class StyleData:
-    """Plain images for pretraining and the styled LoRA training / validation sets.
-
-    Attributes:
-        pretrain: (images (m, 1, H, W), class labels (m,)) plain images.
-        X_train, c_train, s_train: styled training images, their class labels (the prompt) and style ids.
-        X_val, c_val, s_val: the same for validation (the queries).
-        styles: style names; ``s_*`` index into it.
-    """
-
-    pretrain: tuple[Tensor, Tensor]
-    X_train: Tensor
-    c_train: Tensor
-    s_train: Tensor
-    X_val: Tensor
-    c_val: Tensor
-    s_val: Tensor
-    styles: tuple[str, ...]
-
-
-def _raw_images(cfg: Config, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """n class-balanced plain images at cfg.image_size, in random order."""
-    if cfg.dataset == "fashion":
-        X, y = load_fashion_mnist("train", n=n, seed=seed)  # (n, 1, 28, 28)
-        if cfg.image_size != 28:
-            X = F.interpolate(X, size=(cfg.image_size, cfg.image_size), mode="area")
-        return X, y
-    if cfg.dataset == "digits":
-        X, y = load_digits()
-        if cfg.image_size != 8:
-            raise ValueError(f"digits are 8x8: use image_size=8, not {cfg.image_size}")
-        idx = balanced_indices(y.numpy(), n, np.random.default_rng(seed))
-        return X[idx], y[idx]
-    raise ValueError(f"unknown dataset {cfg.dataset!r}: use 'fashion' or 'digits'")
-
-
 def build_data(cfg: Config, seed: int) -> StyleData:
-    """Draw every image of one seed; deterministic in (cfg, seed), so figures can rebuild the images.
-
-    Each styled image comes from a different plain image (no image appears in two styles or in pretraining);
-    the training set is shuffled so that styles are interleaved.
-    """
-    per = cfg.n_train_per_style + cfg.n_val_per_style
-    X, y = _raw_images(cfg, cfg.n_pretrain + len(cfg.styles) * per, seed)
-    pre = (X[: cfg.n_pretrain], y[: cfg.n_pretrain])
-    parts = {"train": ([], [], []), "val": ([], [], [])}
-    for s, style in enumerate(cfg.styles):
-        lo = cfg.n_pretrain + s * per
-        Xs, ys = stylize(X[lo : lo + per], style), y[lo : lo + per]
-        for name, sl in (("train", slice(0, cfg.n_train_per_style)), ("val", slice(cfg.n_train_per_style, per))):
-            parts[name][0].append(Xs[sl])
-            parts[name][1].append(ys[sl])
-            parts[name][2].append(torch.full((len(ys[sl]),), s, dtype=torch.long))
-    (Xt, ct, st), (Xv, cv, sv) = ([torch.cat(p) for p in parts[k]] for k in ("train", "val"))
-    perm = torch.randperm(len(Xt), generator=torch.Generator().manual_seed(seed))
-    return StyleData(pre, Xt[perm], ct[perm], st[perm], Xv, cv, sv, tuple(cfg.styles))
+    """Every image of one seed at ``cfg``'s sizes (``ifkit.data.styles.style_data``); deterministic in (cfg, seed),
+    so figures can rebuild the images."""
+    return style_data(cfg.dataset, cfg.image_size, cfg.styles, cfg.n_train_per_style, cfg.n_val_per_style,
+                      cfg.n_pretrain, seed)
 
 
 # ------------------------------------------------------------------------------------------------ training
