@@ -368,7 +368,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({**cols, "seconds": g["seconds"].mean(), "seeds": g["seed"].nunique()}).reset_index()
 
 
-@register("gen-image")
+@register("gen-image", seconds=(54, 3))
 def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     """``ifkit reproduce gen-image``: both variants into ``out/generation.csv`` (task "style"); print the summary."""
     mode = "fast" if fast else "full"
