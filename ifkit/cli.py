@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -174,6 +176,25 @@ def plan_jobs(names: Sequence[str], jobs: int, meta: Mapping[str, Meta] | None =
     return [[n for u in sorted(w, key=lambda u: list(names).index(u[0])) for n in u] for w in workers if w]
 
 
+@contextlib.contextmanager
+def warnings_above_progress_bars():
+    """While active, every warning is printed with ``tqdm.write``: on a line of its own above the progress bars
+    (a plain ``warnings.warn`` writes into the middle of the bar's line), and the bars are redrawn below it."""
+    from tqdm.auto import tqdm
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        tqdm.write(text.rstrip("\n"), file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ifkit.experiments import META, PARTS, discover, run, split_part
 
@@ -207,11 +228,12 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if len(plan) > 1:
         return _reproduce_parallel(plan, fast, seeds, args.out)
     store: dict = {}  # what the experiments of this worker share (register(..., shares=...)): detection's networks
-    for name in plan[0]:  # names, an `after` group in one piece
-        print(f"== {name} (fast={fast}, seeds={seeds}, out={args.out})", flush=True)
-        start = time.perf_counter()
-        run(name, fast, seeds, args.out, store)
-        print(f"== {name} done in {time.perf_counter() - start:.1f} s", flush=True)
+    with warnings_above_progress_bars():
+        for name in plan[0]:  # names, an `after` group in one piece
+            print(f"== {name} (fast={fast}, seeds={seeds}, out={args.out})", flush=True)
+            start = time.perf_counter()
+            run(name, fast, seeds, args.out, store)
+            print(f"== {name} done in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 

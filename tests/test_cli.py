@@ -256,3 +256,32 @@ def test_experiments_of_one_worker_share_what_they_declare(registry, tmp_path, m
     assert seen["second"] == {"model": "trained"}  # ran after first, in one piece, on first's runs
     assert cli.main(["reproduce", "second", "--out", str(tmp_path)]) == 0
     assert seen["second"] == {}  # alone: nothing left over from the previous command
+
+
+NOISY = """
+import sys, warnings
+from tqdm.auto import tqdm
+from ifkit import cli, experiments
+
+experiments.discover = lambda: experiments.EXPERIMENTS  # only this experiment
+
+
+@experiments.register("noisy")
+def noisy(fast, seeds, out):
+    for i in tqdm(range(3), desc="bar", mininterval=0):
+        if i == 1:
+            warnings.warn("conjugate gradient stopped after 100 iterations", RuntimeWarning)
+
+sys.exit(cli.main(["reproduce", "noisy", "--out", sys.argv[1]]))
+"""
+
+
+def test_a_warning_during_reproduce_prints_on_its_own_line_above_the_bars(tmp_path):
+    """A warning raised while a progress bar is drawn (the CG non-convergence warning, a corrupt results file)
+    goes through tqdm.write: its line starts with the warning, not with the bar's text, and the bar goes on."""
+    done = subprocess.run([sys.executable, "-c", NOISY, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stderr.split("\n") if "conjugate gradient stopped" in ln)
+    shown = line.split("\r")[-1]  # what the terminal shows on that line: the text after the last carriage return
+    assert "RuntimeWarning" in shown and "bar:" not in shown, repr(line)
+    assert "3/3" in done.stderr.split("conjugate gradient stopped")[1]  # the bar is redrawn below and finishes
