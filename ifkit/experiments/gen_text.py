@@ -34,7 +34,6 @@ query and its top-5 training examples per method and variant).
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -116,8 +115,12 @@ FAST = replace(FULL, per_class=30, n_val_per_class=3, pretrain_steps=(300, 200),
                lissa_iters=10, flat_steps=30)
 
 
-@functools.lru_cache(maxsize=8)
-def _pretrained_state(task: str, cfg: Config, progress: bool = False) -> dict[str, Tensor]:
+def pretrained_state(task: str, cfg: Config = FULL, progress: bool = False) -> dict[str, Tensor]:
+    """Pretrain the base model of ``task`` (TinyLM on the cue-less formats) and return its state_dict.
+
+    Deterministic (fixed seeds): every call gives the same state. ``measure`` pretrains once per task and passes
+    the state on (``pretrained(..., state=...)``); nothing is cached between calls.
+    """
     torch.manual_seed(1234)  # the base model is shared by all seeds, like one public checkpoint
     model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                    max_len=LAYOUTS[task].seq_len)
@@ -127,11 +130,16 @@ def _pretrained_state(task: str, cfg: Config, progress: bool = False) -> dict[st
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def pretrained(task: str, cfg: Config = FULL, progress: bool = False) -> TinyLM:
-    """The base model of ``task``: TinyLM pretrained on the cue-less formats (cached per process)."""
+def pretrained(task: str, cfg: Config = FULL, progress: bool = False, state: dict[str, Tensor] | None = None
+               ) -> TinyLM:
+    """The base model of ``task``: TinyLM pretrained on the cue-less formats, in eval mode.
+
+    ``state``: a ``pretrained_state`` of the same task and cfg to load (None: pretrain now).
+    """
+    state = pretrained_state(task, cfg, progress) if state is None else state
     model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                    max_len=LAYOUTS[task].seq_len)
-    model.load_state_dict(_pretrained_state(task, cfg, progress))
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -249,6 +257,7 @@ def measure(cfg: Config, seeds: Iterable[int], out: str | Path, tasks: Sequence[
 def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], progress: bool, mode: str
              ) -> pd.DataFrame:
     table = generation_results.table(out, TASKS)
+    base_states: dict[str, dict[str, Tensor]] = {}  # the pretrained base model of each task
     ex_table = ResultsTable(out / EXAMPLES, ["task", "variant", "seed", "query", "method", "rank"], required=["text"])
     for task in tasks:
         for vname in cfg.variants:
@@ -260,7 +269,9 @@ def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], pro
                     continue
                 t0 = time.perf_counter()
                 data = make_task(task, seed, cfg.per_class, cfg.n_val_per_class, prefix=var.prefix)
-                base = pretrained(task, cfg, progress)
+                if task not in base_states:  # once per task, and only when something is left to measure
+                    base_states[task] = pretrained_state(task, cfg, progress)
+                base = pretrained(task, cfg, state=base_states[task])
                 em_base = float(exact_match(base, data, generic=True).mean())
                 res = finetune(base, data, cfg, seed, progress)
                 model = res.model
@@ -336,4 +347,4 @@ def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFr
 
 
 __all__ = ["FAST", "FULL", "VARIANTS", "Config", "TaskData", "Variant", "classes", "encode", "exact_match", "finetune", "make_task",
-           "measure", "pretrained", "ranking_metrics", "run", "source_words", "summary", "vocabulary"]
+           "measure", "pretrained", "pretrained_state", "ranking_metrics", "run", "source_words", "summary", "vocabulary"]
