@@ -11,39 +11,40 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+
+from ifkit.experiments import Meta, full_seconds, split_part
 
 # Seeds when --seeds is not given: one quick seed for CI, several for the reported numbers.
 DEFAULT_SEEDS = {True: 1, False: 3}
 
-# Measured wall-clock seconds per experiment on 2 CPU cores, (full, --fast), shown by `ifkit reproduce --help`:
-# the `make reproduce` runs quoted in RESULTS.md (`ifkit reproduce all --jobs 2`, and the same with --fast, on a
-# quiet machine: two workers, one core each, default seeds; worker 1 detection, relabel, ablation, gen-image,
-# theory; worker 2 gen-text's two tasks, sentence then math). relabel runs after detection, on its networks.
-# tests/test_cli.py checks that every registered experiment has a row.
-EXPECTED_SECONDS = {
-    "detection": (169, 7),
-    "relabel": (206, 10),
-    "ablation": (74, 1),
-    "theory": (53, 7),
-    "gen-text": (541, 43),
-    "gen-image": (54, 3),
-}
-EXPECTED_NOTES = {
-    "detection": "full includes the paper's Fig. 2/3 training dynamics",
-    "relabel": "full: after detection in the same worker, reusing its networks",
-    "gen-text": "one core; with --jobs 2 its two tasks run side by side: ~5 min",
-}
 # `ifkit reproduce all --jobs 2` (what `make reproduce` runs), full and --fast, without the figures (`ifkit
-# figures`: ~15 s more).
+# figures`: ~15 s more), on a quiet 2-core machine. Each experiment's own times are declared where it is registered
+# (``register(..., seconds=(full, fast))``), and RESULTS.md quotes the runs they come from.
 EXPECTED_ALL_SECONDS = (558, 46)
+
+
+class _LazyEpilogParser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog is made when its help is shown (``epilog_fn``): ``ifkit reproduce --help``
+    imports the experiments to read the times they declare, and no other command pays for that import."""
+
+    def __init__(self, *args, epilog_fn: Callable[[], str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
 
 
 def fast_from_env() -> bool:
@@ -56,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ifkit",
         description="Influence functions with flat validation minima: reproduce the experiments and figures.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_LazyEpilogParser)
 
     rep = sub.add_parser("reproduce", help="run an experiment and write its tidy CSV to --out",
-                         epilog=experiments_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog_fn=experiments_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     rep.add_argument("experiment", metavar="EXPERIMENT",
                      help='a registered experiment name, several separated by commas, or "all"')
     rep.add_argument("--fast", action="store_true", help="small CI sizes; 8x8 digits, not Fashion-MNIST (also IFKIT_FAST=1)")
@@ -122,11 +123,15 @@ def _duration(seconds: float) -> str:
 
 
 def experiments_epilog() -> str:
-    """The experiments and their measured run times, for ``ifkit reproduce --help`` (imports no experiment)."""
-    width = max(map(len, EXPECTED_SECONDS))
+    """The experiments and their measured run times (``register(..., seconds=...)``), for ``ifkit reproduce --help``."""
+    from ifkit.experiments import META, discover
+
+    discover()
+    width = max(map(len, META), default=3)
     lines = ["experiments (measured wall time on 2 CPU cores; full size / --fast):"]
-    for name, (full, fast) in EXPECTED_SECONDS.items():
-        note = f"  ({EXPECTED_NOTES[name]})" if name in EXPECTED_NOTES else ""
+    for name, meta in META.items():
+        full, fast = meta.seconds
+        note = f"  ({meta.note})" if meta.note else ""
         lines.append(f"  {name:<{width}}  {_duration(full):>8} / {_duration(fast):>5}{note}")
     full, fast = EXPECTED_ALL_SECONDS
     lines.append(f"  {'all':<{width}}  {_duration(full):>8} / {_duration(fast):>5}  (with --jobs 2, as in "
@@ -137,49 +142,65 @@ def experiments_epilog() -> str:
     return "\n".join(lines)
 
 
-# Experiments that share one process: relabel reuses detection's trained networks (an in-process cache; the
-# ablation would too, but balancing the two workers saves more time than its six trainings cost). gen-text and
-# gen-image may run side by side: both write results/generation.csv, and ResultsTable merges under a lock.
-TOGETHER = (("detection", "relabel"),)
-# Rough full-mode minutes on one core, to balance --jobs workers (a part: its own entry, else its experiment's
-# share); unknown names: 5.
-MINUTES = {"detection": 2.8, "relabel": 3.4, "ablation": 1.6, "theory": 0.9, "gen-text": 9, "gen-text:sentence": 5.1,
-           "gen-text:math": 3.9, "gen-image": 0.85}
+def _groups(names: Sequence[str], meta: Mapping[str, Meta]) -> list[list[str]]:
+    """``names`` as units that stay in one worker: an experiment joins the group of one it runs ``after``
+    (``register(..., after=...)``) when both are asked for, behind it; the rest are units of their own."""
+    present = set(names)
+    lead = {n: next((a for a in meta.get(split_part(n)[0], Meta()).after if a in present and a != n), None)
+            for n in names}
+    groups: dict[str, list[str]] = {n: [n] for n in names if lead[n] is None}
+    for n in names:
+        root, seen = n, {n}
+        while lead.get(root) is not None and lead[root] not in seen:
+            root = lead[root]
+            seen.add(root)
+        if root != n:
+            groups.setdefault(root, [root]).append(n)
+    return list(groups.values())
 
 
-def _minutes(name: str, parts: Mapping[str, Sequence[str]]) -> float:
-    """MINUTES of an experiment or part; a part without an entry of its own: its experiment's share."""
-    if name in MINUTES:
-        return MINUTES[name]
-    base, _, part = name.partition(":")
-    return MINUTES.get(base, 5) / max(1, len(parts.get(base, ()))) if part else 5
+def plan_jobs(names: Sequence[str], jobs: int, meta: Mapping[str, Meta] | None = None) -> list[list[str]]:
+    """Split experiments over ``jobs`` worker processes, from what each declares in ``register`` (``meta``,
+    default: every discovered experiment's): with ``jobs > 1`` an experiment with parts becomes one unit per part
+    (``NAME:PART``); an experiment that runs ``after`` another stays in its worker, right behind it; then the
+    longest units first (full-size seconds) onto the least loaded worker. Order inside a worker follows ``names``."""
+    if meta is None:
+        from ifkit.experiments import META, discover
 
-
-def plan_jobs(names: Sequence[str], jobs: int, parts: Mapping[str, Sequence[str]] | None = None
-              ) -> list[list[str]]:
-    """Split experiments over ``jobs`` worker processes: an experiment with ``parts`` becomes one unit per part
-    (``NAME:PART``), TOGETHER groups stay whole, then longest first onto the least loaded worker. Order inside a
-    worker follows ``names``, a TOGETHER group kept in one piece."""
-    parts = parts or {}
+        discover()
+        meta = META
     if jobs > 1:  # an experiment's parts are units of their own
-        names = [u for n in names for u in ([f"{n}:{p}" for p in parts[n]] if parts.get(n) else [n])]
-    units, seen = [], set()
-    for group in TOGETHER:
-        members = [n for n in names if n in group]
-        if members:
-            units.append(members)
-            seen.update(members)
-    units += [[n] for n in names if n not in seen]
-    units.sort(key=lambda u: -sum(_minutes(n, parts) for n in u))
+        names = [u for n in names for u in ([f"{n}:{p}" for p in meta[n].parts] if n in meta and meta[n].parts
+                                            else [n])]
+    units = _groups(names, meta)
+    units.sort(key=lambda u: -sum(full_seconds(n, meta) for n in u))
     workers: list[list[list[str]]] = [[] for _ in range(max(1, min(jobs, len(units))))]
     for unit in units:
-        min(workers, key=lambda w: sum(_minutes(n, parts) for u in w for n in u)).append(unit)
-    # a TOGETHER group stays contiguous: relabel runs right after detection, on its networks
+        min(workers, key=lambda w: sum(full_seconds(n, meta) for u in w for n in u)).append(unit)
     return [[n for u in sorted(w, key=lambda u: list(names).index(u[0])) for n in u] for w in workers if w]
 
 
+@contextlib.contextmanager
+def warnings_above_progress_bars():
+    """While active, every warning is printed with ``tqdm.write``: on a line of its own above the progress bars
+    (a plain ``warnings.warn`` writes into the middle of the bar's line), and the bars are redrawn below it."""
+    from tqdm.auto import tqdm
+
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        tqdm.write(text.rstrip("\n"), file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from ifkit.experiments import PARTS, discover, run, split_part
+    from ifkit.experiments import META, PARTS, discover, run, split_part
 
     registry = discover()
     available = sorted(registry)
@@ -207,14 +228,16 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         print("no experiments are registered yet: nothing to reproduce", file=sys.stderr)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = plan_jobs(names, args.jobs, PARTS)
+    plan = plan_jobs(names, args.jobs, META)
     if len(plan) > 1:
         return _reproduce_parallel(plan, fast, seeds, args.out)
-    for name in plan[0]:  # names, a TOGETHER group in one piece
-        print(f"== {name} (fast={fast}, seeds={seeds}, out={args.out})", flush=True)
-        start = time.perf_counter()
-        run(name, fast, seeds, args.out)
-        print(f"== {name} done in {time.perf_counter() - start:.1f} s", flush=True)
+    store: dict = {}  # what the experiments of this worker share (register(..., shares=...)): detection's networks
+    with warnings_above_progress_bars():
+        for name in plan[0]:  # names, an `after` group in one piece
+            print(f"== {name} (fast={fast}, seeds={seeds}, out={args.out})", flush=True)
+            start = time.perf_counter()
+            run(name, fast, seeds, args.out, store)
+            print(f"== {name} done in {time.perf_counter() - start:.1f} s", flush=True)
     return 0
 
 

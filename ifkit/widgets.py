@@ -35,6 +35,7 @@ def plot_detection_dashboard(
     n_val: int = 150,
     epochs: int = 300,
     k: int = 8,
+    runs: dict | None = None,
 ) -> Figure:
     """One detection setting end to end, for an ``interact`` over dataset / noise / rate / method.
 
@@ -42,15 +43,16 @@ def plot_detection_dashboard(
     fashion: 14x14 Fashion-MNIST) and scores every training point with ``method`` and the training loss;
     ``ifkit.viz.plot_detection_setting`` shows the score histograms of flipped vs clean points, the ROC of
     ``method`` against the training loss at theta* (the simplest reference), and the ``k`` most suspicious
-    images. Training runs are cached per (config, noise, rate, seed): a notebook that prepared the same setting
-    before pays only for the scores.
+    images. ``runs``: trained networks to reuse and add to (``detection.Runs``): with one dict across calls, only a
+    new setting (dataset, noise, rate) retrains; a new method pays only for its scores.
 
     Returns:
         A Figure: two axes on top, ``k`` image axes below.
     """
     from ifkit.experiments import detection
 
-    result = detection.explore(dataset, noise, rate, method, seed=seed, n_train=n_train, n_val=n_val, epochs=epochs)
+    result = detection.explore(dataset, noise, rate, method, seed=seed, n_train=n_train, n_val=n_val, epochs=epochs,
+                               runs=runs)
     return plot_detection_setting(result, k=k)
 
 
@@ -68,8 +70,8 @@ def detection_dashboard(
     noises: Sequence[str] = ("symmetric", "asymmetric", "hard"),
 ):
     """``interact(plot_detection_dashboard, ...)`` with a dropdown per dataset, noise model and method and a slider
-    for the noise rate; the other arguments are fixed. The initial values (first dataset, ``noise``, ``rate``,
-    ``method``) show the setting a notebook prepared before, so the first draw needs no retraining.
+    for the noise rate; the other arguments are fixed. The dashboard keeps the networks it trains (one ``runs``
+    dict), so going back to a setting, or changing only the method, needs no retraining.
 
     Args:
         methods: the method dropdown (default: every method of ``ifkit.experiments.detection``).
@@ -88,7 +90,8 @@ def detection_dashboard(
                     noise=Dropdown(options=list(noises), value=noise),
                     rate=FloatSlider(value=rate, min=0.1, max=0.5, step=0.1),
                     method=Dropdown(options=options, value=method),
-                    seed=fixed(seed), n_train=fixed(n_train), n_val=fixed(n_val), epochs=fixed(epochs), k=fixed(k))
+                    seed=fixed(seed), n_train=fixed(n_train), n_val=fixed(n_val), epochs=fixed(epochs), k=fixed(k),
+                    runs=fixed({}))
 
 
 def relabel_explorer(images, candidate_scores, given, clean, classes: Sequence[str] | None = None,

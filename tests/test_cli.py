@@ -18,6 +18,7 @@ def registry(monkeypatch):
     calls = []
     monkeypatch.setattr(experiments, "EXPERIMENTS", {})
     monkeypatch.setattr(experiments, "PARTS", {})
+    monkeypatch.setattr(experiments, "META", {})
     monkeypatch.setattr(experiments, "discover", lambda: experiments.EXPERIMENTS)
 
     @experiments.register("dummy")
@@ -152,23 +153,34 @@ def test_comma_separated_experiments_run_in_order(registry, tmp_path):
 
 def test_plan_jobs_keeps_shared_experiments_together_and_balances():
     names = ["ablation", "detection", "gen-image", "gen-text", "relabel", "theory"]
-    plan = cli.plan_jobs(names, 2)
-    assert len(plan) == 2 and sorted(sum(plan, [])) == sorted(names)
+    plan = cli.plan_jobs(names, 2)  # the metadata the experiments declare in register(...)
+    assert len(plan) == 2 and sorted(n.split(":")[0] for n in sum(plan, [])) == sorted(names + ["gen-text"])
     where = {n: i for i, w in enumerate(plan) for n in w}
     assert where["detection"] == where["relabel"]
     w = plan[where["detection"]]
-    assert w.index("relabel") == w.index("detection") + 1  # contiguous: relabel reuses detection's networks
-    # gen-text and gen-image share generation.csv but not a process: ResultsTable merges under a lock
-    assert cli.plan_jobs(["gen-text", "gen-image"], 2) == [["gen-text"], ["gen-image"]]
-    # an experiment's parts are units of their own with --jobs > 1, and only then
-    parts = {"gen-text": ("sentence", "math")}
-    assert cli.plan_jobs(["gen-text", "gen-image"], 2, parts) == [["gen-text:sentence"],
-                                                                  ["gen-text:math", "gen-image"]]
-    assert cli.plan_jobs(["gen-text", "gen-image"], 1, parts) == [["gen-text", "gen-image"]]
-    load = [sum(cli._minutes(n, {}) for n in w) for w in plan]  # balanced: within the smallest experiment's time
-    assert abs(load[0] - load[1]) <= min(cli._minutes(n, {}) for n in names)
+    assert w.index("relabel") == w.index("detection") + 1  # relabel runs after detection: it reuses its networks
+    # an experiment's parts are units of their own with --jobs > 1, and only then; gen-text and gen-image share
+    # generation.csv but not a process: ResultsTable merges under a lock
+    assert cli.plan_jobs(["gen-text", "gen-image"], 2) == [["gen-text:sentence"], ["gen-text:math", "gen-image"]]
+    assert cli.plan_jobs(["gen-text", "gen-image"], 1) == [["gen-text", "gen-image"]]
+    units = sum(plan, [])
+    load = [sum(experiments.full_seconds(n) for n in w) for w in plan]  # balanced within the smallest unit's time
+    assert abs(load[0] - load[1]) <= min(experiments.full_seconds(n) for n in units)
     assert cli.plan_jobs(names, 1) == [["ablation", "detection", "relabel", "gen-image", "gen-text", "theory"]]
+    assert cli.plan_jobs(["relabel", "theory", "detection"], 1) == [["theory", "detection", "relabel"]]
     assert cli.plan_jobs(["theory"], 4) == [["theory"]]
+
+
+def test_plan_jobs_reads_only_the_declared_metadata():
+    meta = {"a": experiments.Meta(seconds=(100, 1)), "b": experiments.Meta(seconds=(10, 1), after=("a",)),
+            "c": experiments.Meta(seconds=(60, 1), parts=("x", "y"), part_seconds={"x": 50, "y": 10}),
+            "d": experiments.Meta(seconds=(45, 1))}
+    # units a+b 110 s, c:x 50, d 45, c:y 10: the longest first onto the least loaded worker
+    assert cli.plan_jobs(["b", "c", "d", "a"], 2, meta) == [["a", "b"], ["c:x", "c:y", "d"]]
+    assert cli.plan_jobs(["b", "c", "d", "a"], 1, meta) == [["c", "d", "a", "b"]]
+    assert cli.plan_jobs(["b", "d"], 2, meta) == [["d"], ["b"]]  # "after" binds only when both run
+    with pytest.raises(ValueError, match="part_seconds"):
+        experiments.register("bad", parts=("x",), part_seconds={"z": 1})
 
 
 def test_parallel_workers_run_as_subprocesses(tmp_path, monkeypatch):
@@ -211,10 +223,9 @@ def test_figures_names_the_command_that_makes_a_missing_input(tmp_path, capsys):
     assert "skip theory_bound" in out and "`ifkit reproduce`" in out
 
 
-def test_reproduce_help_lists_every_experiment_with_times():
+def test_reproduce_help_lists_every_experiment_with_its_declared_times():
     registered = set(experiments.discover())
-    missing = registered - set(cli.EXPECTED_SECONDS)
-    assert not missing, f"add {missing} to cli.EXPECTED_SECONDS (measured full and --fast seconds)"
+    assert registered <= set(experiments.META)  # every experiment declares its times where it is registered
     done = subprocess.run([sys.executable, "-m", "ifkit.cli", "reproduce", "--help"], check=False,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -222,5 +233,55 @@ def test_reproduce_help_lists_every_experiment_with_times():
     listed = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
     assert registered | {"all"} <= set(listed)
     for name in registered:
-        full, fast = cli.EXPECTED_SECONDS[name]
+        full, fast = experiments.META[name].seconds
+        assert (full, fast) != experiments.Meta.seconds, f"{name}: declare register(..., seconds=(full, fast))"
         assert cli._duration(full) in listed[name] and cli._duration(fast) in listed[name]
+    assert "reusing its networks" in listed["relabel"]
+
+
+def test_experiments_of_one_worker_share_what_they_declare(registry, tmp_path, monkeypatch):
+    """relabel after detection gets the same runs dict; alone it gets a fresh one; nothing is module state."""
+    seen = {}
+
+    @experiments.register("first", shares=("runs",))
+    def first(fast, seeds, out, runs=None):
+        runs["model"] = "trained"
+        seen["first"] = runs
+
+    @experiments.register("second", shares=("runs",), after=("first",))
+    def second(fast, seeds, out, runs=None):
+        seen["second"] = dict(runs)
+
+    assert cli.main(["reproduce", "second,first", "--out", str(tmp_path)]) == 0
+    assert seen["second"] == {"model": "trained"}  # ran after first, in one piece, on first's runs
+    assert cli.main(["reproduce", "second", "--out", str(tmp_path)]) == 0
+    assert seen["second"] == {}  # alone: nothing left over from the previous command
+
+
+NOISY = """
+import sys, warnings
+from tqdm.auto import tqdm
+from ifkit import cli, experiments
+
+experiments.discover = lambda: experiments.EXPERIMENTS  # only this experiment
+
+
+@experiments.register("noisy")
+def noisy(fast, seeds, out):
+    for i in tqdm(range(3), desc="bar", mininterval=0):
+        if i == 1:
+            warnings.warn("conjugate gradient stopped after 100 iterations", RuntimeWarning)
+
+sys.exit(cli.main(["reproduce", "noisy", "--out", sys.argv[1]]))
+"""
+
+
+def test_a_warning_during_reproduce_prints_on_its_own_line_above_the_bars(tmp_path):
+    """A warning raised while a progress bar is drawn (the CG non-convergence warning, a corrupt results file)
+    goes through tqdm.write: its line starts with the warning, not with the bar's text, and the bar goes on."""
+    done = subprocess.run([sys.executable, "-c", NOISY, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stderr.split("\n") if "conjugate gradient stopped" in ln)
+    shown = line.split("\r")[-1]  # what the terminal shows on that line: the text after the last carriage return
+    assert "RuntimeWarning" in shown and "bar:" not in shown, repr(line)
+    assert "3/3" in done.stderr.split("conjugate gradient stopped")[1]  # the bar is redrawn below and finishes

@@ -17,9 +17,12 @@ TINY = replace(D.FAST, n_train=200, n_val=60, epochs=40, n_checkpoints=2, cv_fol
                flat_grid=(0, 20), progress=False)
 
 
+RUNS: D.Runs = {}  # the trained networks these tests share, passed explicitly as ifkit reproduce does
+
+
 @pytest.fixture(scope="module")
 def setting():
-    return D.prepare(TINY, "symmetric", 0.3, seed=0)
+    return D.prepare(TINY, "symmetric", 0.3, seed=0, runs=RUNS)
 
 
 def test_prepare_trains_and_picks_the_early_stop(setting):
@@ -33,7 +36,16 @@ def test_prepare_trains_and_picks_the_early_stop(setting):
         accs.append(evaluate(s.early, *s.val)[1])
     s.early.load_state_dict(s.run.checkpoints[epochs.index(s.early_epoch)][0])
     assert accs[epochs.index(s.early_epoch)] == max(accs)
-    assert D.prepare(TINY, "symmetric", 0.3, seed=0, n_val=30).run is s.run  # one training run, any n_val
+    assert D.prepare(TINY, "symmetric", 0.3, seed=0, n_val=30, runs=RUNS).run is s.run  # one run, any n_val
+
+
+def test_a_run_trained_afresh_is_the_shared_one_bit_for_bit(setting):
+    """Sharing runs (relabel after detection in one worker) only saves time: alone, the same network is trained."""
+    fresh = D.prepare(TINY, "symmetric", 0.3, seed=0)  # no runs given: trains its own
+    assert fresh.run is not setting.run and fresh.early_epoch == setting.early_epoch
+    for (name, a), b in zip(fresh.run.model.state_dict().items(), setting.run.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert len(RUNS) == 1  # and it was not added to anyone's runs
 
 
 @pytest.mark.parametrize("method", D.INFLUENCE + D.REFERENCE)
@@ -61,7 +73,7 @@ def test_relabel_new_labels_and_rows(setting, tmp_path):
     new = R.new_labels("vm", s, idx, seed=0)
     assert new.shape == (10,) and ((new >= 0) & (new < 10)).all()
     cfg = R.Config(TINY, settings=(("symmetric", 0.3),), methods=("vm", "pred@theta~", "pred@fvm-theta~", "noisy"), progress=False)
-    df = R.measure(cfg, [0], tmp_path / "relabel.csv")
+    df = R.measure(cfg, [0], tmp_path / "relabel.csv", runs=RUNS)
     assert set(df.method) == {"vm", "pred@theta~", "pred@fvm-theta~", "noisy"}
     assert df.retrain_test_acc.between(0, 1).all()
     vm = df[df.method == "vm"].iloc[0]
@@ -72,7 +84,7 @@ def test_dynamics_rows_for_fig2_and_fig3(tmp_path):
     from ifkit.results import ResultsTable
 
     table = ResultsTable(tmp_path / "dyn.csv", D.DYN_KEY, required=["auc"])
-    D.dynamics(TINY, "symmetric", 0.3, 0, table)
+    D.dynamics(TINY, "symmetric", 0.3, 0, table, runs=RUNS)
     df = table.frame
     train_rows, flat_rows = df[df.kind == "training"], df[df.kind == "flat"]
     assert sorted(train_rows.step.unique()) == D.checkpoint_epochs(TINY.epochs, 2)
@@ -92,7 +104,7 @@ def test_ablation_rows_and_the_paired_gap(tmp_path):
     factors = (A.Factor("n_val", (30, 60), "symmetric", 0.3, ("vm", "fvm"), seeds=2),
                A.Factor("damping", (1e-3, 1e-1), "symmetric", 0.3, ("vm",), seeds=1))
     cfg = A.Config(TINY, factors=factors, progress=False)
-    df = A.measure(cfg, None, tmp_path / "ablation.csv")
+    df = A.measure(cfg, None, tmp_path / "ablation.csv", runs=RUNS)
     assert len(df) == 2 * 2 * 2 + 2 * 1
     gap = A.paired_gap(df)
     assert list(gap.value) == [30, 60] and (gap.n == 2).all() and gap.wins.between(0, 2).all()

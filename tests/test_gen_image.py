@@ -1,4 +1,5 @@
-"""The image generation experiment (ifkit/experiments/gen_image.py) and its generator (ConditionalVAE)."""
+"""The image generation experiment (ifkit/experiments/gen_image.py), its styles (ifkit/data/styles.py), its generator
+(ConditionalVAE) and training loops (ifkit/optim/generative.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from matplotlib.figure import Figure
 import ifkit
 from ifkit import viz
 from ifkit.core.func import make_problem, per_sample_grads
+from ifkit.data import styles
 from ifkit.experiments import gen_image as G
+from ifkit.experiments import generation_results as GR
 from ifkit.models import ConditionalVAE, add_lora, lora_names
 
 TINY = G.Config(dataset="digits", image_size=8, styles=("inverted", "flipped"), n_train_per_style=12,
@@ -28,9 +31,9 @@ def images():
     return torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("style", list(G.STYLES))
+@pytest.mark.parametrize("style", list(styles.STYLES))
 def test_styles_are_deterministic_shape_preserving_and_change_images(style, images):
-    a, b = G.stylize(images, style), G.stylize(images.clone(), style)
+    a, b = styles.stylize(images, style), styles.stylize(images.clone(), style)
     assert a.shape == images.shape
     torch.testing.assert_close(a, b)
     assert a.min() >= 0 and a.max() <= 1
@@ -39,7 +42,7 @@ def test_styles_are_deterministic_shape_preserving_and_change_images(style, imag
 
 def test_unknown_style_is_refused(images):
     with pytest.raises(ValueError, match="unknown style"):
-        G.stylize(images, "sepia")
+        styles.stylize(images, "sepia")
 
 
 def test_build_data_is_deterministic_and_balanced():
@@ -80,6 +83,29 @@ def test_generator_shapes_and_deterministic_loss(vae, images):
         vae.pack(torch.rand(2, 1, 7, 7), labels[:2])
 
 
+def test_the_vae_loop_is_deterministic_trains_only_the_adapters_and_checkpoints(images):
+    from ifkit.optim.generative import fit_conditional_vae
+
+    def fitted():
+        torch.manual_seed(0)
+        model = ConditionalVAE(image_size=8, n_classes=10, latent=3, hidden=12)
+        add_lora(model, rank=2)
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        labels = torch.arange(6) % 10
+        before = float(G.loss_fn(model(model.pack(images, labels)), images.flatten(1)).mean())
+        cps = fit_conditional_vae(model, images, labels, loss=G.loss_fn, epochs=4, lr=1e-2, seed=3, n_checkpoints=2,
+                                  batch_size=4, progress=False)
+        after = float(G.loss_fn(model(model.pack(images, labels)), images.flatten(1)).mean())
+        return model, frozen, cps, before, after
+
+    (m1, frozen, cps, before, after), (m2, *_) = fitted(), fitted()
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert frozen and all(torch.equal(m1.get_parameter(n), p) for n, p in frozen.items())  # only adapters move
+    assert len(cps) == 2 and all(lr == 1e-2 for _, lr in cps)
+    assert all(torch.equal(v, cps[-1][0][k]) for k, v in m1.state_dict().items())  # the last checkpoint = the end
+    assert after < before
+
+
 def test_lora_per_sample_grads_under_vmap_equal_a_loop(vae, images):
     labels = torch.arange(6) % 10
     X = vae.pack(images, labels, torch.randn(6, 3, generator=torch.Generator().manual_seed(2)))
@@ -95,30 +121,19 @@ def test_lora_per_sample_grads_under_vmap_equal_a_loop(vae, images):
     assert G_vmap.shape[1] == sum(p.numel() for p in params) and G_vmap.abs().sum() > 0
 
 
-def test_ranking_metrics():
+def test_ranking_metrics_and_top_helpful():
+    """The experiment's rows use ifkit.metrics.ranking_metrics (tests/test_metrics.py) with precision over the top 5."""
     train_style = np.array([0, 0, 1, 1, 2, 2])
     query_style = np.array([0, 1])
     perfect = np.where(train_style[None, :] == query_style[:, None], -1.0, 1.0)  # same style most helpful
     # 2 same-style points out of 6: a perfect ranking has both in its top 5, the reversed one only its last
-    assert G.ranking_metrics(perfect, train_style, query_style) == {"auc": 1.0, "recall": 1.0, "precision5": 0.4}
-    assert G.ranking_metrics(-perfect, train_style, query_style) == {"auc": 0.0, "recall": 0.0, "precision5": 0.2}
+    assert G.ranking_metrics(perfect, train_style, query_style).as_dict() == {"auc": 1.0, "recall": 1.0,
+                                                                               "precision5": 0.4}
+    assert G.ranking_metrics(-perfect, train_style, query_style).as_dict() == {"auc": 0.0, "recall": 0.0,
+                                                                                "precision5": 0.2}
     many = np.repeat(np.arange(2), 8)  # 8 per style: the top 5 of a perfect ranking are all the query's style
     assert G.ranking_metrics(np.where(many[None] == np.array([[1]]), -1.0, 1.0), many, [1])["precision5"] == 1.0
-    with pytest.raises(ValueError, match="shape"):
-        G.ranking_metrics(perfect[:, :3], train_style, query_style)
     assert G.top_helpful(torch.tensor(perfect), k=2).tolist() == [[0, 1], [2, 3]]
-
-
-def test_ranking_metrics_auc_is_sklearns_with_ties():
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    st, sq = rng.integers(0, 3, 40), rng.integers(0, 3, 7)
-    T = np.round(rng.normal(size=(7, 40)), 1).astype(np.float32)  # many ties
-    expected = np.mean([roc_auc_score(st == sq[q], -T[q]) for q in range(7)])
-    assert G.ranking_metrics(T, st, sq)["auc"] == pytest.approx(expected, abs=1e-12)
-    with pytest.raises(ValueError, match="some, but not all"):
-        G.ranking_metrics(T[:1], st, [5])
 
 
 def test_attribution_loss_is_the_negative_elbo(vae, images):
@@ -146,7 +161,7 @@ def test_tracin_per_checkpoint_equals_ifkits_checkpoints():
 
 def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     df = G.measure(TINY, [0], tmp_path, progress=False)
-    out = pd.read_csv(tmp_path / G.FILENAME)
+    out = pd.read_csv(tmp_path / GR.FILENAME)
     assert {"task", "variant", "seed", "method", "auc", "recall", "precision5", "n_train", "n_queries", "seconds",
             "mode"} <= set(out.columns)
     assert set(out["method"]) == set(TINY.methods) and (out["task"] == "style").all()
@@ -158,22 +173,39 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     assert len(ex) == len(TINY.methods) * len(TINY.styles) * TINY.n_examples * G.TOP
     assert pd.read_csv(tmp_path / G.STYLES_FILENAME)["style"].tolist() == ["inverted", "flipped", "plain"]
     # another task's rows in the same file (gen-text) are kept, and a rerun computes nothing
-    ifkit.results.ResultsTable(tmp_path / G.FILENAME, G.KEY, G.REQUIRED).add(
+    ifkit.results.ResultsTable(tmp_path / GR.FILENAME, GR.KEY, GR.REQUIRED).add(
         [{"task": "sentence", "variant": "protocol", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8,
           "precision5": 1.0}])
     monkeypatch.setattr(ifkit, "pairwise", lambda *a, **k: pytest.fail("a finished run must not recompute"))
     G.measure(TINY, [0], tmp_path, progress=False)
-    again = pd.read_csv(tmp_path / G.FILENAME)
+    again = pd.read_csv(tmp_path / GR.FILENAME)
     assert len(again) == len(TINY.methods) + 1 and "sentence" in set(again["task"])
 
 
-def test_a_file_from_before_the_variant_column_keeps_the_text_rows(tmp_path):
-    pd.DataFrame([{"task": "style", "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.4},
-                  {"task": "math", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}]).to_csv(
-        tmp_path / G.FILENAME, index=False)
-    G._migrate(tmp_path / G.FILENAME)
-    out = pd.read_csv(tmp_path / G.FILENAME)
-    assert out["task"].tolist() == ["math"] and out["variant"].tolist() == ["protocol"]
+def test_a_file_from_before_the_variant_column_keeps_the_other_experiments_rows(tmp_path):
+    """generation_results.table migrates for the experiment that opens it: its own old rows go, the others stay."""
+    old = pd.DataFrame([{"task": "style", "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.4},
+                        {"task": "math", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}])
+    old.to_csv(tmp_path / GR.FILENAME, index=False)
+    table = GR.table(tmp_path, ["style"])  # gen-image opens it
+    out = pd.read_csv(tmp_path / GR.FILENAME)
+    assert out["task"].tolist() == ["math"] and out["variant"].tolist() == ["protocol"] and len(table) == 1
+    old.to_csv(tmp_path / GR.FILENAME, index=False)
+    GR.table(tmp_path, ["sentence", "math"])  # gen-text opens it
+    assert pd.read_csv(tmp_path / GR.FILENAME)["task"].tolist() == ["style"]
+    GR.table(tmp_path, ["style"])  # a migrated file is left alone
+    assert pd.read_csv(tmp_path / GR.FILENAME)["task"].tolist() == ["style"]
+
+
+def test_a_row_is_done_only_in_the_mode_it_was_measured_in(tmp_path):
+    table = GR.table(tmp_path, ["style"])
+    key = {"task": "style", "variant": "protocol", "seed": 1, "method": "vm"}
+    assert not GR.done(table, "fast", **key)
+    table.add([{**key, "auc": 0.9, "recall": 0.8, "mode": "fast"},
+               {**key, "seed": 0, "auc": 0.7, "recall": 0.6, "mode": "full"}])
+    reread = GR.table(tmp_path, ["style"])  # seeds read back from the CSV
+    assert GR.done(reread, "fast", **key) and not GR.done(reread, "full", **key)
+    assert GR.done(reread, "full", **{**key, "seed": 0}) and not GR.done(reread, "fast", **{**key, "seed": 0})
 
 
 def test_the_two_variants_differ_in_what_a_style_shares():
@@ -181,13 +213,13 @@ def test_the_two_variants_differ_in_what_a_style_shares():
     harder: a style transforms each image's content and the prompt does not name it."""
     P, H = G.CONFIGS["full"]["protocol"], G.CONFIGS["full"]["harder"]
     assert P.style_prompt and not H.style_prompt and len(P.styles) == len(H.styles) == 6
-    assert set(P.styles) <= set(G.OVERLAYS) and set(H.styles) <= set(G.TRANSFORMS)
+    assert set(P.styles) <= set(styles.OVERLAYS) and set(H.styles) <= set(styles.TRANSFORMS)
     x = torch.rand(20, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5
     for style in P.styles:  # the pattern's pixels are the same in every styled image
-        shared = (G.stylize(x, style) == G.stylize(x, style)[:1]).all(0).float().mean()
+        shared = (styles.stylize(x, style) == styles.stylize(x, style)[:1]).all(0).float().mean()
         assert shared > 0.05, style
     for style in H.styles:
-        shared = (G.stylize(x, style) == G.stylize(x, style)[:1]).all(0).float().mean()
+        shared = (styles.stylize(x, style) == styles.stylize(x, style)[:1]).all(0).float().mean()
         assert shared < 0.05, style
 
 

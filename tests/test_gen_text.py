@@ -14,6 +14,7 @@ import ifkit
 from ifkit.core import func
 from ifkit.data import text as T
 from ifkit.experiments import gen_text as G
+from ifkit.experiments import generation_results as GR
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.viz import figures_generation as figures
 from ifkit.viz import plot_top_examples
@@ -210,20 +211,6 @@ def test_per_sample_lora_grads_under_vmap_equal_a_loop():
     assert not any(model.get_parameter(n).requires_grad for n, _ in model.named_parameters() if n not in names)
 
 
-def test_ranking_metrics_on_a_hand_made_case():
-    cls_train = np.array([0, 0, 1, 1])
-    cls_query = np.array([0, 1])
-    # query 0: both class-0 points most helpful (perfect); query 1: one class-1 point first, one last
-    P = np.array([[-3.0, -2.0, 1.0, 2.0],
-                  [-1.0, 0.5, -2.0, 3.0]])
-    auc, recall, top1 = G.ranking_metrics(P, cls_train, cls_query, top=1)
-    # query 1: -P = [1, -0.5, 2, -3]; positives {2: 2, 3: -3} vs negatives {0: 1, 1: -0.5}: 2 of 4 pairs won
-    assert auc == pytest.approx((1.0 + 0.5) / 2)
-    assert recall == pytest.approx((1.0 + 0.5) / 2)  # top 2 of query 1: points 2 and 0
-    assert top1 == 1.0  # both queries' most helpful point has their class
-    assert G.ranking_metrics(P, cls_train, cls_query, top=3)[2] == pytest.approx((2 / 3 + 1 / 3) / 2)
-
-
 TINY = replace(G.FAST, per_class=6, n_val_per_class=2, d_model=16, d_ff=32, pretrain_steps=(3, 3), pretrain_pool=64,
                epochs=2, n_checkpoints=2, lora_rank=1, methods=("graddot", "tracin", "datainf", "if-lissa", "vm"),
                flat_steps=3, n_examples=2)
@@ -233,18 +220,18 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     # a file from before the variant column: its text rows go (another setup), gen-image's rows stay
     old = pd.DataFrame([{"task": t, "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.5, "mode": "test"}
                         for t in ("sentence", "style")])
-    old.to_csv(tmp_path / G.FILENAME, index=False)
+    old.to_csv(tmp_path / GR.FILENAME, index=False)
     df = G.measure(TINY, [0], tmp_path, tasks=("sentence",), progress=False, mode="test")
-    assert set(G.KEY + G.REQUIRED + ["exact_match", "n_train", "n_queries", "seconds", "mode"]) <= set(df.columns)
+    assert set(GR.KEY + GR.REQUIRED + ["exact_match", "n_train", "n_queries", "seconds", "mode"]) <= set(df.columns)
     assert len(df) == len(TINY.methods) * len(G.VARIANTS) and (df["task"] == "sentence").all()
     assert set(df["variant"]) == set(G.VARIANTS) and set(df["grad_loss"]) == {"prompt", "answer"}
     assert df["auc"].between(0, 1).all() and df["recall"].between(0, 1).all() and df["precision5"].between(0, 1).all()
-    style = pd.read_csv(tmp_path / G.FILENAME).query("task == 'style'")
+    style = pd.read_csv(tmp_path / GR.FILENAME).query("task == 'style'")
     assert len(style) == 1 and style["variant"].iloc[0] == "protocol"
     assert (df["n_train"] == 40).all() and (df["n_queries"] == 20).all()
     ex = pd.read_csv(tmp_path / G.EXAMPLES)
     assert set(ex["rank"]) == set(range(6)) and ex["query"].nunique() == 2 and set(ex["variant"]) == set(G.VARIANTS)
-    before = (tmp_path / G.FILENAME).read_bytes()
+    before = (tmp_path / GR.FILENAME).read_bytes()
 
     def boom(*args, **kwargs):
         raise AssertionError("a resumed run must not recompute anything")
@@ -253,8 +240,8 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(G, "finetune", boom)
     again = G.measure(TINY, [0], tmp_path, tasks=("sentence",), progress=False, mode="test")
     pd.testing.assert_frame_equal(again, df)
-    assert len(pd.read_csv(tmp_path / G.FILENAME)) == len(df) + 1
-    assert (tmp_path / G.FILENAME).read_bytes() == before
+    assert len(pd.read_csv(tmp_path / GR.FILENAME)) == len(df) + 1
+    assert (tmp_path / GR.FILENAME).read_bytes() == before
 
 
 @pytest.mark.parametrize("grad_loss", ["prompt", "answer"])

@@ -2,7 +2,7 @@
 
 ``ifkit reproduce ablation`` writes ``results/ablation.csv``: one row per (dataset, noise, rate, seed, factor,
 value, method) with auc, ap, recall_at_10pct. The model, data and protocol are those of ``detection`` (same
-memorising runs: one process reuses them); one factor varies at a time from the detection defaults.
+memorising runs: a worker that ran detection first passes them on); one factor varies at a time from the detection defaults.
 
 * ``n_val`` (asymmetric 40% noise, 6 seeds, paired by seed): where is flatness needed most? An independent check
   found FVM (LPF-SGD) ahead of VM by 2-3 AUC points only with 60-120 clean validation points under asymmetric
@@ -74,8 +74,11 @@ def _scores(method: str, s: detection.Setting, seed: int, factor: str, value) ->
     return detection.score_method(method, s, seed, {})
 
 
-def measure(cfg: Config, seeds: int | None, path: str | Path, factors: Iterable[Factor] | None = None) -> pd.DataFrame:
-    """Run (or resume) every factor; ``seeds`` caps each factor's own seed count (None: as configured)."""
+def measure(cfg: Config, seeds: int | None, path: str | Path, factors: Iterable[Factor] | None = None,
+            runs: detection.Runs | None = None) -> pd.DataFrame:
+    """Run (or resume) every factor; ``seeds`` caps each factor's own seed count (None: as configured).
+
+    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here."""
     table = ResultsTable(path, KEY, required=REQUIRED)
     dc = cfg.detection
     plan = []
@@ -92,7 +95,8 @@ def measure(cfg: Config, seeds: int | None, path: str | Path, factors: Iterable[
             if not todo:
                 continue
             this = replace(dc, hidden=(int(value),)) if f.factor == "hidden" else dc
-            s = detection.prepare(this, f.noise, f.rate, seed, n_val=int(value) if f.factor == "n_val" else None)
+            s = detection.prepare(this, f.noise, f.rate, seed, n_val=int(value) if f.factor == "n_val" else None,
+                                  runs=runs)
             with torch.no_grad():
                 fit = float((s.run.model(s.train[0]).argmax(1) == s.train[1])[s.flipped].float().mean())
             rows = []
@@ -116,11 +120,12 @@ def paired_gap(df: pd.DataFrame, factor: str = "n_val", a: str = "fvm", b: str =
                                         wins=lambda g: int((g > 0).sum())).reset_index()
 
 
-@register("ablation")
-def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
-    """``ifkit reproduce ablation`` (each factor runs its own seed count; --seeds caps it in fast mode)."""
+@register("ablation", seconds=(74, 1), shares=("runs",))
+def run(fast: bool, seeds: int, out: Path, runs: detection.Runs | None = None) -> pd.DataFrame:
+    """``ifkit reproduce ablation`` (each factor runs its own seed count; --seeds caps it in fast mode; ``runs``:
+    detection's trained models, when it ran before in this worker)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, seeds if fast else None, Path(out) / FILENAME)
+    df = measure(cfg, seeds if fast else None, Path(out) / FILENAME, runs=runs)
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(df.groupby(["factor", "value", "method"]).auc.agg(["mean", "std", "count"])
               .to_string(float_format=lambda v: f"{v:.3f}"))

@@ -132,14 +132,26 @@ def build_model(cfg: Config, seed: int) -> nn.Module:
     return MLP(n_features(cfg), cfg.hidden, 10)
 
 
-# Trained runs by (config, noise, rate, seed): detection, relabel and the ablations of one process share them
-# (a run is ~1 MB of checkpoints). The training set and its noise do not depend on n_val (make_split draws the
-# training indices first), so neither does the run; the validation accuracies are computed per split.
-_RUNS: dict[tuple, TrainResult] = {}
+# Trained memorising models by ``run_key``: a dict the CALLER owns and passes as ``runs=`` (``prepare``, ``measure``,
+# ``dynamics``, ``run``, and relabel's and the ablation's ``measure``); ``ifkit reproduce`` hands one dict to every
+# experiment of a worker that declares ``shares=("runs",)``, so relabel after detection reuses its networks (a run
+# is ~1 MB of checkpoints). Without it each caller trains its own: the same model bit for bit (seeded, one thread).
+Runs = dict[tuple, TrainResult]
 
 
-def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None = None) -> Setting:
-    """Draw the split, train the memorising model (checkpoints for TracIn and Fig. 2), pick the early stop."""
+def run_key(cfg: Config, noise: str, rate: float, seed: int) -> tuple:
+    """What a trained run depends on. Not n_val: make_split draws the training indices (and their noise) first,
+    so the training set and the run are the same for every validation size; the validation accuracies are
+    computed per split."""
+    return (replace(cfg, progress=True, settings=(), methods=(), n_val=0), noise, rate, seed)
+
+
+def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None = None, runs: Runs | None = None
+            ) -> Setting:
+    """Draw the split, train the memorising model (checkpoints for TracIn and Fig. 2), pick the early stop.
+
+    ``runs``: trained models to reuse, and to add this one to (see ``Runs``); None trains afresh.
+    """
     split = make_split(cfg.dataset, n_train=cfg.n_train, n_val=n_val or cfg.n_val, n_test=cfg.n_test,
                        noise=noise, rate=rate, seed=seed)
     tr = (pool(split.X_train, cfg.image_size), split.y_train)
@@ -147,12 +159,17 @@ def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None =
     te = (pool(split.X_test, cfg.image_size), split.y_test)
     every = cfg.dynamics_every or cfg.epochs // max(cfg.n_checkpoints, 1)
     n_ckpt = max(cfg.epochs // every, cfg.n_checkpoints)
-    key = (replace(cfg, progress=True, settings=(), methods=(), n_val=0), noise, rate, seed)
-    if key not in _RUNS:
-        _RUNS[key] = train(build_model(cfg, seed), tr, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                           seed=seed, n_checkpoints=n_ckpt, progress=False)
-    run = _RUNS[key]
-    # Early stopping among the saved checkpoints (what a practitioner keeps): best validation accuracy.
+    key = run_key(cfg, noise, rate, seed)
+    run = runs.get(key) if runs is not None else None
+    if run is None:
+        run = train(build_model(cfg, seed), tr, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                    seed=seed, n_checkpoints=n_ckpt, progress=False)
+        if runs is not None:
+            runs[key] = run
+    # Early stopping among the saved checkpoints (what a practitioner keeps): best validation ACCURACY. The
+    # pipeline (ifkit.clean, optim.train.best_val_checkpoint) picks by validation LOSS instead; both are kept on
+    # purpose: the committed rows of loss-early / vm-early / cleanlab (its epoch count) are defined by accuracy,
+    # and vm-best-val / fvm-best-val by loss (module docstring).
     epochs = checkpoint_epochs(cfg.epochs, len(run.checkpoints))
     early = copy.deepcopy(run.model)
     accs = []
@@ -254,8 +271,11 @@ def model_state(s: Setting) -> dict:
 
 # ----------------------------------------------------------------------------------------------- measuring
 def measure(cfg: Config, seeds: Iterable[int], path: str | Path, methods: Iterable[str] | None = None,
-            n_val: int | None = None, settings: Iterable[tuple[str, float]] | None = None) -> pd.DataFrame:
-    """Run (or resume) detection for every setting x seed x method; returns this configuration's rows."""
+            n_val: int | None = None, settings: Iterable[tuple[str, float]] | None = None, runs: Runs | None = None
+            ) -> pd.DataFrame:
+    """Run (or resume) detection for every setting x seed x method; returns this configuration's rows.
+
+    ``runs``: trained models to reuse and add to (``Runs``)."""
     methods = tuple(methods or cfg.methods)
     n_val = n_val or cfg.n_val
     table = ResultsTable(path, KEY, required=REQUIRED)
@@ -268,7 +288,7 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, methods: Iterab
             todo = [m for m in methods if not table.has(**key, method=m)]
             if not todo:
                 continue
-            s = prepare(cfg, noise, rate, seed, n_val=n_val)
+            s = prepare(cfg, noise, rate, seed, n_val=n_val, runs=runs)
             state, cache, rows = model_state(s), {}, []
             for method in tqdm(todo, desc=f"{noise} {rate} seed {seed}", leave=False, disable=not cfg.progress):
                 start = time.perf_counter()
@@ -306,11 +326,11 @@ def _clean_spread(scores: Tensor, flipped: Tensor) -> dict[str, float]:
             "noisy_abs_median": float(scores[flipped].abs().median())}
 
 
-def dynamics(cfg: Config, noise: str, rate: float, seed: int, table: ResultsTable) -> None:
+def dynamics(cfg: Config, noise: str, rate: float, seed: int, table: ResultsTable, runs: Runs | None = None) -> None:
     """Rows of Fig. 2 (AUC over training checkpoints vs validation accuracy) and Fig. 3 (AUC along flat
     fine-tuning steps on S_val: classic IF at theta_t, VM/FVM with t steps) for one setting and seed."""
     key = dict(dataset=cfg.dataset, noise=noise, rate=rate, seed=seed)
-    s = prepare(cfg, noise, rate, seed)
+    s = prepare(cfg, noise, rate, seed, runs=runs)
     X, y = s.train
     epochs = checkpoint_epochs(cfg.epochs, len(s.run.checkpoints))
     model = copy.deepcopy(s.run.model)
@@ -346,11 +366,15 @@ def dynamics(cfg: Config, noise: str, rate: float, seed: int, table: ResultsTabl
         table.add(rows)
 
 
-@register("detection")
-def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
-    """``ifkit reproduce detection``: the table, then the dynamics of Fig. 2 / Fig. 3."""
+@register("detection", seconds=(169, 7), note="full includes the paper's Fig. 2/3 training dynamics",
+          shares=("runs",))
+def run(fast: bool, seeds: int, out: Path, runs: Runs | None = None) -> pd.DataFrame:
+    """``ifkit reproduce detection``: the table, then the dynamics of Fig. 2 / Fig. 3 (on the same trained runs).
+
+    ``runs``: trained models to reuse and to leave for the next experiment (relabel, ablation; ``Runs``)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, range(seeds), Path(out) / FILENAME)
+    runs = {} if runs is None else runs
+    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs)
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(summary(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     # Fig. 2 / Fig. 3 on the first 40%-noise setting (the regime of the paper's figures), one seed in full mode
@@ -361,24 +385,24 @@ def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     torch.set_num_threads(1)
     try:
         for seed in tqdm(range(1 if not fast else seeds), desc="dynamics", disable=not cfg.progress):
-            dynamics(cfg, noise, rate, seed, table)
+            dynamics(cfg, noise, rate, seed, table, runs=runs)
     finally:
         torch.set_num_threads(threads)
     return df
 
 
-__all__ = ["FAST", "FULL", "INFLUENCE", "PIPELINE", "REFERENCE", "Config", "Setting", "dynamics", "measure", "prepare", "run",
-           "score_method", "summary"]
+__all__ = ["FAST", "FULL", "INFLUENCE", "PIPELINE", "REFERENCE", "Config", "Runs", "Setting", "dynamics", "measure",
+           "prepare", "run", "run_key", "score_method", "summary"]
 
 
 def explore(dataset: str = "digits", noise: str = "symmetric", rate: float = 0.3, method: str = "vm", seed: int = 0,
-            n_train: int = 400, n_val: int = 150, epochs: int = 300) -> dict:
+            n_train: int = 400, n_val: int = 150, epochs: int = 300, runs: Runs | None = None) -> dict:
     """One detection setting end to end, for a notebook dashboard (``ifkit.widgets.plot_detection_dashboard``).
 
     Builds the split and the memorising MLP of ``FAST`` with the given sizes (digits: 8x8; fashion: 14x14
     Fashion-MNIST), and scores every training point with ``method`` and with the training loss at theta* (the
-    simplest reference). Training runs are cached by ``prepare`` per (config, noise, rate, seed): a notebook that
-    prepared the same setting before pays only for the scores.
+    simplest reference). ``runs``: trained models to reuse and add to (``Runs``): a dashboard that keeps one dict
+    retrains only when the setting changes.
 
     Returns:
         {"dataset", "noise", "rate", "method", "seed": the arguments; "scores": {method: (n_train,) scores, "loss":
@@ -397,7 +421,7 @@ def explore(dataset: str = "digits", noise: str = "symmetric", rate: float = 0.3
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # models this small run fastest on one thread (and a busy machine hurts 2 less)
     try:
-        s = prepare(cfg, noise, float(rate), seed)
+        s = prepare(cfg, noise, float(rate), seed, runs=runs)
         scores = {method: score_method(method, s, seed, {})}
         if method != "loss":
             scores["loss"] = score_method("loss", s, seed, {})

@@ -1,83 +1,39 @@
 """Influential-data identification for a generative text model (DataInf's protocol; paper Sec. 5, text half).
 
-Two procedurally generated task families, 10 classes each, 100 examples per class (90 train, 10 validation):
+The measured numbers, the designs that did not work and the run time are in RESULTS.md, "Generation (text)".
 
-* ``sentence``: transformations of a 5-word sentence (reverse the word order, upper-case, drop the vowels,
-  first and last word, double each word, initials, rotate, swap the ends, every other word, swap adjacent pairs);
-* ``math``: word problems on a story "tom has 7 apples and ann has 3 apples ." with 10 question types (together,
-  how many more, product, twice, ten more, squared, three times, gives one, loses two, five more) and a worked
-  answer "7 - 3 = 4" (numbers are single tokens).
+Two procedurally generated task families (``ifkit.data.text``), 10 classes each, 100 examples per class (90 train,
+10 validation): ``sentence`` (transformations of a 5-word sentence) and ``math`` (word problems with 10 question
+types and a worked answer). As in DataInf, the 100 contents are drawn once per seed and reused in every class;
+only the prompt's class prefix differs. Each example is ``<bos> PREFIX CONTENT <sep>`` then the answer and
+``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose cross-entropy the
+attribution gradient sees; ``ifkit.data.text.grad_targets``):
 
-As in DataInf, the 100 contents (sentences, stories) are drawn once per seed and reused in every class, with the
-same 90 / 10 split; only the prompt's class prefix differs. Each example is ``<bos> PREFIX CONTENT <sep>`` then the
-answer and ``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose
-cross-entropy the attribution gradient sees; ``ifkit.data.text.grad_targets``):
+* ``protocol`` (DataInf's): DataInf's prompt word for word ("NAME is a chatbot that performs a specific
+  transformation on sentences : TITLE . for example :", 20 tokens; math: a chatbot name, ":" and the question),
+  gradients of the loss on the PROMPT tokens (DataInf: labels = the prompt's input ids), over the prompt only
+  (``TaskData.attribution``: causal attention makes cutting the answer off exact);
+* ``harder``: one class token (math: no question), gradients of the ANSWER loss.
 
-* ``protocol`` (DataInf's): sentence: DataInf's prompt word for word, "NAME is a chatbot that performs a specific
-  transformation on sentences : TITLE . for example :" (20 tokens; a made-up name per class, 4-word titles that
-  share no word); math: a chatbot name, ":" and the question, 6-11 tokens. Gradients of the loss on the PROMPT
-  tokens (DataInf: labels = the prompt's input ids), over the prompt only (``TaskData.attribution``: causal
-  attention makes cutting the answer off exact). It is easy by construction: predicting a class's prefix is the
-  same problem for all 90 of its examples and a different one for every other class (the base model never saw the
-  prefix tokens), so the prompt gradient carries the class label, and the shared contents add only noise. Any
-  method that keeps that direction ranks the class first. With a 6-token sentence prefix (name, ":", title) the
-  5 shared, unpredictable content words held as many prompt tokens as the class, and every method stayed at AUC
-  97-99 / recall 88-94 (the kit's previous version); DataInf's ~20 class-conditioned tokens are what make it easy.
-* ``harder``: prefix = one class token (math: no question), gradients of the ANSWER loss. What is left of the
-  answer loss after fine-tuning is mostly about the content (which words are copied), which all classes share.
+Model: ``TinyLM`` (word-level, d_model 64, 2 layers) pretrained on the same formats with a generic ``<any>``
+prefix, shared by both variants and all seeds like one public checkpoint; then LoRA adapters (rank 8, alpha 32 on
+every attention q and v map: DataInf's setting) fine-tuned on the 900 training examples' answer loss (as is VM/FVM's
+theta~ on the validation set). Influence over the adapters only (``params=lora_names(model)``).
 
-Fine-tuning (and VM/FVM's theta~ fine-tuning on the validation set, ``flat_val``) always uses the answer loss.
-Words are tokens (word-level vocabulary, 158 / 177 ids), drawn from the 24 most frequent 3-6 letter words of
-Debian's ``fortunes`` file when it is installed (``make setup``), else from a built-in list (the run says which).
+Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the training
+points, most helpful (most negative) first; ground truth: the training points of q's class; per query, then
+averaged (``ifkit.metrics.ranking_metrics``): ROC AUC, recall among the top k = 90 (DataInf's recall) and precision
+among the top 5. Methods: graddot, gradcos, tracin (the fine-tuning's checkpoints), datainf, if-lissa (mini-batch
+Gauss-Newton products: full-batch LiSSA is far beyond a CPU budget here), vm and fvm (``method_options`` says how).
 
-The model (measured; see notebook 07):
-
-1. ``TinyLM`` (word-level, d_model 64, 2 layers, 4 heads, d_ff 128) is PRETRAINED on the same formats with the
-   prefix replaced by one generic ``<any>`` token (math: without the question), on fresh random examples
-   (2,500 / 1,500 Adam steps), shared by both variants and all seeds like one public checkpoint. That teaches every
-   transformation / operation but not which one to apply: greedy decoding solves ~10% of the prompts.
-2. LoRA adapters (rank 8, alpha 32 on every attention q and v map, DataInf's setting: 4,096 parameters) are
-   fine-tuned on the 900 training examples (Adam, lr 4e-3, 10 epochs). Influence is computed over the adapters
-   only (``params=lora_names(model)``), as in DataInf and the paper.
-
-What it took (earlier designs, measured). A 2-layer character-level model solved none of the prompts; word-level
-tokens, fixed 5-word sentences and the prefix-less pretraining made it work. A math design whose pretraining
-included the questions solved them before any fine-tuning, and attribution was at chance (AUC 0.54). Before the
-protocol existed (one cue token, per-class contents, answer gradients) every method scored AUC 0.66-0.82. A first
-set of sentence titles that shared words ("keep every other word", "keep the first letters") confused exactly
-those classes (graddot AUC 0.97, seed 0).
-
-Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the
-training points, most helpful (most negative) first. Ground truth: the training points of q's class. Reported
-per query and averaged: ROC AUC (sklearn) of -pairwise against same-class, recall of same-class points among the
-top k = 90 (the number of same-class training points; DataInf's recall), and precision among the top 5. Methods:
-graddot, gradcos, tracin (the LoRA fine-tuning's checkpoints), datainf, if-lissa (mini-batch Gauss-Newton
-products: full-batch LiSSA over 900 sequences x 100 queries is far beyond a CPU budget), vm and fvm (theta~
-fine-tuned on the validation set, as the paper does, and DataInf's inverse of the validation curvature,
-``curvature="datainf"``: ``method_options`` says why).
-
-Measured (full run, 3 seeds; RESULTS.md "Generation (text)"; AUC / recall@90 in %). Protocol: DataInf 99.9 /
-98.4 (sentence) and 99.9 / 97.3 (math), VM = FVM 99.9 / 98.3 and 99.9 / 97.8: level with DataInf (sentence 0.02
-AUC below, math 0.03 above), behind TracIn on sentence (100.0 / 99.9) and ahead of it on math (99.4 / 92.9).
-graddot reaches AUC 99.2 / 99.1 but recall only 94.4 / 90.5: large training gradients rank high for every query
-(the other-class examples in a query's top 90 have median |g| 9.8-14.4 against 7.2-8.8 for the same-class ones
-left out), and normalising them (gradcos: 98.4 / 99.8) recovers it. Harder: TracIn first on both tasks by a wide
-margin (AUC 87.6 ± 0.4 sentence, 79.0 ± 2.5 math; our reading: it sums the gradients of the early checkpoints,
-when the adapters were still learning which transformation a class token means), then gradient cosine (78.3 /
-71.8, and the best top-5 precision, 94%); LiSSA, graddot, DataInf and VM = FVM at 69.6-75.5, within their seed
-spreads. The paper's VM/FVM advantage does not show at this scale. Exact match: 89.0% sentence / 96.7% math on
-the protocol, 75.0% / 99.0% on the harder benchmark. Run time: 293 s (sentence) and 217 s (math) on one core
-each, as the two parts of ``ifkit reproduce gen-text --jobs 2``; --fast 42 s.
-
-Writes ``results/generation.csv`` (key task, variant, seed, method; shared with ``gen-image``, which writes task
-"style") and ``results/generation_text_examples.csv`` (for a few queries: the query and its top-5 training
-examples per method and variant).
+Writes ``results/generation.csv`` (tasks sentence and math; shared with gen-image through
+``ifkit.experiments.generation_results``) and ``results/generation_text_examples.csv`` (for a few queries: the
+query and its top-5 training examples per method and variant).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -90,7 +46,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import ifkit
-from ifkit.core.func import cross_entropy
 from ifkit.data.text import (
     EOS,
     LAYOUTS,
@@ -105,15 +60,14 @@ from ifkit.data.text import (
     source_words,
     vocabulary,
 )
-from ifkit.experiments import register
+from ifkit.experiments import generation_results, register
+from ifkit.metrics import ranking_metrics
 from ifkit.models import TinyLM, add_lora, lora_names
+from ifkit.optim.generative import fit_steps
 from ifkit.optim.train import train
 from ifkit.results import ResultsTable
 
-FILENAME = "generation.csv"
 EXAMPLES = "generation_text_examples.csv"
-KEY = ["task", "variant", "seed", "method"]  # shared with gen-image (task "style") in the same file
-REQUIRED = ["auc", "recall"]  # and "precision5", always written here (gen-image rows may predate it)
 
 
 @dataclass(frozen=True)
@@ -161,33 +115,31 @@ FAST = replace(FULL, per_class=30, n_val_per_class=3, pretrain_steps=(300, 200),
                lissa_iters=10, flat_steps=30)
 
 
-@functools.lru_cache(maxsize=8)
-def _pretrained_state(task: str, cfg: Config, progress: bool = False) -> dict[str, Tensor]:
+def pretrained_state(task: str, cfg: Config = FULL, progress: bool = False) -> dict[str, Tensor]:
+    """Pretrain the base model of ``task`` (TinyLM on the cue-less formats) and return its state_dict.
+
+    Deterministic (fixed seeds): every call gives the same state. ``measure`` pretrains once per task and passes
+    the state on (``pretrained(..., state=...)``); nothing is cached between calls.
+    """
     torch.manual_seed(1234)  # the base model is shared by all seeds, like one public checkpoint
     model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                    max_len=LAYOUTS[task].seq_len)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr)
-    steps = cfg.pretrain_steps[TASKS.index(task)]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.pretrain_lr, total_steps=steps, pct_start=0.1)
-    rng = np.random.default_rng(4321)
-    Xp, yp = pretraining_batch(task, rng, cfg.pretrain_pool)  # fresh examples, encoded once
-    gen = torch.Generator().manual_seed(4321)
-    loss_fn = cross_entropy
-    for _ in tqdm(range(steps), desc=f"pretrain {task}", disable=not progress, leave=False):
-        idx = torch.randint(0, len(Xp), (cfg.pretrain_batch,), generator=gen)
-        X, y = Xp[idx], yp[idx]
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(X), y).mean().backward()
-        opt.step()
-        sched.step()
+    Xp, yp = pretraining_batch(task, np.random.default_rng(4321), cfg.pretrain_pool)  # fresh examples, encoded once
+    fit_steps(model, Xp, yp, steps=cfg.pretrain_steps[TASKS.index(task)], batch_size=cfg.pretrain_batch,
+              lr=cfg.pretrain_lr, seed=4321, desc=f"pretrain {task}", progress=progress)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def pretrained(task: str, cfg: Config = FULL, progress: bool = False) -> TinyLM:
-    """The base model of ``task``: TinyLM pretrained on the cue-less formats (cached per process)."""
+def pretrained(task: str, cfg: Config = FULL, progress: bool = False, state: dict[str, Tensor] | None = None
+               ) -> TinyLM:
+    """The base model of ``task``: TinyLM pretrained on the cue-less formats, in eval mode.
+
+    ``state``: a ``pretrained_state`` of the same task and cfg to load (None: pretrain now).
+    """
+    state = pretrained_state(task, cfg, progress) if state is None else state
     model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                    max_len=LAYOUTS[task].seq_len)
-    model.load_state_dict(_pretrained_state(task, cfg, progress))
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -216,28 +168,6 @@ def exact_match(model: TinyLM, data: TaskData, generic: bool = False) -> np.ndar
         toks = decode(data.task, ids) + [EOS]
         hits.append(toks[: toks.index(EOS)] == ans)
     return np.array(hits)
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def ranking_metrics(pairwise: Tensor | np.ndarray, cls_train: np.ndarray, cls_query: np.ndarray, top: int = 5
-                    ) -> tuple[float, float, float]:
-    """Mean over queries of ROC AUC, recall@k and precision@``top`` of same-class training points, by -pairwise.
-
-    k = the number of same-class training points of the query (90 in the full protocol; DataInf's recall).
-    Most helpful first: pairwise < 0 means up-weighting the training point lowers the query's loss.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    S = -np.asarray(pairwise, dtype=float)  # (Q, n): higher = more helpful
-    aucs, recalls, precs = [], [], []
-    for q in range(len(S)):
-        pos = cls_train == cls_query[q]
-        k = int(pos.sum())
-        aucs.append(roc_auc_score(pos, S[q]))
-        order = np.argsort(-S[q], kind="stable")
-        recalls.append(pos[order[:k]].mean())
-        precs.append(pos[order[:top]].mean())
-    return float(np.mean(aucs)), float(np.mean(recalls)), float(np.mean(precs))
 
 
 def method_options(method: str, cfg: Config, data: TaskData, model, grad_loss: str = "answer",
@@ -326,19 +256,22 @@ def measure(cfg: Config, seeds: Iterable[int], out: str | Path, tasks: Sequence[
 
 def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], progress: bool, mode: str
              ) -> pd.DataFrame:
-    _migrate(out / FILENAME)
-    table = ResultsTable(out / FILENAME, KEY, required=REQUIRED)
+    table = generation_results.table(out, TASKS)
+    base_states: dict[str, dict[str, Tensor]] = {}  # the pretrained base model of each task
     ex_table = ResultsTable(out / EXAMPLES, ["task", "variant", "seed", "query", "method", "rank"], required=["text"])
     for task in tasks:
         for vname in cfg.variants:
             var = VARIANTS[vname]
             for seed in seeds:
-                todo = [m for m in cfg.methods if not _done(table, (task, vname, seed, m), mode)]
+                todo = [m for m in cfg.methods if not generation_results.done(
+                    table, mode, task=task, variant=vname, seed=seed, method=m)]
                 if not todo:
                     continue
                 t0 = time.perf_counter()
                 data = make_task(task, seed, cfg.per_class, cfg.n_val_per_class, prefix=var.prefix)
-                base = pretrained(task, cfg, progress)
+                if task not in base_states:  # once per task, and only when something is left to measure
+                    base_states[task] = pretrained_state(task, cfg, progress)
+                base = pretrained(task, cfg, state=base_states[task])
                 em_base = float(exact_match(base, data, generic=True).mean())
                 res = finetune(base, data, cfg, seed, progress)
                 model = res.model
@@ -364,32 +297,6 @@ def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], pro
     if df.empty:
         return df
     return df[df["task"].isin(tasks) & df["seed"].isin(seeds)].reset_index(drop=True)
-
-
-def _migrate(path: Path) -> None:
-    """A generation.csv from before the variant column: text rows are dropped (another setup, rerun), other tasks'
-    rows (gen-image) are kept as variant "protocol" so that the file still parses under the new key."""
-    if not path.is_file():
-        return
-    df = pd.read_csv(path)
-    if "variant" in df.columns:
-        return
-    df = df[~df["task"].isin(TASKS)].assign(variant="protocol")
-    from ifkit.results import write_atomic
-
-    write_atomic(df, path)
-
-
-def _done(table: ResultsTable, key: tuple, mode: str) -> bool:
-    """A row counts as done only in the same mode: the key is shared with gen-image and has no mode, so a --fast
-    row is replaced by a full run (and the other way round) instead of resuming it."""
-    if not table.has(**dict(zip(KEY, key))):
-        return False
-    f = table.frame
-    sel = np.ones(len(f), bool)
-    for col, val in zip(KEY, key):
-        sel &= (f[col].astype(float) == val).to_numpy() if col == "seed" else (f[col] == val).to_numpy()
-    return "mode" not in f or str(f.loc[sel, "mode"].iloc[0]) == mode
 
 
 def _example_queries(data: TaskData, n: int) -> list[int]:
@@ -424,7 +331,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-@register("gen-text", parts=TASKS)
+@register("gen-text", parts=TASKS, seconds=(541, 43), part_seconds={"sentence": 306, "math": 234},
+          note="one core; with --jobs 2 its two tasks run side by side: ~5 min")
 def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFrame:
     """``ifkit reproduce gen-text``: write ``out/generation.csv`` (tasks sentence, math) and the examples file.
 
@@ -439,4 +347,4 @@ def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFr
 
 
 __all__ = ["FAST", "FULL", "VARIANTS", "Config", "TaskData", "Variant", "classes", "encode", "exact_match", "finetune", "make_task",
-           "measure", "pretrained", "ranking_metrics", "run", "source_words", "summary", "vocabulary"]
+           "measure", "pretrained", "pretrained_state", "ranking_metrics", "run", "source_words", "summary", "vocabulary"]

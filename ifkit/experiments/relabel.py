@@ -212,8 +212,10 @@ def _relabel_row(method: str, s: detection.Setting, seed: int, flags: dict[str, 
     }
 
 
-def measure(cfg: Config, seeds: Iterable[int], path: str | Path) -> pd.DataFrame:
-    """Run (or resume) relabeling for every setting x seed x method; returns this configuration's rows."""
+def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection.Runs | None = None) -> pd.DataFrame:
+    """Run (or resume) relabeling for every setting x seed x method; returns this configuration's rows.
+
+    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here."""
     dc = cfg.detection
     table = ResultsTable(path, KEY, required=REQUIRED)
     seeds = list(seeds)
@@ -226,7 +228,7 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path) -> pd.DataFrame
             todo = [m for m in cfg.methods if not table.has(**key, method=m)]
             if not todo:
                 continue
-            s = detection.prepare(dc, noise, rate, seed)
+            s = detection.prepare(dc, noise, rate, seed, runs=runs)
             k = int(s.flipped.sum())
             cache: dict = {}
             tilde = detection.theta_tilde(s, seed)
@@ -253,11 +255,12 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path) -> pd.DataFrame
     return df[(df.dataset == dc.dataset) & df.seed.isin(seeds)].reset_index(drop=True)
 
 
-@register("relabel")
-def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
-    """``ifkit reproduce relabel``."""
+@register("relabel", seconds=(206, 10), note="full: after detection in the same worker, reusing its networks",
+          shares=("runs",), after=("detection",))
+def run(fast: bool, seeds: int, out: Path, runs: detection.Runs | None = None) -> pd.DataFrame:
+    """``ifkit reproduce relabel`` (``runs``: detection's trained models, when it ran first in this worker)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, range(seeds), Path(out) / FILENAME)
+    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs)
     cols = ["relabel_acc", "clean_bound", "agree_theta_tilde", "retrain_test_acc"]
     with pd.option_context("display.width", 140):
         print(df.groupby(["noise", "rate", "method"])[cols].mean().to_string(float_format=lambda v: f"{v:.3f}"))

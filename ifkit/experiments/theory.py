@@ -278,7 +278,7 @@ def rank_correlations(df: pd.DataFrame, x: str = "bound", y: str = "sign_error",
     return pd.DataFrame(out)
 
 
-@register("theory")
+@register("theory", seconds=(53, 7))
 def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     """``ifkit reproduce theory``: write ``out/theory.csv`` and print the rank correlations."""
     cfg = FAST if fast else FULL

@@ -1,0 +1,72 @@
+"""``generation.csv``: the one results file both generation experiments write, and its only owner.
+
+gen-text writes the tasks "sentence" and "math", gen-image the task "style"; one row per (task, variant, seed,
+method). Both open it with ``table(out, tasks)`` and ask ``done(table, mode, **key)`` before measuring, so the key,
+the required columns, the migration of old files and the resume rule live here once. Writing goes through the
+returned ``ifkit.results.ResultsTable`` (atomic, merged under a folder lock: the two experiments may run in
+separate ``--jobs`` workers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ifkit.results import ResultsTable, write_atomic
+
+FILENAME = "generation.csv"
+KEY = ["task", "variant", "seed", "method"]
+REQUIRED = ["auc", "recall"]  # every row written now has precision5 too; rows from before it may lack it
+
+
+def migrate(path: Path, tasks: Collection[str]) -> None:
+    """Bring a generation.csv from before the variant column up to the current key, in place (atomically).
+
+    The rows of ``tasks`` (the experiment about to run) are dropped: they come from another setup and are rerun.
+    The other tasks' rows are kept as variant "protocol", so the file parses under the new key. A file that has
+    the variant column, or no file, is left alone.
+    """
+    if not path.is_file():
+        return
+    df = pd.read_csv(path)
+    if "variant" in df.columns:
+        return
+    write_atomic(df[~df["task"].isin(list(tasks))].assign(variant="protocol"), path)
+
+
+def table(out: str | Path, tasks: Collection[str]) -> ResultsTable:
+    """``out/generation.csv`` as a ResultsTable, for an experiment that writes the rows of ``tasks`` (migrated
+    first: ``migrate``)."""
+    path = Path(out) / FILENAME
+    migrate(path, tasks)
+    return ResultsTable(path, KEY, required=REQUIRED)
+
+
+def _matches(column: pd.Series, value: Any) -> pd.Series:
+    """column == value after a CSV round trip (seed 0 may read back as 0 or 0.0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return pd.to_numeric(column, errors="coerce") == float(value)
+    return column.astype(str) == str(value)
+
+
+def done(table: ResultsTable, mode: str, **key: Any) -> bool:
+    """True when the row ``key`` (task, variant, seed, method) is in the table AND was measured in ``mode``.
+
+    The key has no mode, so a --fast row ("fast") and a full one ("full") share it: a run in the other mode
+    replaces the row instead of resuming from it. Rows from before the mode column count as done.
+    """
+    if not table.has(**key):
+        return False
+    f = table.frame
+    if "mode" not in f.columns:
+        return True
+    sel = pd.Series(True, index=f.index)
+    for col, value in key.items():
+        sel &= _matches(f[col], value)
+    return str(f.loc[sel, "mode"].iloc[0]) == mode
+
+
+__all__ = ["FILENAME", "KEY", "REQUIRED", "done", "migrate", "table"]
