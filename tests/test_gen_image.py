@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -187,11 +189,15 @@ def test_a_file_from_before_the_variant_column_keeps_the_other_experiments_rows(
     old = pd.DataFrame([{"task": "style", "seed": 0, "method": "vm", "auc": 0.5, "recall": 0.4},
                         {"task": "math", "seed": 0, "method": "vm", "auc": 0.9, "recall": 0.8}])
     old.to_csv(tmp_path / GR.FILENAME, index=False)
-    table = GR.table(tmp_path, ["style"])  # gen-image opens it
+    with pytest.warns(UserWarning, match="pre-variant"):
+        table = GR.table(tmp_path, ["style"])  # gen-image opens it
     out = pd.read_csv(tmp_path / GR.FILENAME)
     assert out["task"].tolist() == ["math"] and out["variant"].tolist() == ["protocol"] and len(table) == 1
+    kept = pd.read_csv(tmp_path / (GR.FILENAME + ".pre-variant"))  # nothing is lost: the old file is kept
+    assert kept.equals(old)
     old.to_csv(tmp_path / GR.FILENAME, index=False)
-    GR.table(tmp_path, ["sentence", "math"])  # gen-text opens it
+    with pytest.warns(UserWarning, match="pre-variant"):
+        GR.table(tmp_path, ["sentence", "math"])  # gen-text opens it
     assert pd.read_csv(tmp_path / GR.FILENAME)["task"].tolist() == ["style"]
     GR.table(tmp_path, ["style"])  # a migrated file is left alone
     assert pd.read_csv(tmp_path / GR.FILENAME)["task"].tolist() == ["style"]
@@ -258,3 +264,16 @@ def test_figure_of_the_harder_variant(tmp_path):
     assert len(generation_image_examples_harder(pd.DataFrame(rows)).axes) == 6
     with pytest.raises(ValueError, match="no example rows"):
         generation_image_examples(pd.DataFrame(rows))  # protocol rows are asked for, there are none
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage\x81\x82\n\x00\x01", b"", b"no,task,column\n1,2,3\n"])
+def test_a_damaged_generation_csv_is_moved_aside_not_a_raw_error(tmp_path, damage):
+    """Random bytes, an empty file or a foreign header: no UnicodeDecodeError, no rows silently dropped."""
+    (tmp_path / GR.FILENAME).write_bytes(damage)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = GR.table(tmp_path, ["sentence", "math"])
+    assert len(table) == 0
+    if damage:
+        assert any(".corrupt" in str(w.message) or "corrupt" in str(w.message).lower() for w in caught), caught
+        assert list(tmp_path.glob(GR.FILENAME + ".corrupt*")) or list(tmp_path.glob("*.corrupt*"))

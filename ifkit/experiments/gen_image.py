@@ -20,7 +20,8 @@ The per-sample loss is the VAE's negative ELBO per pixel at the posterior mean (
 of the adapters (a fixed random eps, as DataInf fixes its diffusion noise, buries the style: RESULTS.md); training
 draws fresh noise every step. VM/FVM use ``curvature="ggn"``, the dense Gauss-Newton matrix over the ~800
 attributed adapter parameters: PSD (the negative ELBO is convex in the outputs), exact since p is small, and the
-low-rank Woodbury form of the validation curvature (``ifkit.curvature.val_inverse.LowRankGGN``) needs class-id targets; the Hessian itself can be indefinite here.
+low-rank Woodbury form of the validation curvature (``ifkit.curvature.val_inverse.LowRankGGN``) needs class-id
+targets; the Hessian itself can be indefinite here.
 
 Outputs (``out/``): ``generation.csv`` (task "style"; shared with gen-text through
 ``ifkit.experiments.generation_results``), ``generation_image_examples.csv`` (the top-5 training indices of a few

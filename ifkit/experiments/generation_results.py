@@ -9,6 +9,8 @@ separate ``--jobs`` workers).
 
 from __future__ import annotations
 
+import shutil
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -26,14 +28,23 @@ def migrate(path: Path, tasks: Collection[str]) -> None:
     """Bring a generation.csv from before the variant column up to the current key, in place (atomically).
 
     The rows of ``tasks`` (the experiment about to run) are dropped: they come from another setup and are rerun.
-    The other tasks' rows are kept as variant "protocol", so the file parses under the new key. A file that has
-    the variant column, or no file, is left alone.
+    The other tasks' rows are kept as variant "protocol", so the file parses under the new key. The file as it
+    was is kept beside it (``generation.csv.pre-variant``) and a warning names it. A file that has the variant
+    column, no file, or a file that does not parse as a CSV with a task column is left alone: opening it with
+    ``ResultsTable`` then checks it against its schema and moves damaged rows or files aside with a warning.
     """
     if not path.is_file():
         return
-    df = pd.read_csv(path)
-    if "variant" in df.columns:
+    try:
+        df = pd.read_csv(path, encoding="utf-8")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
         return
+    if "variant" in df.columns or "task" not in df.columns:
+        return
+    backup = path.with_name(path.name + ".pre-variant")
+    shutil.copy2(path, backup)
+    warnings.warn(f"{path}: a table from before the variant column; rows of {sorted(tasks)} are dropped to be "
+                  f"rerun, the others kept as variant 'protocol'. The file as it was: {backup}", stacklevel=2)
     write_atomic(df[~df["task"].isin(list(tasks))].assign(variant="protocol"), path)
 
 
