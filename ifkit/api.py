@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import validation as checks
 from .core.cache import GradCache
 from .core.func import DEFAULT_CHUNK_SIZE, as_tensors, chunks, param_names, resolve_loss
 from .core.grads import GradEngine, grad_chunk_rows
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, Any] = dict(
     gex_lr=0.05,
     gex_batch=64,
     budget_mb=1024.0,  # memory budget for the exact Hessian
+    budget_s=600.0,  # a call estimated to take longer is refused, the estimate in the message; None: no limit
     # False: stream training gradients, recomputed per pass; True: keep them for this call; a GradCache: keep
     # them across every call given that cache (core/cache.py; keyed by model, parameters and data)
     cache_grads=False,
@@ -103,6 +105,15 @@ def prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_nam
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     X, y = as_tensors(train, "train")
     Xv, yv = as_tensors(other, other_name)
+    # -- refused here, before any work, with the fix in the message (ifkit/validation.py) --
+    opt.update(checks.check_options(
+        damping=opt["damping"], seed=opt["seed"], device=opt["device"], budget_s=opt["budget_s"],
+        counts={k: opt[k] for k in ("iters", "chunk_size", "ensemble_size", "gex_steps", "gex_batch")},
+        nonnegative={"flat_steps": opt["flat_steps"]}))
+    checks.check_checkpoints(model, opt["checkpoints"], opt["lrs"])
+    checks.check_checkpoint(model, opt["checkpoint"])
+    (X, y), (Xv, yv) = checks.check_inputs({"train": (X, y), other_name: (Xv, yv)}, opt["loss"]).values()
+    # --
     if opt["device"] is not None:
         model = copy.deepcopy(model).to(opt["device"])
         X, y, Xv, yv = (t.to(opt["device"]) for t in (X, y, Xv, yv))
@@ -115,12 +126,14 @@ def prepare(model: torch.nn.Module, train, other, opt: dict[str, Any], other_nam
     dtype = p0.dtype if p0 is not None else X.dtype
     X = X.to(dtype) if X.is_floating_point() else X
     Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
+    checks.check_model_inputs(model, {"train": (X, y), other_name: (Xv, yv)}, opt["loss"])  # one example
     validate(model, (X, y), (Xv, yv), opt, other_name)  # below: raises early, naming the fix
     if "chunk_size" not in opt["_given"]:  # a (chunk, p) gradient block takes at most a quarter of budget_mb
         p = sum(model.get_parameter(n).numel() for n in param_names(model, opt["params"]))
         opt["chunk_size"] = grad_chunk_rows(p, dtype, opt["budget_mb"])
     if opt["candidates"] is not None:
         Xc, yc = as_tensors(opt["candidates"], "candidates")
+        _, (Xc, yc) = checks.check_inputs({"train": (X, y), "candidates": (Xc, yc)}, opt["loss"]).values()
         Xc = Xc.to(device=X.device, dtype=dtype) if Xc.is_floating_point() else Xc.to(X.device)
         validate(model, (X, y), (Xc, yc.to(X.device)), {**opt, "candidates": None}, "candidates")
         opt = {**opt, "candidates": (Xc, yc.to(X.device))}

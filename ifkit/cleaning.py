@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from . import api
+from . import validation as checks
 from .diagnosis import Diagnosis, diagnose
 from .optim.train import best_val_checkpoint, labelled_tensors
 
@@ -137,9 +138,13 @@ def clean(
                              "checkpoints=[state_dict, ...] to choose among)")
     loss = options.get("loss", "cross_entropy")
     X, y = labelled_tensors(train, "train", loss)
+    # -- refused before any work (ifkit/validation.py); the options are checked by ifkit.diagnose --
+    k = checks.check_k(k, len(X))
+    checks.check_checkpoints(model, checkpoints, none_means="clean with the model as given")
+    # --
     chosen, val_losses = None, []
     start = copy.deepcopy(model)
-    if checkpoints:
+    if checkpoints is not None:
         chosen, val_losses = best_val_checkpoint(model, checkpoints, val, loss)
         c = checkpoints[chosen]
         start.load_state_dict(c[0] if isinstance(c, tuple) else c)
