@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import estimate
 from . import validation as checks
 from .core.cache import GradCache
 from .core.func import DEFAULT_CHUNK_SIZE, as_tensors, chunks, param_names, resolve_loss
@@ -157,6 +158,7 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
     """
     opt = resolve(method, options)
     eng = prepare(model, train, val, opt, "val")
+    check_time(method, eng, pairwise=False)
     out = REGISTRY[method][0](eng)
     return check_finite(out, method)
 
@@ -172,7 +174,28 @@ def pairwise(method: str, model: torch.nn.Module, train, queries, **options: Any
         has = [m for m, (_, p) in REGISTRY.items() if p is not None]
         raise ValueError(f"method {method!r} is a self-influence score and has no pairwise form; use one of {has}")
     eng = prepare(model, train, queries, opt, "queries")
+    check_time(method, eng, pairwise=True)
     return check_finite(fn(eng), method)
+
+
+def check_time(method: str, eng: GradEngine, pairwise: bool) -> None:
+    """Refuse a call estimated to take longer than budget_s, before any work (ifkit/estimate.py)."""
+    o, prob = eng.opt, eng.prob
+    if o["budget_s"] is None:  # no limit: no estimate either
+        return
+    with torch.no_grad():
+        n_out = prob.forward(prob.theta, eng.Xv[:1]).numel()
+    t_mac = estimate.seconds_per_mac(prob.theta.dtype)
+    c0, t1 = estimate.forward_backward_cost(lambda th, b: prob.losses(th, eng.X[:b], eng.y[:b]), prob.theta, eng.n,
+                                            prob.p, t_mac)
+    seconds, dominant = estimate.estimate_seconds(
+        method, pairwise=pairwise, p=prob.p, n_train=eng.n, n_scored=eng.n_scored, n_other=len(eng.Xv),
+        n_out=n_out, c0=c0, t1=t1, t_mac=t_mac, budget_mb=o["budget_mb"], chunk=o["chunk_size"],
+        bytes_per_entry=prob.theta.element_size(), iters=o["iters"], curvature=o["curvature"],
+        n_checkpoints=len(o["checkpoints"] or ()), flat_steps=o["flat_steps"], ensemble_size=o["ensemble_size"],
+        gex_steps=o["gex_steps"], gex_batch=o["gex_batch"], lissa_batch=o["lissa_batch"])
+    what = f"ifkit.{'pairwise' if pairwise else 'score'}({method!r})"
+    estimate.check_time(seconds, dominant, o["budget_s"], what, estimate.fix_for(method, dominant, pairwise))
 
 
 def check_finite(out: Tensor, method: str) -> Tensor:
