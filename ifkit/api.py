@@ -185,12 +185,9 @@ def check_time(method: str, eng: GradEngine, pairwise: bool) -> None:
         return
     with torch.no_grad():
         n_out = prob.forward(prob.theta, eng.Xv[:1]).numel()
-    t_mac = estimate.seconds_per_mac(prob.theta.dtype)
-    c0, t1 = estimate.forward_backward_cost(lambda th, b: prob.losses(th, eng.X[:b], eng.y[:b]), prob.theta, eng.n,
-                                            prob.p, t_mac)
-    seconds, dominant = estimate.estimate_seconds(
-        method, pairwise=pairwise, p=prob.p, n_train=eng.n, n_scored=eng.n_scored, n_other=len(eng.Xv),
-        n_out=n_out, c0=c0, t1=t1, t_mac=t_mac, budget_mb=o["budget_mb"], chunk=o["chunk_size"],
+    seconds, dominant = estimate.estimate_call(
+        method, lambda th, b: prob.losses(th, eng.X[:b], eng.y[:b]), prob.theta, pairwise=pairwise, n_train=eng.n,
+        n_scored=eng.n_scored, n_other=len(eng.Xv), n_out=n_out, budget_mb=o["budget_mb"], chunk=o["chunk_size"],
         bytes_per_entry=prob.theta.element_size(), iters=o["iters"], curvature=o["curvature"],
         n_checkpoints=len(o["checkpoints"] or ()), flat_steps=o["flat_steps"], ensemble_size=o["ensemble_size"],
         gex_steps=o["gex_steps"], gex_batch=o["gex_batch"], lissa_batch=o["lissa_batch"])

@@ -51,26 +51,42 @@ def seconds_per_mac(dtype: torch.dtype) -> float:
     return _MAC_SECONDS[dtype]
 
 
-def forward_backward_cost(loss_at: Callable[[Tensor, int], Tensor], theta: Tensor, n: int, p: int,
-                          t_mac: float) -> tuple[float, float]:
-    """(c0, t1): one forward + backward pass over b examples takes about c0 + b t1 seconds, from batches of 8
-    and 256 (``loss_at(theta, b)`` -> (b,) losses), the best of three (the first call pays for allocation).
+def forward_backward_cost(loss_at: Callable[[Tensor, int], Tensor], theta: Tensor, n: int, p: int, t_mac: float,
+                          sizes: tuple[int, ...] = (8, 256), repeats: int = 3) -> tuple[float, float]:
+    """(c0, t1): one forward + backward pass over b examples takes about c0 + b t1 seconds, from batches of
+    ``sizes`` (``loss_at(theta, b)`` -> (b,) losses), the best of ``repeats`` (the first call pays for
+    allocation). With one size, c0 = 0 and t1 = time / b: an upper bound (the overhead counted per example).
     t1 is at least 3 p t_mac: a forward and a backward pass cost no less than three p-sized products."""
-    sizes = sorted({min(n, 8), min(n, 256)})
+    sizes = tuple(sorted({min(n, b) for b in sizes}))
     times = []
     for b in sizes:
         best = math.inf
-        for _ in range(3):
+        for _ in range(repeats):
             th = theta.detach().requires_grad_(True)
             t0 = time.perf_counter()
             torch.autograd.grad(loss_at(th, b).sum(), th)
             best = min(best, time.perf_counter() - t0)
         times.append(best)
+    if len(sizes) == 1:
+        return 0.0, max(times[0] / sizes[0], 3 * p * t_mac)
     # The slope between the two batches; on a loaded machine timing noise can make it tiny or negative, so it is
     # kept above a quarter of the larger batch's time per example
-    slope = (times[-1] - times[0]) / (sizes[-1] - sizes[0]) if len(sizes) > 1 else 0.0
+    slope = (times[-1] - times[0]) / (sizes[-1] - sizes[0])
     t1 = max(slope, times[-1] / sizes[-1] / 4, 3 * p * t_mac)
     return max(times[0] - sizes[0] * t1, 0.0), t1
+
+
+def estimate_call(method: str, loss_at: Callable[[Tensor, int], Tensor], theta: Tensor, **sizes) -> tuple[float, str]:
+    """(seconds, what dominates) of a call: a first bound from ONE timed pass over 256 examples (a few ms for a
+    small model), refined by ``forward_backward_cost``'s fit only when that bound exceeds WARN_S -- so small
+    calls pay almost nothing for their estimate. ``sizes``: the keyword arguments of ``estimate_seconds``."""
+    p, t_mac = theta.numel(), seconds_per_mac(theta.dtype)
+    c0, t1 = forward_backward_cost(loss_at, theta, sizes["n_train"], p, t_mac, sizes=(256,), repeats=1)
+    seconds, dominant = estimate_seconds(method, p=p, c0=c0, t1=t1, t_mac=t_mac, **sizes)
+    if seconds > WARN_S:
+        c0, t1 = forward_backward_cost(loss_at, theta, sizes["n_train"], p, t_mac)
+        seconds, dominant = estimate_seconds(method, p=p, c0=c0, t1=t1, t_mac=t_mac, **sizes)
+    return seconds, dominant
 
 
 def estimate_seconds(method: str, *, pairwise: bool, p: int, n_train: int, n_scored: int, n_other: int,
@@ -177,4 +193,4 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-__all__ = ["check_time", "estimate_seconds", "fix_for", "forward_backward_cost", "seconds_per_mac"]
+__all__ = ["check_time", "estimate_call", "estimate_seconds", "fix_for", "forward_backward_cost", "seconds_per_mac"]
