@@ -401,3 +401,25 @@ def test_cli_scores_with_params(saved):
     assert main(f"score-shards --model {saved}/model.pt --data {saved}/data.pt --method graddot --out {out} "
                 "--params 2.weight,2.bias".split()) == 0
     close(torch.load(out), score(params=["2.weight", "2.bias"]))
+
+
+# -- under torch.distributed: the join's timeout is configurable, and a bad value is named ---------------------
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-5", "inf", ""])
+def test_join_timeout_bad_values(raw, monkeypatch):
+    from ifkit.core.distributed import join_timeout
+
+    monkeypatch.setenv("IFKIT_JOIN_TIMEOUT_S", raw)
+    with pytest.raises(ValueError, match="IFKIT_JOIN_TIMEOUT_S=600"):
+        join_timeout()
+
+
+def test_join_timeout_default_and_override(monkeypatch):
+    from ifkit.core.distributed import JOIN_TIMEOUT_S, join_timeout
+
+    monkeypatch.delenv("IFKIT_JOIN_TIMEOUT_S", raising=False)
+    assert join_timeout() == JOIN_TIMEOUT_S == 300.0
+    monkeypatch.setenv("IFKIT_JOIN_TIMEOUT_S", "42")
+    assert join_timeout() == 42.0
+    assert join_timeout(7) == 7.0  # an explicit value wins
