@@ -35,20 +35,29 @@ WARN_S = 120.0  # a call estimated above this (but within budget_s) warns, with 
 CG_DEPTH, LISSA_DEPTH, LISSA_FULL_MAX, LISSA_BATCH = 100, 500, 4096, 512  # as in ifkit/curvature/inverse.py
 FLAT_STEPS = 100  # ifkit/methods/flat.py VM_DEFAULTS / FVM_DEFAULTS
 PRODUCT, DOTS, FACTOR = 3.0, 16.0, 10.0  # the constants of the module docstring's cost model
-_MAC_SECONDS: dict[torch.dtype, float] = {}  # measured once per dtype and process
+_MAC_SECONDS: dict[tuple[torch.dtype, str], float] = {}  # measured once per dtype, device and process
 
 
-def seconds_per_mac(dtype: torch.dtype) -> float:
-    """Seconds per multiply-add of a (256, 1024) @ (1024, 256) matmul: this machine's dense speed (cached)."""
-    if dtype not in _MAC_SECONDS:
-        a, b = torch.randn(256, 1024, dtype=dtype), torch.randn(1024, 256, dtype=dtype)
+def seconds_per_mac(dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
+    """Seconds per multiply-add of a (256, 1024) @ (1024, 256) matmul: this device's dense speed (cached)."""
+    key = (dtype, str(device))
+    if key not in _MAC_SECONDS:
+        a = torch.randn(256, 1024, dtype=dtype, device=device)
+        b = torch.randn(1024, 256, dtype=dtype, device=device)
         best = math.inf
         for _ in range(3):
             t0 = time.perf_counter()
             a @ b
+            _sync(a)
             best = min(best, time.perf_counter() - t0)
-        _MAC_SECONDS[dtype] = max(best, 1e-9) / (256 * 1024 * 256)
-    return _MAC_SECONDS[dtype]
+        _MAC_SECONDS[key] = max(best, 1e-9) / (256 * 1024 * 256)
+    return _MAC_SECONDS[key]
+
+
+def _sync(t: Tensor) -> None:
+    """Wait for the device (GPU kernels run asynchronously: a timing without this measures only the launch)."""
+    if t.device.type == "cuda":
+        torch.cuda.synchronize(t.device)
 
 
 def forward_backward_cost(loss_at: Callable[[Tensor, int], Tensor], theta: Tensor, n: int, p: int, t_mac: float,
@@ -64,7 +73,7 @@ def forward_backward_cost(loss_at: Callable[[Tensor, int], Tensor], theta: Tenso
         for _ in range(repeats):
             th = theta.detach().requires_grad_(True)
             t0 = time.perf_counter()
-            torch.autograd.grad(loss_at(th, b).sum(), th)
+            _sync(torch.autograd.grad(loss_at(th, b).sum(), th)[0])
             best = min(best, time.perf_counter() - t0)
         times.append(best)
     if len(sizes) == 1:
@@ -80,7 +89,7 @@ def estimate_call(method: str, loss_at: Callable[[Tensor, int], Tensor], theta: 
     """(seconds, what dominates) of a call: a first bound from ONE timed pass over 256 examples (a few ms for a
     small model), refined by ``forward_backward_cost``'s fit only when that bound exceeds WARN_S -- so small
     calls pay almost nothing for their estimate. ``sizes``: the keyword arguments of ``estimate_seconds``."""
-    p, t_mac = theta.numel(), seconds_per_mac(theta.dtype)
+    p, t_mac = theta.numel(), seconds_per_mac(theta.dtype, theta.device)
     c0, t1 = forward_backward_cost(loss_at, theta, sizes["n_train"], p, t_mac, sizes=(256,), repeats=1)
     seconds, dominant = estimate_seconds(method, p=p, c0=c0, t1=t1, t_mac=t_mac, **sizes)
     if seconds > WARN_S:
