@@ -78,7 +78,7 @@ def check_device(device: Any) -> torch.device | None:
     """device: None (where the model is), or a torch.device / string naming a device this process can use."""
     if device is None:
         return None
-    if not isinstance(device, (str, torch.device)) and not _is_int(device):
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device)) and not _is_int(device):
         raise TypeError(f"device= takes a torch.device or a string such as 'cpu' or 'cuda:0', got {device!r} "
                         f"({type(device).__name__})")
     try:

@@ -121,6 +121,7 @@ REFUSED = [
     # -- device --
     ("device not a device", lambda: score(device="gpu"), ValueError, "is not a device name"),
     ("device of a wrong type", lambda: score(device=1.5), TypeError, "device= takes a torch.device"),
+    ("device a bool", lambda: score(device=True), TypeError, "device= takes a torch.device"),
     # -- budgets --
     ("budget_s=0", lambda: score(budget_s=0), ValueError, "budget_s=0"),
     ("budget_s string", lambda: score(budget_s="1h"), ValueError, "number of seconds > 0"),
