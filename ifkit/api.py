@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import estimate
+from . import validation as checks
 from .core.cache import GradCache
 from .core.func import as_tensors, chunks, param_names, resolve_loss
 from .core.grads import GradEngine, grad_chunk_rows
@@ -39,7 +41,7 @@ from .methods.flat import flat_point as point_of
 # were, and unknown names are refused with a suggestion.
 OPTION_ORDER = {k: i for i, k in enumerate((
     "damping", "iters", "tol", "scale", "lissa_batch", "lissa_products", "checkpoints", "lrs", "curvature",
-    "ensemble_size", "gex_steps", "gex_lr", "gex_batch", "budget_mb", "cache_grads", "params", "loss", "chunk_size",
+    "ensemble_size", "gex_steps", "gex_lr", "gex_batch", "budget_mb", "budget_s", "cache_grads", "params", "loss", "chunk_size",
     "seed", "device", "progress", "flat_optimizer", "flat_steps", "flat_lr", "rho", "sigma", "flat_val",
     "curvature_val", "checkpoint", "at", "distributed", "candidates"))}
 FAMILIES: tuple[type[Options], ...] = tuple(dict.fromkeys(m.Options for m in REGISTRY.values()))
@@ -74,9 +76,21 @@ def resolve(method: str, options: dict[str, Any]) -> Options:
     if options.get("at") is not None:
         _check_at(method, options)
     options = _renamed(method, options)
+    options = _checked_scalars(options)
     cls = REGISTRY[method].Options
     own = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in options.items() if k in own}, given=frozenset(options))
+
+
+def _checked_scalars(options: dict[str, Any]) -> dict[str, Any]:
+    """Scalar options refused before any work, naming the fix (ifkit/validation.py); the values given, cleaned
+    (numpy / 0-d tensor integers as Python ints, a device as torch.device)."""
+    merged = {**DEFAULTS, **options}
+    cleaned = checks.check_options(
+        damping=merged["damping"], seed=merged["seed"], device=merged["device"], budget_s=merged["budget_s"],
+        counts={k: merged[k] for k in ("iters", "chunk_size", "ensemble_size", "gex_steps", "gex_batch")},
+        nonnegative={"flat_steps": merged["flat_steps"]})
+    return {**options, **{k: v for k, v in cleaned.items() if k in options}}
 
 
 def _check_at(method: str, options: dict[str, Any]) -> None:
@@ -111,6 +125,11 @@ def prepare(model: torch.nn.Module, train, other, opt: Options, other_name: str)
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     X, y = as_tensors(train, "train")
     Xv, yv = as_tensors(other, other_name)
+    # -- refused here, before any work, with the fix in the message (ifkit/validation.py) --
+    checks.check_checkpoints(model, getattr(opt, "checkpoints", None), getattr(opt, "lrs", None))
+    checks.check_checkpoint(model, getattr(opt, "checkpoint", None))
+    (X, y), (Xv, yv) = checks.check_inputs({"train": (X, y), other_name: (Xv, yv)}, opt.loss).values()
+    # --
     if opt.device is not None:
         model = copy.deepcopy(model).to(opt.device)
         X, y, Xv, yv = (t.to(opt.device) for t in (X, y, Xv, yv))
@@ -123,12 +142,14 @@ def prepare(model: torch.nn.Module, train, other, opt: Options, other_name: str)
     dtype = p0.dtype if p0 is not None else X.dtype
     X = X.to(dtype) if X.is_floating_point() else X
     Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
+    checks.check_model_inputs(model, {"train": (X, y), other_name: (Xv, yv)}, opt.loss)  # one example
     validate(model, (X, y), (Xv, yv), opt, other_name)  # below: raises early, naming the fix
     if not opt.gave("chunk_size"):  # a (chunk, p) gradient block takes at most a quarter of budget_mb
         p = sum(model.get_parameter(n).numel() for n in param_names(model, opt.params))
         opt = dataclasses.replace(opt, chunk_size=grad_chunk_rows(p, dtype, opt.budget_mb))
     if opt.candidates is not None:
         Xc, yc = as_tensors(opt.candidates, "candidates")
+        _, (Xc, yc) = checks.check_inputs({"train": (X, y), "candidates": (Xc, yc)}, opt.loss).values()
         Xc = Xc.to(device=X.device, dtype=dtype) if Xc.is_floating_point() else Xc.to(X.device)
         validate(model, (X, y), (Xc, yc.to(X.device)), opt, "candidates")
         opt = dataclasses.replace(opt, candidates=(Xc, yc.to(X.device)))
@@ -159,6 +180,7 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
 
 def run(method: str, eng: GradEngine) -> Tensor:
     """``method``'s scores on a prepared engine (its inputs checked, its options typed): (n_scored,)."""
+    check_time(method, eng, pairwise=False)
     return check_finite(REGISTRY[method].score(eng), method)
 
 
@@ -186,7 +208,25 @@ def pairwise(method: str, model: torch.nn.Module, train, queries, **options: Any
         has = [m for m, entry in REGISTRY.items() if entry.pairwise is not None]
         raise ValueError(f"method {method!r} is a self-influence score and has no pairwise form; use one of {has}")
     eng = prepare(model, train, queries, opt, "queries")
+    check_time(method, eng, pairwise=True)
     return check_finite(fn(eng), method)
+
+
+def check_time(method: str, eng: GradEngine, pairwise: bool) -> None:
+    """Refuse a call estimated to take longer than budget_s, before any work (ifkit/estimate.py)."""
+    o, prob = eng.opt, eng.prob
+    if o.budget_s is None:  # no limit: no estimate either
+        return
+    with torch.no_grad():
+        n_out = prob.forward(prob.theta, eng.Xv[:1]).numel()
+    seconds, dominant = estimate.estimate_call(
+        method, lambda th, b: prob.losses(th, eng.X[:b], eng.y[:b]), prob.theta, pairwise=pairwise, n_train=eng.n,
+        n_scored=eng.n_scored, n_other=len(eng.Xv), n_out=n_out, budget_mb=o.budget_mb, chunk=o.chunk_size,
+        bytes_per_entry=prob.theta.element_size(), **{k: getattr(o, k, DEFAULTS[k]) for k in (
+            "iters", "curvature", "flat_steps", "ensemble_size", "gex_steps", "gex_batch", "lissa_batch")},
+        n_checkpoints=len(getattr(o, "checkpoints", None) or ()))
+    what = f"ifkit.{'pairwise' if pairwise else 'score'}({method!r})"
+    estimate.check_time(seconds, dominant, o.budget_s, what, estimate.fix_for(method, dominant, pairwise))
 
 
 def check_finite(out: Tensor, method: str) -> Tensor:

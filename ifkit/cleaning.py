@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from . import api
+from . import validation as checks
 from .core.grads import GradEngine
 from .diagnosis import Diagnosis, report
 from .methods.flat import flat_point
@@ -140,9 +141,13 @@ def clean(
                              "checkpoints=[state_dict, ...] to choose among)")
     opt = api.resolve(method, options)  # typed options; unknown names refused before any work
     X, y = labelled_tensors(train, "train", opt.loss)
+    # -- refused before any work (ifkit/validation.py) --
+    k = checks.check_k(k, len(X))
+    checks.check_checkpoints(model, checkpoints, none_means="clean with the model as given")
+    # --
     chosen, val_losses = None, []
     start = copy.deepcopy(model)
-    if checkpoints:
+    if checkpoints is not None:
         chosen, val_losses = best_val_checkpoint(model, checkpoints, val, opt.loss)
         start.load_state_dict(checkpoint_state(checkpoints[chosen])[0])
 

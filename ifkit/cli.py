@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--results", type=Path, default=Path("results"), help="results folder (default: results/)"
     )
     fig.add_argument("--out", type=Path, default=Path("figures"), help="figures folder (default: figures/)")
+    fig.set_defaults(subparser=fig)
 
     bench = sub.add_parser("bench", help="time and memory of each method versus problem size")
     bench.add_argument("--out", type=Path, default=Path("results/bench.csv"), help="CSV to write")
@@ -221,6 +222,7 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    _refuse(parser, _checks().check_writable_folder(args.out, "--out"))
     fast = args.fast or fast_from_env()
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[fast]
     names = wanted
@@ -260,8 +262,10 @@ def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int, out: Path
     return 1 if failed else 0
 
 
-def _figures(args: argparse.Namespace) -> int:
+def _figures(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ifkit.viz.figures import save_all
+
+    _refuse(parser, _checks().check_writable_folder(args.out, "--out"))
 
     written = save_all(args.results, args.out)
     print(f"{len(written)} figure(s) written to {args.out}")
@@ -272,7 +276,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if importlib.util.find_spec("ifkit.bench") is None:
         parser.exit(2, "ifkit bench: benchmarks are not available yet (no module ifkit.bench)\n")
     bench = importlib.import_module("ifkit.bench")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    _refuse(parser, _checks().check_writable_file(args.out, "--out"))
     result = bench.main(args.out)
     return result if isinstance(result, int) else 0
 
@@ -289,6 +293,16 @@ def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"unknown method {args.method!r}; available: {', '.join(ifkit.METHODS)}")
     if args.out.suffix not in (".pt", ".csv"):
         parser.error(f"--out must end in .pt or .csv, got {str(args.out)!r}")
+    # -- refused before loading anything (ifkit/validation.py) --
+    checks = _checks()
+    for problem in (checks.check_readable_file(args.model, "--model"), checks.check_readable_file(args.data, "--data"),
+                    checks.check_writable_file(args.out, "--out")):
+        _refuse(parser, problem)
+    try:
+        params = checks.check_param_names(args.params)
+    except ValueError as e:
+        parser.error(str(e))
+    # --
     model, data = _load_inputs(parser, args)
     missing = [k for k in DATA_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
@@ -296,7 +310,7 @@ def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                      f"missing: {', '.join(missing)}")
     options = dict(damping=args.damping, iters=args.iters, tol=args.tol, curvature=args.curvature,
                    flat_steps=args.flat_steps, chunk_size=args.chunk_size, seed=args.seed,
-                   params=args.params.split(",") if args.params else None)
+                   params=params)
     options = {k: v for k, v in options.items() if v is not None}  # unset: the method's own default
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     backend = args.backend if args.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
@@ -339,6 +353,17 @@ def _load_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
         parser.error(str(err))
 
 
+def _checks():
+    """ifkit.validation, imported when a command runs (it imports torch: `ifkit --help` stays instant)."""
+    return importlib.import_module("ifkit.validation")
+
+
+def _refuse(parser: argparse.ArgumentParser, problem: str | None) -> None:
+    """A usage error (exit code 2) with ``problem`` as the message, when there is one."""
+    if problem:
+        parser.error(problem)
+
+
 def _write_scores(scores, out: Path) -> None:
     """Write scores to out (.pt tensor or .csv index,score) through a temp file + rename: never half a file."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -373,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return guarded(lambda: _reproduce(args.subparser, args), "ifkit reproduce")
     if args.command == "figures":
-        return _figures(args)
+        return _figures(args.subparser, args)
     if args.command == "score-shards":
         return _score_shards(args.subparser, args)
     return _bench(args.subparser, args)

@@ -32,6 +32,8 @@ LAYERS: dict[str, int] = {
     "ifkit.modelfile": 1,  # save_model / load_model: files that run no code when loaded
     "ifkit.methods": 2,
     "ifkit.sharpness": 2,
+    "ifkit.validation": 2,  # pure checks of options and data, refused with the fix before any work
+    "ifkit.estimate": 2,  # the time a call would take, estimated before any work (budget_s)
     "ifkit.api": 3,
     "ifkit.diagnosis": 4,  # the trust report: scores through the api, plus sharpness and controls
     "ifkit.cleaning": 5,  # ifkit.clean: checkpoint choice + the trust report + flags + relabels

@@ -41,18 +41,37 @@ from rank 0 -- which would come on top of the 3.4 s, not instead of them.
 Contract under a process group: every rank calls ``ifkit.score`` / ``ifkit.pairwise`` with the SAME model,
 data and options (SPMD, as torchrun launches them). ``world`` checks that the training sets agree (length and
 checksums) and raises otherwise; pass ``distributed=False`` to score per-rank data independently, or when
-only some ranks call ifkit (e.g. evaluation on rank 0 of a DDP job): in auto mode such a call would wait for
-the other ranks until the process group's timeout.
+only some ranks call ifkit (e.g. evaluation on rank 0 of a DDP job). In auto mode such a call waits at the
+JOIN -- the first collective, where every rank checks the others hold the same data -- for at most
+``join_timeout_s`` (default JOIN_TIMEOUT_S = 300 s, or the environment variable IFKIT_JOIN_TIMEOUT_S), then
+raises, saying how long it waited and how to change it; not the process group's timeout (30 min by default).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+JOIN_TIMEOUT_S = 300.0  # seconds a rank waits at the join for the others (IFKIT_JOIN_TIMEOUT_S overrides)
+
+
+def join_timeout(seconds: float | None = None) -> float:
+    """The join's timeout: ``seconds`` when given, else IFKIT_JOIN_TIMEOUT_S from the environment, else 300 s."""
+    raw = seconds if seconds is not None else os.environ.get("IFKIT_JOIN_TIMEOUT_S", JOIN_TIMEOUT_S)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"the join timeout must be a finite number of seconds > 0, got {raw!r} (set "
+                         "IFKIT_JOIN_TIMEOUT_S=600, say, or leave it unset for 300 s)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -63,13 +82,15 @@ class World:
     size: int
 
 
-def world(option: bool | None, X: Tensor | None = None, y: Tensor | None = None) -> World | None:
+def world(option: bool | None, X: Tensor | None = None, y: Tensor | None = None,
+          join_timeout_s: float | None = None) -> World | None:
     """The World to shard over, or None to compute everything in this process.
 
     Args:
         option: the ``distributed=`` option. None (default): shard when a process group is initialised with
             more than one rank. False: never. True: require an initialised process group.
         X, y: the training set; when given and sharding, every rank checks that all ranks hold the same one.
+        join_timeout_s: how long that check (the join) waits for the other ranks; None: ``join_timeout()``.
     """
     if option is not None and not isinstance(option, bool):
         raise TypeError(f"distributed= takes None (auto), True or False, got {option!r}")
@@ -86,7 +107,7 @@ def world(option: bool | None, X: Tensor | None = None, y: Tensor | None = None)
     if w.size == 1:
         return None
     if X is not None and y is not None:
-        _check_same_data(X, y, w)
+        _check_same_data(X, y, w, join_timeout(join_timeout_s))
     return w
 
 
@@ -126,13 +147,23 @@ def broadcast(t: Tensor, w: World | None, src: int = 0) -> Tensor:
     return t
 
 
-def _check_same_data(X: Tensor, y: Tensor, w: World) -> None:
+def _check_same_data(X: Tensor, y: Tensor, w: World, timeout_s: float = JOIN_TIMEOUT_S) -> None:
     # ifkit shards the training set itself; a rank that passed its own pre-sharded data would silently get
     # scores for rows it never saw. Length + two float64 checksums catch that for the cost of one tiny gather.
     mine = torch.tensor([len(X), X.double().sum().item(), y.double().sum().item()],
                         dtype=torch.float64, device=X.device)  # (3,)
     every = [torch.empty_like(mine) for _ in range(w.size)]
-    _collective("all_gather", dist.all_gather, w, every, mine)
+    try:
+        dist.all_gather(every, mine, async_op=True).wait(timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as e:  # a timeout, or a peer that died: say how long we waited and what to change
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            f"ifkit distributed: all_gather failed on rank {w.rank} of {w.size} at the join (the first collective "
+            f"of ifkit.score / ifkit.pairwise), after waiting up to {timeout_s:g} s ({first}). Another rank most "
+            "likely raised or died before reaching it -- look for that rank's traceback -- or never called ifkit "
+            "(call it on every rank with the same arguments, or pass distributed=False to a call made on some "
+            "ranks only); when the other ranks are just slower to get there, allow more with "
+            f"IFKIT_JOIN_TIMEOUT_S=<seconds> (now {timeout_s:g})") from e
     if any(not torch.equal(e, every[0]) for e in every):
         lengths = [int(e[0].item()) for e in every]
         raise ValueError(f"ranks passed different training sets (n_train per rank: {lengths}): under "

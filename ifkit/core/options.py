@@ -29,6 +29,8 @@ class Options:
         params: names of the parameters to differentiate (None: every trainable one).
         loss: "cross_entropy" or a callable ``(outputs, targets) -> (n,)`` per-sample losses.
         budget_mb: memory budget for dense curvature matrices and gradient chunks.
+        budget_s: a call estimated (ifkit/estimate.py) to take longer is refused before any work, with the
+            estimate in the message; None: no limit.
         chunk_size: rows of per-sample gradients per streamed chunk; unless given, fewer when a (rows, p)
             block would exceed budget_mb / 4 (ifkit/api.py sets it).
         device: where to score (a copy of the model and data is moved there); None: where they are.
@@ -48,6 +50,7 @@ class Options:
     params: Sequence[str] | None = None
     loss: str | LossFn = "cross_entropy"
     budget_mb: float = 1024.0
+    budget_s: float | None = 600.0
     chunk_size: int = DEFAULT_CHUNK_SIZE
     device: str | torch.device | None = None
     progress: bool = False

@@ -209,7 +209,7 @@ def method_options(method: str, cfg: Config, model: ConditionalVAE, checkpoints,
     # float rounding)
     opts: dict = {"params": attributed(model, cfg), "loss": attribution_loss, "cache_grads": True}
     if method == "tracin":
-        opts["checkpoints"] = checkpoints
+        opts["checkpoints"] = list(checkpoints) or None  # none: the model as given (TracIn = graddot)
     if method == "if-lissa":
         opts.update(iters=cfg.lissa_iters, lissa_batch=cfg.lissa_batch)
     if method in ("vm", "fvm"):
