@@ -346,11 +346,17 @@ def _load_inputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> t
     """(model, data) of score-shards, read as plain data unless --trust-pickle; a refused file is a usage error."""
     from ifkit.modelfile import load_model, load_tensors
 
-    try:
-        return (load_model(args.model, trust_pickle=args.trust_pickle),
-                load_tensors(args.data, trust_pickle=args.trust_pickle))
-    except (OSError, ValueError, TypeError) as err:
-        parser.error(str(err))
+    loaded = []
+    for flag, path, load in (("--model", args.model, load_model), ("--data", args.data, load_tensors)):
+        try:
+            loaded.append(load(path, trust_pickle=args.trust_pickle))
+        except (OSError, ValueError, TypeError) as err:
+            parser.error(str(err))
+        except Exception as err:  # noqa: BLE001 -- a damaged or foreign file: say which, and how to write one
+            first = (str(err).strip() or type(err).__name__).splitlines()[0][:200]
+            parser.error(f"{flag} {path} cannot be read by torch.load ({first}): save models with "
+                         "ifkit.save_model(model, path, args=...) and data with torch.save({name: tensor}, path)")
+    return tuple(loaded)
 
 
 def _checks():

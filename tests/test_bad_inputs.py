@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 import ifkit
-from ifkit import cleaning, diagnosis
+from ifkit import cleaning
 from ifkit.cli import main
 from ifkit.methods import REGISTRY
+from ifkit.methods import flat as flat_methods
+from ifkit.models import LogisticRegression
 
 N, NV, D, K = 20, 8, 4, 3
 
@@ -235,9 +237,11 @@ def _work_started(*args, **kwargs):
 @pytest.fixture
 def no_work(monkeypatch):
     """Every method and ifkit.clean's steps fail the test if called: a refusal must come first."""
-    for name, (_, p) in list(REGISTRY.items()):
-        monkeypatch.setitem(REGISTRY, name, (_work_started, _work_started if p is not None else None))
-    monkeypatch.setattr(diagnosis, "flat_finetune", _work_started)  # diagnose's first step after its checks
+    for name, entry in list(REGISTRY.items()):
+        monkeypatch.setitem(REGISTRY, name, entry._replace(
+            score=_work_started, pairwise=_work_started if entry.pairwise is not None else None))
+    # the fine-tuning to theta~: diagnose's (and clean's) first step after the checks
+    monkeypatch.setattr(flat_methods, "flat_finetune", _work_started)
     monkeypatch.setattr(cleaning, "best_val_checkpoint", _work_started)
 
 
@@ -344,7 +348,8 @@ def test_large_pairwise_table_is_refused_quickly():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    torch.save(MODEL, d / "model.pt")
+    # score-shards reads models saved as plain data (class, arguments, state_dict), never a pickle
+    ifkit.save_model(LogisticRegression(D, K).double(), d / "model.pt", args=(D, K))
     torch.save({"X_train": X, "y_train": Y, "X_val": XV, "y_val": YV}, d / "data.pt")
     (d / "a_file").write_text("not a folder")
     (d / "broken.pt").write_bytes(b"")
@@ -400,8 +405,8 @@ def test_cli_bad_option_value_is_refused_with_the_fix(saved, capsys):
 def test_cli_scores_with_params(saved):
     out = saved / "s.pt"
     assert main(f"score-shards --model {saved}/model.pt --data {saved}/data.pt --method graddot --out {out} "
-                "--params 2.weight,2.bias".split()) == 0
-    close(torch.load(out), score(params=["2.weight", "2.bias"]))
+                "--params linear.weight".split()) == 0
+    close(torch.load(out), score(model=ifkit.load_model(saved / "model.pt"), params=["linear.weight"]))
 
 
 # -- under torch.distributed: the join's timeout is configurable, and a bad value is named ---------------------
