@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 import ifkit
 from ifkit import metrics
 from ifkit.experiments import detection, register
+from ifkit.experiments.cache import Cache
 from ifkit.methods.flat import FVM_DEFAULTS
 from ifkit.optim.flat_finetune import flat_finetune
 from ifkit.optim.train import evaluate, train
@@ -212,10 +213,12 @@ def _relabel_row(method: str, s: detection.Setting, seed: int, flags: dict[str, 
     }
 
 
-def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection.Runs | None = None) -> pd.DataFrame:
+def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection.Runs | None = None,
+            cache: Cache | None = None) -> pd.DataFrame:
     """Run (or resume) relabeling for every setting x seed x method; returns this configuration's rows.
 
-    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here."""
+    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here.
+    ``cache``: the same networks on disk (``detection.prepare``: detection's folder, shared)."""
     dc = cfg.detection
     table = ResultsTable(path, KEY, required=REQUIRED)
     seeds = list(seeds)
@@ -228,7 +231,7 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection
             todo = [m for m in cfg.methods if not table.has(**key, method=m)]
             if not todo:
                 continue
-            s = detection.prepare(dc, noise, rate, seed, runs=runs)
+            s = detection.prepare(dc, noise, rate, seed, runs=runs, cache=cache)
             k = int(s.flipped.sum())
             cache: dict = {}
             tilde = detection.theta_tilde(s, seed)
@@ -260,7 +263,7 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection
 def run(fast: bool, seeds: int, out: Path, runs: detection.Runs | None = None) -> pd.DataFrame:
     """``ifkit reproduce relabel`` (``runs``: detection's trained models, when it ran first in this worker)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs)
+    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs, cache=Cache(out, "detection"))
     cols = ["relabel_acc", "clean_bound", "agree_theta_tilde", "retrain_test_acc"]
     with pd.option_context("display.width", 140):
         print(df.groupby(["noise", "rate", "method"])[cols].mean().to_string(float_format=lambda v: f"{v:.3f}"))
