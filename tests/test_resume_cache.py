@@ -18,6 +18,7 @@ import torch
 
 from ifkit.experiments import cache as C
 from ifkit.experiments import detection as D
+from ifkit.experiments import relabel as R
 from ifkit.experiments import theory as T
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,6 +105,21 @@ def test_detection_resumed_from_the_cache_is_bit_identical(tmp_path, monkeypatch
     again = D.measure(TINY_DET, [0], path, methods=DET_METHODS, cache=cache)  # no runs dict: from disk
     assert cache.hits == 1 and cache.misses == 0
     assert_rows_equal(first, again, D.KEY)
+
+
+def test_relabel_resumed_from_the_cache_is_bit_identical(tmp_path, monkeypatch):
+    cfg = R.Config(TINY_DET, settings=(("symmetric", 0.3),), methods=("vm", "vm-best-val", "pred", "pred@theta~"))
+    path = tmp_path / "relabel.csv"
+    first = R.measure(cfg, [0], path, cache=C.Cache(tmp_path, "relabel", enabled=True))
+    drop_half(path)
+    for name in ("theta_tilde", "score_method"):
+        monkeypatch.setattr(D, name, lambda *a, **k: pytest.fail("the rerun recomputed what the cache holds"))
+    monkeypatch.setattr(R.ifkit, "clean", lambda *a, **k: pytest.fail("the rerun ran ifkit.clean again"))
+    monkeypatch.setattr(R, "clean_bound", lambda *a, **k: pytest.fail("the rerun refitted a clean bound"))
+    cache = C.Cache(tmp_path, "relabel", enabled=True)
+    again = R.measure(cfg, [0], path, cache=cache)
+    assert cache.hits == 1
+    assert_rows_equal(first, again, R.KEY)
 
 
 TINY_THEORY = T.Config(n_train=60, n_val=40, n_loo=12, train_steps=(0, 5), l2_path=(1e-1,), gammas=(0.0, 0.5),

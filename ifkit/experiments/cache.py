@@ -6,7 +6,7 @@ this cache an interrupted run that had finished half of its rows retrains all of
 
 Layout: ``OUT/.cache/<experiment>/<key>.pt``, one file per unit of work, where ``key`` is the SHA-256 of
 everything that produced it (``key_of``: the configuration as JSON -- dataset, noise, rate, seed, sizes, epochs,
-model, the experiment's ``CODE`` constants -- plus the torch version). Clear it with ``rm -rf OUT/.cache`` or skip it
+model -- plus the torch version and a hash of the library's source, ``code_version``). Clear it with ``rm -rf OUT/.cache`` or skip it
 with ``ifkit reproduce --no-cache`` (``IFKIT_CACHE=0``).
 
 Safety: a file is written atomically (temp file + ``os.replace``) and read ONLY with
@@ -19,6 +19,7 @@ recomputed. Results are bit-identical with and without the cache (``tests/test_r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -55,9 +56,28 @@ def _plain(obj: Any) -> Any:
                     "tuples, dicts or dataclasses of them")
 
 
+# Code that cannot change what the cached work contains (plots, widgets, the command line, the exercises)
+NOT_WORK = ("viz", "widgets.py", "cli.py", "bench.py", "workers.py", "exercises")
+
+
+@functools.cache
+def code_version() -> str:
+    """SHA-256 of the library's source (``ifkit/**/*.py`` but ``NOT_WORK``): editing the code that trains or
+    refits a model gives every unit of work a new key, so a stale file is never used. Cost: one read of ~100 files."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] not in NOT_WORK:
+            h.update(str(rel).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def key_of(**config: Any) -> str:
-    """SHA-256 (hex) of the configuration that produced a unit of work, plus the format and torch version."""
-    text = json.dumps({"format": FORMAT, "torch": torch.__version__, **_plain(config)}, sort_keys=True)
+    """SHA-256 (hex) of the configuration that produced a unit of work, plus the format, the torch version and
+    ``code_version()``."""
+    text = json.dumps({"format": FORMAT, "torch": torch.__version__, "code": code_version(), **_plain(config)},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -104,6 +124,10 @@ class Cache:
         self.root = Path(out) / ".cache" / experiment
         self.enabled = cache_enabled() if enabled is None else enabled
         self.hits = self.misses = 0
+
+    def sibling(self, experiment: str) -> Cache:
+        """Another experiment's folder in the same ``OUT/.cache`` (relabel reads detection's networks)."""
+        return Cache(self.root.parent.parent, experiment, self.enabled)
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"

@@ -34,7 +34,8 @@ range of the estimation error (assumption: <= R_val^gamma) and the median leave-
 (``sharpness_at_shift``: the part of the picture that a fixed gamma misses when the moves change size).
 
 Writes are atomic (temp file + ``os.replace``) after every checkpoint, and a rerun skips every row already
-present for (seed, n_train, checkpoint, gamma, method).
+present for (seed, n_train, checkpoint, gamma, method); the optima and their leave-one-out truths are kept in
+``OUT/.cache/theory/`` (``ifkit.experiments.cache``), so a rerun computes the missing rows without refitting them.
 """
 
 from __future__ import annotations
