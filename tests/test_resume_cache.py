@@ -142,3 +142,17 @@ def test_reproduce_help_says_where_the_cache_lives():
     out = subprocess.run([sys.executable, "-m", "ifkit.cli", "reproduce", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--no-cache" in out and ".cache" in out
+
+
+@pytest.mark.parametrize("flag, expected", [([], True), (["--no-cache"], False)])
+def test_no_cache_turns_the_cache_off_for_the_experiments(tmp_path, monkeypatch, flag, expected):
+    from ifkit import cli
+    from ifkit.experiments import EXPERIMENTS, META, Meta, discover
+
+    discover()
+    seen = []
+    monkeypatch.setenv(C.ENV, "1")  # restored after the test: --no-cache sets it for the workers it starts
+    monkeypatch.setitem(EXPERIMENTS, "probe", lambda fast, seeds, out: seen.append(C.Cache(out, "probe").enabled))
+    monkeypatch.setitem(META, "probe", Meta())
+    assert cli.main(["reproduce", "probe", "--fast", "--out", str(tmp_path), *flag]) == 0
+    assert seen == [expected]

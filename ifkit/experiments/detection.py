@@ -2,7 +2,9 @@
 
 ``ifkit reproduce detection`` writes ``results/detection.csv`` (one row per dataset, noise, rate, seed, method:
 auc, ap, recall_at_10pct, seconds, plus the state of the model) and ``results/detection_dynamics.csv`` (the
-paper's Fig. 2 and Fig. 3: AUC over training checkpoints and over flat fine-tuning steps).
+paper's Fig. 2 and Fig. 3: AUC over training checkpoints and over flat fine-tuning steps). The trained networks and
+their checkpoints are kept in ``OUT/.cache/detection/`` (``ifkit.experiments.cache``; relabel and the ablation read
+them too), so a rerun after an interruption computes its missing rows without retraining.
 
 Protocol (per noise model, rate and seed):
 
