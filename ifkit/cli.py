@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--fast", action="store_true", help="small CI sizes; 8x8 digits, not Fashion-MNIST (also IFKIT_FAST=1)")
     rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 1 fast, 3 full)")
     rep.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results/)")
+    rep.add_argument("--no-cache", action="store_true",
+                     help="ignore the work cache (trained networks, leave-one-out refits) kept in OUT/.cache/ so "
+                          "that a rerun resumes its work, not only its rows; clear it with rm -rf OUT/.cache "
+                          "(also IFKIT_CACHE=0)")
     rep.add_argument("--jobs", type=int, default=1,
                      help="worker processes for several experiments (make reproduce uses 2: one per core)")
     rep.set_defaults(subparser=rep)  # so usage errors print this subcommand's usage
@@ -230,6 +234,8 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         print("no experiments are registered yet: nothing to reproduce", file=sys.stderr)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.no_cache:  # read by ifkit.experiments.cache here and, inherited, in the --jobs workers
+        os.environ["IFKIT_CACHE"] = "0"
     plan = plan_jobs(names, args.jobs, META)
     if len(plan) > 1:
         return _reproduce_parallel(plan, fast, seeds, args.out)

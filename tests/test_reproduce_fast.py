@@ -28,6 +28,10 @@ def test_reproduce_all_fast_then_figures(tmp_path):
         df = pd.read_csv(out / name)
         assert len(df) > 0 and set(columns) <= set(df.columns), (name, list(df.columns))
     assert set(pd.read_csv(out / "generation.csv").task) == {"sentence", "math", "style"}
+    # the work a rerun resumes from (tests/test_resume_cache.py): networks, relabel's flags, leave-one-out refits
+    kept = {p.parent.name for p in (out / ".cache").glob("*/*.pt")}
+    assert {"detection", "relabel", "theory"} <= kept, kept
+    assert not list((out / ".cache").glob("*/*.tmp")) and not list((out / ".cache").glob("*/*.bad"))
     run = subprocess.run([sys.executable, "-m", "ifkit.cli", "figures", "--results", str(out), "--out", str(figs)],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

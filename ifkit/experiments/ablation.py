@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 import ifkit
 from ifkit import metrics
 from ifkit.experiments import detection, register
+from ifkit.experiments.cache import Cache
 from ifkit.results import ResultsTable
 
 FILENAME = "ablation.csv"
@@ -75,10 +76,11 @@ def _scores(method: str, s: detection.Setting, seed: int, factor: str, value) ->
 
 
 def measure(cfg: Config, seeds: int | None, path: str | Path, factors: Iterable[Factor] | None = None,
-            runs: detection.Runs | None = None) -> pd.DataFrame:
+            runs: detection.Runs | None = None, cache: Cache | None = None) -> pd.DataFrame:
     """Run (or resume) every factor; ``seeds`` caps each factor's own seed count (None: as configured).
 
-    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here."""
+    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here.
+    ``cache``: trained networks on disk (``detection.prepare``)."""
     table = ResultsTable(path, KEY, required=REQUIRED)
     dc = cfg.detection
     plan = []
@@ -96,7 +98,7 @@ def measure(cfg: Config, seeds: int | None, path: str | Path, factors: Iterable[
                 continue
             this = replace(dc, hidden=(int(value),)) if f.factor == "hidden" else dc
             s = detection.prepare(this, f.noise, f.rate, seed, n_val=int(value) if f.factor == "n_val" else None,
-                                  runs=runs)
+                                  runs=runs, cache=cache)
             with torch.no_grad():
                 fit = float((s.run.model(s.train[0]).argmax(1) == s.train[1])[s.flipped].float().mean())
             rows = []
@@ -125,7 +127,7 @@ def run(fast: bool, seeds: int, out: Path, runs: detection.Runs | None = None) -
     """``ifkit reproduce ablation`` (each factor runs its own seed count; --seeds caps it in fast mode; ``runs``:
     detection's trained models, when it ran before in this worker)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, seeds if fast else None, Path(out) / FILENAME, runs=runs)
+    df = measure(cfg, seeds if fast else None, Path(out) / FILENAME, runs=runs, cache=Cache(out, "detection"))
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(df.groupby(["factor", "value", "method"]).auc.agg(["mean", "std", "count"])
               .to_string(float_format=lambda v: f"{v:.3f}"))

@@ -2,7 +2,9 @@
 
 ``ifkit reproduce detection`` writes ``results/detection.csv`` (one row per dataset, noise, rate, seed, method:
 auc, ap, recall_at_10pct, seconds, plus the state of the model) and ``results/detection_dynamics.csv`` (the
-paper's Fig. 2 and Fig. 3: AUC over training checkpoints and over flat fine-tuning steps).
+paper's Fig. 2 and Fig. 3: AUC over training checkpoints and over flat fine-tuning steps). The trained networks and
+their checkpoints are kept in ``OUT/.cache/detection/`` (``ifkit.experiments.cache``; relabel and the ablation read
+them too), so a rerun after an interruption computes its missing rows without retraining.
 
 Protocol (per noise model, rate and seed):
 
@@ -47,6 +49,7 @@ from ifkit import metrics
 from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.data import Split, make_split
 from ifkit.experiments import register
+from ifkit.experiments.cache import Cache, cached, key_of, pack_run, unpack_run
 from ifkit.methods.flat import VM_DEFAULTS
 from ifkit.models import MLP
 from ifkit.optim.flat_finetune import flat_finetune
@@ -146,11 +149,12 @@ def run_key(cfg: Config, noise: str, rate: float, seed: int) -> tuple:
     return (replace(cfg, progress=True, settings=(), methods=(), n_val=0), noise, rate, seed)
 
 
-def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None = None, runs: Runs | None = None
-            ) -> Setting:
+def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None = None, runs: Runs | None = None,
+            cache: Cache | None = None) -> Setting:
     """Draw the split, train the memorising model (checkpoints for TracIn and Fig. 2), pick the early stop.
 
-    ``runs``: trained models to reuse, and to add this one to (see ``Runs``); None trains afresh.
+    ``runs``: trained models to reuse, and to add this one to (see ``Runs``); None trains afresh. ``cache``: the
+    trained models on disk (``ifkit.experiments.cache``, ``OUT/.cache/detection/``), read before training.
     """
     split = make_split(cfg.dataset, n_train=cfg.n_train, n_val=n_val or cfg.n_val, n_test=cfg.n_test,
                        noise=noise, rate=rate, seed=seed)
@@ -162,8 +166,10 @@ def prepare(cfg: Config, noise: str, rate: float, seed: int, n_val: int | None =
     key = run_key(cfg, noise, rate, seed)
     run = runs.get(key) if runs is not None else None
     if run is None:
-        run = train(build_model(cfg, seed), tr, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                    seed=seed, n_checkpoints=n_ckpt, progress=False)
+        run = cached(cache, key_of(run=key, n_checkpoints=n_ckpt, model="MLP", loop="optim.train"),
+                     lambda: train(build_model(cfg, seed), tr, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                   seed=seed, n_checkpoints=n_ckpt, progress=False),
+                     pack_run, lambda payload: unpack_run(payload, build_model(cfg, seed)))
         if runs is not None:
             runs[key] = run
     # Early stopping among the saved checkpoints (what a practitioner keeps): best validation ACCURACY. The
@@ -271,11 +277,11 @@ def model_state(s: Setting) -> dict:
 
 # ----------------------------------------------------------------------------------------------- measuring
 def measure(cfg: Config, seeds: Iterable[int], path: str | Path, methods: Iterable[str] | None = None,
-            n_val: int | None = None, settings: Iterable[tuple[str, float]] | None = None, runs: Runs | None = None
-            ) -> pd.DataFrame:
+            n_val: int | None = None, settings: Iterable[tuple[str, float]] | None = None, runs: Runs | None = None,
+            cache: Cache | None = None) -> pd.DataFrame:
     """Run (or resume) detection for every setting x seed x method; returns this configuration's rows.
 
-    ``runs``: trained models to reuse and add to (``Runs``)."""
+    ``runs``: trained models to reuse and add to (``Runs``); ``cache``: the same on disk (``prepare``)."""
     methods = tuple(methods or cfg.methods)
     n_val = n_val or cfg.n_val
     table = ResultsTable(path, KEY, required=REQUIRED)
@@ -288,11 +294,11 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, methods: Iterab
             todo = [m for m in methods if not table.has(**key, method=m)]
             if not todo:
                 continue
-            s = prepare(cfg, noise, rate, seed, n_val=n_val, runs=runs)
-            state, cache, rows = model_state(s), {}, []
+            s = prepare(cfg, noise, rate, seed, n_val=n_val, runs=runs, cache=cache)
+            state, tilde, rows = model_state(s), {}, []
             for method in tqdm(todo, desc=f"{noise} {rate} seed {seed}", leave=False, disable=not cfg.progress):
                 start = time.perf_counter()
-                scores = score_method(method, s, seed, cache)
+                scores = score_method(method, s, seed, tilde)
                 seconds = time.perf_counter() - start
                 rows.append({**key, "method": method, **metrics.detection_report(scores, s.flipped),
                              "seconds": seconds, "n_train": cfg.n_train, **state})
@@ -326,11 +332,12 @@ def _clean_spread(scores: Tensor, flipped: Tensor) -> dict[str, float]:
             "noisy_abs_median": float(scores[flipped].abs().median())}
 
 
-def dynamics(cfg: Config, noise: str, rate: float, seed: int, table: ResultsTable, runs: Runs | None = None) -> None:
+def dynamics(cfg: Config, noise: str, rate: float, seed: int, table: ResultsTable, runs: Runs | None = None,
+             cache: Cache | None = None) -> None:
     """Rows of Fig. 2 (AUC over training checkpoints vs validation accuracy) and Fig. 3 (AUC along flat
     fine-tuning steps on S_val: classic IF at theta_t, VM/FVM with t steps) for one setting and seed."""
     key = dict(dataset=cfg.dataset, noise=noise, rate=rate, seed=seed)
-    s = prepare(cfg, noise, rate, seed, runs=runs)
+    s = prepare(cfg, noise, rate, seed, runs=runs, cache=cache)
     X, y = s.train
     epochs = checkpoint_epochs(cfg.epochs, len(s.run.checkpoints))
     model = copy.deepcopy(s.run.model)
@@ -373,8 +380,8 @@ def run(fast: bool, seeds: int, out: Path, runs: Runs | None = None) -> pd.DataF
 
     ``runs``: trained models to reuse and to leave for the next experiment (relabel, ablation; ``Runs``)."""
     cfg = FAST if fast else FULL
-    runs = {} if runs is None else runs
-    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs)
+    runs, cache = {} if runs is None else runs, Cache(out, "detection")  # the networks: in memory, on disk
+    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs, cache=cache)
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(summary(df).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     # Fig. 2 / Fig. 3 on the first 40%-noise setting (the regime of the paper's figures), one seed in full mode
@@ -385,7 +392,7 @@ def run(fast: bool, seeds: int, out: Path, runs: Runs | None = None) -> pd.DataF
     torch.set_num_threads(1)
     try:
         for seed in tqdm(range(1 if not fast else seeds), desc="dynamics", disable=not cfg.progress):
-            dynamics(cfg, noise, rate, seed, table, runs=runs)
+            dynamics(cfg, noise, rate, seed, table, runs=runs, cache=cache)
     finally:
         torch.set_num_threads(threads)
     return df
@@ -395,42 +402,11 @@ __all__ = ["FAST", "FULL", "INFLUENCE", "PIPELINE", "REFERENCE", "Config", "Runs
            "prepare", "run", "run_key", "score_method", "summary"]
 
 
-def explore(dataset: str = "digits", noise: str = "symmetric", rate: float = 0.3, method: str = "vm", seed: int = 0,
-            n_train: int = 400, n_val: int = 150, epochs: int = 300, runs: Runs | None = None) -> dict:
-    """One detection setting end to end, for a notebook dashboard (``ifkit.widgets.plot_detection_dashboard``).
+def __getattr__(name: str):
+    """``detection.explore`` (the notebook dashboard's setting) lives in ``detection_explore``, which imports this
+    module; it is looked up here on first use so the old name keeps working."""
+    if name == "explore":
+        from ifkit.experiments.detection_explore import explore
 
-    Builds the split and the memorising MLP of ``FAST`` with the given sizes (digits: 8x8; fashion: 14x14
-    Fashion-MNIST), and scores every training point with ``method`` and with the training loss at theta* (the
-    simplest reference). ``runs``: trained models to reuse and add to (``Runs``): a dashboard that keeps one dict
-    retrains only when the setting changes.
-
-    Returns:
-        {"dataset", "noise", "rate", "method", "seed": the arguments; "scores": {method: (n_train,) scores, "loss":
-        ...}; "flipped": (n_train,) bool; "state": ``model_state``; "images": (n_train, ...) training inputs;
-        "given", "clean": (n_train,) given and clean labels; "classes": class names} -- what
-        ``ifkit.viz.plot_detection_setting`` draws.
-    """
-    methods = INFLUENCE + REFERENCE
-    if method not in methods:
-        raise ValueError(f"unknown method {method!r}; choose from {methods}")
-    cfg = replace(FAST, n_train=n_train, n_val=n_val, epochs=epochs, progress=False)
-    if dataset == "fashion":
-        cfg = replace(cfg, dataset="fashion", image_size=14, n_test=1000)
-    elif dataset != "digits":
-        raise ValueError(f"unknown dataset {dataset!r}; use 'digits' or 'fashion'")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # models this small run fastest on one thread (and a busy machine hurts 2 less)
-    try:
-        s = prepare(cfg, noise, float(rate), seed, runs=runs)
-        scores = {method: score_method(method, s, seed, {})}
-        if method != "loss":
-            scores["loss"] = score_method("loss", s, seed, {})
-        state = model_state(s)
-    finally:
-        torch.set_num_threads(threads)
-    return {"dataset": dataset, "noise": noise, "rate": float(rate), "method": method, "seed": seed,
-            "scores": scores, "flipped": s.flipped, "state": state, "images": s.train[0], "given": s.train[1],
-            "clean": s.split.y_train_clean, "classes": s.split.classes}
-
-
-__all__ += ["explore"]
+        return explore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,9 +40,10 @@ early-stopped checkpoint, GEX relabels 38% of the flipped points correctly (VM t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
@@ -52,6 +53,7 @@ from tqdm.auto import tqdm
 import ifkit
 from ifkit import metrics
 from ifkit.experiments import detection, register
+from ifkit.experiments.cache import Cache, checksum, key_of
 from ifkit.methods.flat import FVM_DEFAULTS
 from ifkit.optim.flat_finetune import flat_finetune
 from ifkit.optim.train import evaluate, train
@@ -159,7 +161,7 @@ def retrain_accuracy(s: detection.Setting, X: Tensor, y: Tensor, seed: int, epoc
     return evaluate(model, *s.test)[1]
 
 
-def _relabel_row(method: str, s: detection.Setting, seed: int, flags: dict[str, Tensor], cache: dict) -> dict:
+def _relabel_row(method: str, s: detection.Setting, seed: int, flags: dict[str, Tensor], work: dict) -> dict:
     X, y = s.train
     clean, flipped = s.split.y_train_clean, s.flipped
     k = int(flipped.sum())
@@ -178,21 +180,21 @@ def _relabel_row(method: str, s: detection.Setting, seed: int, flags: dict[str, 
     source = method if method in INFLUENCE + PIPELINE[:2] else "vm-best-val" if method == "refit" else "fvm"
     idx = flags[source]
     if method in PIPELINE[:2]:
-        new = cache[method].new_labels
+        new = work[method].new_labels
     elif method == "refit":
         new = refit_labels(s, idx, seed)
     elif method == "pred":
         with torch.no_grad():
             new = s.run.model(X[idx]).argmax(1)
     elif method == "pred@theta~":
-        new = cache["tilde_pred"][idx]
+        new = work["tilde_pred"][idx]
     elif method == "pred@fvm-theta~":
-        new = cache["fvm_tilde_pred"][idx]
+        new = work["fvm_tilde_pred"][idx]
     else:
         new = new_labels(method, s, idx, seed)
-    seconds = cache[method].seconds if method in PIPELINE[:2] else time.perf_counter() - start  # clean: the whole call
-    if ("bound", source) not in cache:
-        cache[("bound", source)] = clean_bound(s, idx, seed)
+    seconds = work[method].seconds if method in PIPELINE[:2] else time.perf_counter() - start  # clean: the whole call
+    if ("bound", source) not in work:
+        work[("bound", source)] = clean_bound(s, idx, seed)
     yr = y.clone()
     yr[idx] = new
     hit = flipped[idx]  # flagged points that really were flipped
@@ -203,19 +205,63 @@ def _relabel_row(method: str, s: detection.Setting, seed: int, flags: dict[str, 
         "precision": float(hit.float().mean()),
         "relabel_acc": metrics.relabel_accuracy(new[hit], clean[idx][hit]) if hit.any() else float("nan"),
         "relabel_acc_flagged": metrics.relabel_accuracy(new, clean[idx]),
-        "agree_theta_tilde": float((new == cache["tilde_pred"][idx]).float().mean()),
-        "agree_fvm_theta_tilde": float((new == cache["fvm_tilde_pred"][idx]).float().mean()),
+        "agree_theta_tilde": float((new == work["tilde_pred"][idx]).float().mean()),
+        "agree_fvm_theta_tilde": float((new == work["fvm_tilde_pred"][idx]).float().mean()),
         "changed": float((new != y[idx]).float().mean()),
         "seconds": seconds,
         "retrain_test_acc": retrain_accuracy(s, X, yr, seed),
-        "clean_bound": cache[("bound", source)],
+        "clean_bound": work[("bound", source)],
     }
 
 
-def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection.Runs | None = None) -> pd.DataFrame:
+def setup(s: detection.Setting, noise: str, rate: float, seed: int, todo: Iterable[str], cache: Cache | None
+          ) -> tuple[dict, dict[str, Tensor], Callable[[], None]]:
+    """What the rows of one setting share, from ``cache`` when it holds it (else computed and stored): the
+    predictions of VM's and FVM's theta~, the pipeline's flags and new labels, every method's top-k flags (k = the
+    number of flips) and, as the rows compute them, the clean bounds.
+
+    Returns (work, flags, keep): ``work`` as ``_relabel_row`` reads it, ``flags[method]`` (k,) indices, and
+    ``keep()``, which stores what the rows added since."""
+    k = int(s.flipped.sum())
+    key = key_of(setup="relabel", run=detection.run_key(s.cfg, noise, rate, seed), n_val=s.cfg.n_val, k=k)
+    saved = (cache.load(key) if cache is not None else None) or {"clean": {}, "flags": {}, "bound": {}}
+    before = checksum(saved)  # keep() writes only when something was added
+    if "tilde_pred" not in saved:
+        tilde = detection.theta_tilde(s, seed)
+        fvm_tilde = flat_finetune(s.run.model, s.val, seed=seed, progress=False, **FVM_DEFAULTS).model
+        with torch.no_grad():
+            saved["tilde_pred"] = tilde(s.train[0]).argmax(1)  # (n,) VM's theta~
+            saved["fvm_tilde_pred"] = fvm_tilde(s.train[0]).argmax(1)  # (n,) FVM's (LPF-SGD) theta~
+    for m in ("vm-best-val", "fvm-best-val"):  # the recommended pipeline, as a user calls it
+        if (m in todo or (m == "vm-best-val" and "refit" in todo)) and m not in saved["clean"]:
+            done = ifkit.clean(s.run.model, s.train, s.val, m.split("-")[0], k=k, seed=seed,
+                               checkpoints=s.run.checkpoints)
+            saved["clean"][m] = {"flagged": done.flagged, "new_labels": done.new_labels, "seconds": done.seconds}
+    for m in sorted({m if m in INFLUENCE else "fvm" for m in todo if m not in PIPELINE} - set(saved["flags"])):
+        saved["flags"][m] = torch.topk(detection.score_method(m, s, seed, {}), k).indices  # (k,) most harmful first
+    work = {"tilde_pred": saved["tilde_pred"], "fvm_tilde_pred": saved["fvm_tilde_pred"],
+            **{m: SimpleNamespace(**c) for m, c in saved["clean"].items()},
+            **{("bound", source): b for source, b in saved["bound"].items()}}
+    flags = {**saved["flags"], **{m: c["flagged"] for m, c in saved["clean"].items()}}
+
+    last = [before]
+
+    def keep() -> None:
+        saved["bound"] = {name[1]: b for name, b in work.items() if isinstance(name, tuple)}
+        if cache is not None and checksum(saved) != last[0]:
+            cache.save(key, saved)
+            last[0] = checksum(saved)
+
+    keep()
+    return work, flags, keep
+
+
+def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection.Runs | None = None,
+            cache: Cache | None = None) -> pd.DataFrame:
     """Run (or resume) relabeling for every setting x seed x method; returns this configuration's rows.
 
-    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here."""
+    ``runs``: detection's trained models to reuse and add to (``detection.Runs``); None trains them here.
+    ``cache``: relabel's work on disk (``setup``; ``OUT/.cache/relabel/``), its sibling ``detection`` the networks."""
     dc = cfg.detection
     table = ResultsTable(path, KEY, required=REQUIRED)
     seeds = list(seeds)
@@ -228,25 +274,12 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection
             todo = [m for m in cfg.methods if not table.has(**key, method=m)]
             if not todo:
                 continue
-            s = detection.prepare(dc, noise, rate, seed, runs=runs)
-            k = int(s.flipped.sum())
-            cache: dict = {}
-            tilde = detection.theta_tilde(s, seed)
-            fvm_tilde = flat_finetune(s.run.model, s.val, seed=seed, progress=False, **FVM_DEFAULTS).model
-            with torch.no_grad():
-                cache["tilde_pred"] = tilde(s.train[0]).argmax(1)  # (n,) VM's theta~
-                cache["fvm_tilde_pred"] = fvm_tilde(s.train[0]).argmax(1)  # (n,) FVM's (LPF-SGD) theta~
-            flags = {}
-            for m in ("vm-best-val", "fvm-best-val"):  # the recommended pipeline, as a user calls it
-                if m in todo or (m == "vm-best-val" and "refit" in todo):
-                    cache[m] = ifkit.clean(s.run.model, s.train, s.val, m.split("-")[0], k=k, seed=seed,
-                                           checkpoints=s.run.checkpoints)
-                    flags[m] = cache[m].flagged
-            for m in {m if m in INFLUENCE else "fvm" for m in todo if m not in PIPELINE}:
-                flags[m] = torch.topk(detection.score_method(m, s, seed, {}), k).indices  # (k,) most harmful first
+            s = detection.prepare(dc, noise, rate, seed, runs=runs, cache=cache and cache.sibling("detection"))
+            work, flags, keep = setup(s, noise, rate, seed, todo, cache)
             for method in tqdm(todo, desc=f"{noise} {rate} seed {seed}", leave=False, disable=not cfg.progress):
-                row = _relabel_row(method, s, seed, flags, cache)
+                row = _relabel_row(method, s, seed, flags, work)
                 table.add([{**key, **row, "n_train": dc.n_train}])
+                keep()  # the bounds the row computed
     finally:
         torch.set_num_threads(threads)
     df = table.frame
@@ -260,7 +293,7 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, runs: detection
 def run(fast: bool, seeds: int, out: Path, runs: detection.Runs | None = None) -> pd.DataFrame:
     """``ifkit reproduce relabel`` (``runs``: detection's trained models, when it ran first in this worker)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs)
+    df = measure(cfg, range(seeds), Path(out) / FILENAME, runs=runs, cache=Cache(out, "relabel"))
     cols = ["relabel_acc", "clean_bound", "agree_theta_tilde", "retrain_test_acc"]
     with pd.option_context("display.width", 140):
         print(df.groupby(["noise", "rate", "method"])[cols].mean().to_string(float_format=lambda v: f"{v:.3f}"))

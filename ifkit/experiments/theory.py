@@ -34,7 +34,8 @@ range of the estimation error (assumption: <= R_val^gamma) and the median leave-
 (``sharpness_at_shift``: the part of the picture that a fixed gamma misses when the moves change size).
 
 Writes are atomic (temp file + ``os.replace``) after every checkpoint, and a rerun skips every row already
-present for (seed, n_train, checkpoint, gamma, method).
+present for (seed, n_train, checkpoint, gamma, method); the optima and their leave-one-out truths are kept in
+``OUT/.cache/theory/`` (``ifkit.experiments.cache``), so a rerun computes the missing rows without refitting them.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from ifkit import sharpness as theory
 from ifkit.core.func import Problem, make_problem, per_sample_grads
 from ifkit.data import make_split
 from ifkit.experiments import register
+from ifkit.experiments.cache import Cache, cached, key_of
 from ifkit.models import LogisticRegression
 from ifkit.optim import fullbatch
 from ifkit.results import ResultsTable
@@ -121,6 +123,17 @@ def _truth(model0: torch.nn.Module, train, val, weight_decay: float, idx: list[i
     return Truth(model, weight_decay, -n * delta, float(shift.median()))
 
 
+def _pack_truth(t: Truth) -> dict:
+    return {"state": t.model.state_dict(), "weight_decay": t.weight_decay, "I_true": t.I_true,
+            "loo_shift": t.loo_shift}
+
+
+def _unpack_truth(payload: dict, model0: torch.nn.Module) -> Truth:
+    model = copy.deepcopy(model0)
+    model.load_state_dict(payload["state"])
+    return Truth(model, payload["weight_decay"], payload["I_true"], payload["loo_shift"])
+
+
 def _curvature(model: torch.nn.Module, val, cfg: Config, seed: int) -> dict[str, float]:
     return {
         "top_eig": theory.top_hessian_eigenvalue(model, val, iters=cfg.eig_iters, tol=1e-8, seed=seed),
@@ -178,7 +191,8 @@ def _rows_at(model, truth: Truth, train, val, idx, mu: float, cfg: Config, seed:
     return rows
 
 
-def measure(cfg: Config, seeds: Iterable[int], path: str | Path, progress: bool = True) -> pd.DataFrame:
+def measure(cfg: Config, seeds: Iterable[int], path: str | Path, progress: bool = True, cache: Cache | None = None
+            ) -> pd.DataFrame:
     """Run (or resume) the experiment for ``seeds`` and return the rows of this configuration.
 
     Args:
@@ -186,18 +200,19 @@ def measure(cfg: Config, seeds: Iterable[int], path: str | Path, progress: bool 
         seeds: seed numbers (each: its own split, label noise, initialisation and leave-one-out subset).
         path: the CSV; rows already there for (seed, n_train, checkpoint, gamma, method) are kept and skipped.
         progress: tqdm bars over checkpoints.
+        cache: the optima and their leave-one-out truths on disk (``ifkit.experiments.cache``), read before refitting.
     """
     path = Path(path)
     threads = torch.get_num_threads()
     # Models this small run fastest on one thread: on a busy 2-core machine two threads were 20x slower (measured).
     torch.set_num_threads(1)
     try:
-        return _measure(cfg, list(seeds), path, progress)
+        return _measure(cfg, list(seeds), path, progress, cache)
     finally:
         torch.set_num_threads(threads)
 
 
-def _measure(cfg: Config, seeds: list[int], path: Path, progress: bool) -> pd.DataFrame:
+def _measure(cfg: Config, seeds: list[int], path: Path, progress: bool, cache: Cache | None) -> pd.DataFrame:
     table = ResultsTable(path, KEY, required=["sign_error", "bound", "val_loss"])
     for seed in seeds:
         plan = [("training", f"train-step-{t:04d}", t, cfg.weight_decay) for t in cfg.train_steps]
@@ -220,8 +235,12 @@ def _measure(cfg: Config, seeds: list[int], path: Path, progress: bool) -> pd.Da
         truths: dict[float, Truth] = {}
 
         def truth(wd: float) -> Truth:
-            if wd not in truths:
-                truths[wd] = _truth(model0, train, val, wd, idx)
+            if wd not in truths:  # what the truth depends on: the split, the seed's init and subset, the L2 strength
+                key = key_of(truth="fit_full_batch + upweight_val_change", dataset="digits", seed=seed,
+                             weight_decay=wd, n_train=cfg.n_train, n_val=cfg.n_val, n_loo=cfg.n_loo,
+                             noise="symmetric", rate=cfg.noise_rate, model="LogisticRegression(64, 10) float64")
+                truths[wd] = cached(cache, key, lambda: _truth(model0, train, val, wd, idx), _pack_truth,
+                                    lambda payload: _unpack_truth(payload, model0))
             return truths[wd]
 
         mu = float(truth(cfg.weight_decay).I_true.abs().median())  # the margin, fixed for the seed
@@ -282,7 +301,7 @@ def rank_correlations(df: pd.DataFrame, x: str = "bound", y: str = "sign_error",
 def run(fast: bool, seeds: int, out: Path) -> pd.DataFrame:
     """``ifkit reproduce theory``: write ``out/theory.csv`` and print the rank correlations."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, range(seeds), Path(out) / FILENAME)
+    df = measure(cfg, range(seeds), Path(out) / FILENAME, cache=Cache(out, "theory"))
     corr = rank_correlations(df)
     with pd.option_context("display.width", 120, "display.max_rows", 100):
         print(f"Spearman rank correlation between measured sign error and the Theorem-3.2 bound "
