@@ -21,9 +21,9 @@ def digits(n_train: int, n_val: int, n_flip: int, seed: int = 0, dtype=torch.flo
     return Xtr, ytr, X[n_train : n_train + n_val], y[n_train : n_train + n_val], flipped
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny problems: one intra-op thread is as fast, and immune to a busy machine.
+    """Tiny problems: one intra-op thread is as fast, and immune to a busy machine. Every test file gets it.
 
     (With 2 threads on 2 cores, any other busy process makes every parallel op wait for a descheduled thread;
     we measured the optimiser tests 5-10x slower that way.)

@@ -10,8 +10,6 @@ from ifkit.cleaning import Cleaning, best_val_checkpoint
 from ifkit.experiments import detection as D
 from ifkit.optim.train import evaluate
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def setting():

@@ -11,8 +11,6 @@ from ifkit.experiments import detection as D
 from ifkit.experiments import relabel as R
 from ifkit.optim.train import evaluate
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 TINY = replace(D.FAST, n_train=200, n_val=60, epochs=40, n_checkpoints=2, cv_folds=2, dynamics_every=20,
                flat_grid=(0, 20), progress=False)
 

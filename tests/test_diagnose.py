@@ -14,8 +14,6 @@ from ifkit.optim.sam import sam_sharpness
 from ifkit.optim.train import evaluate
 from ifkit.sharpness import top_hessian_eigenvalue
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.fixture(scope="module")
 def setting():

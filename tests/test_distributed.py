@@ -98,7 +98,7 @@ def _scores_worker(rank: int, port: int, folder: str, problem_path: str) -> None
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, one_thread, problem):
+def runs(tmp_path_factory, problem):
     """(single-process results, [rank 0 results, rank 1 results])."""
     folder = tmp_path_factory.mktemp("dist")
     (model, train, val), path = problem
@@ -180,7 +180,7 @@ def test_failing_rank_fails_the_run(tmp_path, problem):
 
 
 @pytest.mark.timeout(120)
-def test_score_shards_under_torchrun(tmp_path, one_thread, problem):
+def test_score_shards_under_torchrun(tmp_path, problem):
     (model, (X, y), (Xv, yv)), _ = problem
     ifkit.save_model(model, tmp_path / "model.pt", args=(64, (16,), 10))  # plain data: no pickled code
     torch.save({"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv}, tmp_path / "data.pt")
@@ -201,7 +201,7 @@ def test_score_shards_under_torchrun(tmp_path, one_thread, problem):
     assert not list(tmp_path.glob(".*.tmp"))  # the temp file was renamed into place
 
 
-def test_score_shards_in_one_process(tmp_path, one_thread, problem, capsys):
+def test_score_shards_in_one_process(tmp_path, problem, capsys):
     # Without torchrun the command scores in this process; .pt output; bad --data names the missing keys.
     from ifkit import cli
 

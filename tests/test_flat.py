@@ -17,7 +17,6 @@ from ifkit.optim.train import train
 EXACT = {"rtol": 1e-12, "atol": 1e-14}  # float64, same formula evaluated in a different order
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ------------------------------------------------------------------------------------------ tiny problems

@@ -16,7 +16,7 @@ from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.methods import REGISTRY
 from ifkit.models import MLP, SmallCNN
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:conjugate gradient stopped")]
+pytestmark = pytest.mark.filterwarnings("ignore:conjugate gradient stopped")
 
 
 def _mlp(seed: int = 0):

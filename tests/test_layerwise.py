@@ -12,8 +12,6 @@ from ifkit.core.grads import stream_grads
 from ifkit.curvature import val_inverse
 from ifkit.models import MLP, SmallCNN
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _mlp():
     torch.manual_seed(0)

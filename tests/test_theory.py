@@ -23,14 +23,6 @@ from ifkit.optim import fullbatch
 from ifkit.optim.sam import sam_sharpness
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny problems: one thread avoids contention on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def small_logreg():
     """Logistic regression on 100 digits (float64, 650 parameters) at its optimum (L2 0.1: fits in < 1 s)."""

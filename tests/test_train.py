@@ -13,8 +13,6 @@ from ifkit.models import MLP, LogisticRegression
 from ifkit.optim.fullbatch import fit_full_batch, full_batch_grad_norm
 from ifkit.optim.train import evaluate, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
-
 
 @functools.cache
 def _digits(dtype=torch.float32):
