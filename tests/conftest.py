@@ -4,6 +4,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from ifkit import metrics
 from ifkit.optim import fullbatch
 
 
@@ -32,6 +33,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def auc_floor(entry: tuple[str, float], scores_loss: torch.Tensor, flipped: torch.Tensor) -> float:
+    """The AUC a detector must reach: its named baseline's AUC plus the margin (tests/tolerances.py, e.g. LOGREG_AUC).
+
+    entry = (baseline, margin) with baseline "random" (AUC 0.5) or "loss" (the AUC of scores_loss, the training
+    loss at the same parameters).
+    """
+    from tolerances import RANDOM_AUC
+
+    baseline, margin = entry
+    return (RANDOM_AUC if baseline == "random" else metrics.auc(scores_loss, flipped)) + margin
 
 
 WEIGHT_DECAY = 1e-2
