@@ -3,12 +3,14 @@
 import json
 
 import pandas as pd
+import pytest
 import torch
 
 from ifkit import bench
 from ifkit.viz import figures
 
 
+@pytest.mark.slow  # one fresh interpreter (torch import) is the claim
 def test_tiny_bench_writes_the_schema(tmp_path, monkeypatch):
     out = tmp_path / "bench.csv"
     tiny = dict(sizes=(64,), methods=("loss", "ekfac"), throughput_models=("mlp",), throughput_n=64, repeats=1,

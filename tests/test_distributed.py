@@ -108,6 +108,7 @@ def runs(tmp_path_factory, problem):
     return single, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
+@pytest.mark.slow  # two gloo ranks in fresh processes (one spawn for every case)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key", [*METHODS, *(f"pairwise/{m}" for m in PAIRWISE)])
 def test_distributed_equals_single_process(runs, key):
@@ -117,6 +118,7 @@ def test_distributed_equals_single_process(runs, key):
         torch.testing.assert_close(out[key], single[key], **DISTRIBUTED)
 
 
+@pytest.mark.slow  # shares the spawn above
 @pytest.mark.timeout(120)
 def test_opt_out_and_mismatch(runs):
     single, ranks = runs
@@ -159,6 +161,7 @@ def _failing_worker(rank: int, port: int, folder: str, problem_path: str) -> Non
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow  # two fresh rank processes
 def test_failing_rank_fails_the_run(tmp_path, problem):
     # Plain processes, not mp.spawn (which would SIGTERM rank 0 as soon as rank 1 dies): this checks that the
     # surviving rank ends by itself, through the process-group timeout or the closed connection, and says why.
@@ -179,6 +182,7 @@ def test_failing_rank_fails_the_run(tmp_path, problem):
 # ------------------------------------------------------------------------------------------------ the command
 
 
+@pytest.mark.slow  # torchrun and two fresh rank processes
 @pytest.mark.timeout(120)
 def test_score_shards_under_torchrun(tmp_path, problem):
     (model, (X, y), (Xv, yv)), _ = problem

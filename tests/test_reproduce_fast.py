@@ -50,6 +50,7 @@ def test_sizes(monkeypatch):
     monkeypatch.setitem(gen_image.CONFIGS, "fast", fast)
 
 
+@pytest.mark.slow  # every experiment and every figure, at test sizes
 def test_reproduce_all_fast_then_figures(tmp_path, test_sizes):
     out, figs = tmp_path / "results", tmp_path / "figures"
     assert cli.main(["reproduce", "all", "--fast", "--out", str(out)]) == 0

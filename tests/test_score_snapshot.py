@@ -23,6 +23,7 @@ def fresh():
         torch.set_num_threads(n)
 
 
+@pytest.mark.slow  # every method and option on fixed data: the snapshot's inputs cannot shrink
 def test_every_score_equals_the_snapshot(fresh):
     saved = torch.load(SNAPSHOT)
     assert sorted(fresh) == sorted(saved)
