@@ -4,6 +4,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from ifkit import metrics
 from ifkit.optim import fullbatch
 
 
@@ -21,9 +22,9 @@ def digits(n_train: int, n_val: int, n_flip: int, seed: int = 0, dtype=torch.flo
     return Xtr, ytr, X[n_train : n_train + n_val], y[n_train : n_train + n_val], flipped
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Tiny problems: one intra-op thread is as fast, and immune to a busy machine.
+    """Tiny problems: one intra-op thread is as fast, and immune to a busy machine. Every test file gets it.
 
     (With 2 threads on 2 cores, any other busy process makes every parallel op wait for a descheduled thread;
     we measured the optimiser tests 5-10x slower that way.)
@@ -32,6 +33,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def auc_floor(entry: tuple[str, float], scores_loss: torch.Tensor, flipped: torch.Tensor) -> float:
+    """The AUC a detector must reach: its named baseline's AUC plus the margin (tests/tolerances.py, e.g. LOGREG_AUC).
+
+    entry = (baseline, margin) with baseline "random" (AUC 0.5) or "loss" (the AUC of scores_loss, the training
+    loss at the same parameters).
+    """
+    from tolerances import RANDOM_AUC
+
+    baseline, margin = entry
+    return (RANDOM_AUC if baseline == "random" else metrics.auc(scores_loss, flipped)) + margin
 
 
 WEIGHT_DECAY = 1e-2

@@ -4,13 +4,12 @@ digits set its flags and relabels beat the given labels by a wide margin."""
 
 import pytest
 import torch
+from tolerances import SCALAR_REL
 
 import ifkit
 from ifkit.cleaning import Cleaning, best_val_checkpoint
 from ifkit.experiments import detection as D
 from ifkit.optim.train import evaluate
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def test_chooses_the_lowest_validation_loss_checkpoint(setting, cleaned):
         probe.load_state_dict(state)
         losses.append(evaluate(probe, *setting.val)[0])
     assert cleaned.checkpoint == min(range(len(losses)), key=losses.__getitem__)
-    assert cleaned.checkpoint_val_loss == pytest.approx(losses, rel=1e-12)
+    assert cleaned.checkpoint_val_loss == pytest.approx(losses, rel=SCALAR_REL)
     assert cleaned.checkpoint < len(losses) - 1  # the memorising final model is not the best on S_val here
     assert best_val_checkpoint(setting.run.model, setting.run.checkpoints, setting.val)[0] == cleaned.checkpoint
 

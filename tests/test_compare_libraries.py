@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tolerances import EXTREME_EIG_ABS, LIBRARY_FLOAT32_EIG, LIBRARY_SAME, LIBRARY_SOLVE
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "compare_libraries.py"
@@ -81,7 +82,7 @@ def test_agreement():
 def test_extreme_eigenvalues_and_hessian_damping():
     d = torch.linspace(-1.5, 12.0, 200)
     lo, hi = cl.extreme_eigenvalues(lambda v: d * v, 200, steps=60)
-    assert lo == pytest.approx(-1.5, abs=1e-3) and hi == pytest.approx(12.0, abs=1e-3)
+    assert lo == pytest.approx(-1.5, abs=EXTREME_EIG_ABS) and hi == pytest.approx(12.0, abs=EXTREME_EIG_ABS)
     assert cl.hessian_damping(-1.35) == 3  # 2 x 1.35 = 2.7, rounded up to one significant figure
     assert cl.hessian_damping(-0.04) == pytest.approx(0.08)
     assert cl.hessian_damping(0.5) == cl.DAMPING  # positive definite already: the usual damping
@@ -180,7 +181,7 @@ def test_captum_tracin_matches_ifkit(small, key):
     pair = cl.pair_by_key(key)
     a, b = pair.run_ifkit(small), pair.run_library(small)
     assert a.shape == b.shape
-    assert _close(a, b, 1e-4)  # same numbers: the sign and the sum-over-queries scaling are right
+    assert _close(a, b, LIBRARY_SAME)  # same numbers: the sign and the sum-over-queries scaling are right
 
 
 def test_captum_naive_influence_matches_ifkit_exact(small):
@@ -188,7 +189,7 @@ def test_captum_naive_influence_matches_ifkit_exact(small):
     pair = cl.pair_by_key("captum:NaiveInfluenceFunction (output layer):if-exact (output layer):pairwise")
     a, b = pair.run_ifkit(small), pair.run_library(small)
     assert a.shape == (12, 96) == b.shape
-    assert _close(a, b, 1e-2)  # captum: float32 eigendecomposition of the summed-loss Hessian
+    assert _close(a, b, LIBRARY_FLOAT32_EIG)  # captum: float32 eigendecomposition of the summed-loss Hessian
     assert cl.agreement(a, b)[0] > 0.9999
 
 
@@ -205,7 +206,7 @@ def test_dattri_matches_ifkit(small, key):
     pair = cl.pair_by_key(key)
     a, b = pair.run_ifkit(small), pair.run_library(small)
     assert a.shape == b.shape
-    assert _close(a, b, 1e-3)
+    assert _close(a, b, LIBRARY_SOLVE)
 
 
 def test_dattri_lissa_agrees_up_to_sampling(small):
@@ -220,7 +221,7 @@ def test_pydvl_cg_matches_ifkit(small):
     pair = cl.pair_by_key("pydvl:CgInfluence:if-cg (Hessian):score")
     a, b = pair.run_ifkit(small), pair.run_library(small)
     assert a.shape == b.shape
-    assert _close(a, b, 1e-3)  # S_val as one test point: the same single solve, sign and scale
+    assert _close(a, b, LIBRARY_SOLVE)  # S_val as one test point: the same single solve, sign and scale
 
 
 def test_pydvl_lissa_agrees_up_to_sampling(small):

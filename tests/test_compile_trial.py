@@ -36,6 +36,7 @@ def trial():
     return _load()
 
 
+@pytest.mark.slow  # torch.compile's own start-up and C++ build; already the smallest kernel
 def test_tiny_trial_rows_and_correctness(trial):
     rows = trial.run_trial(models=("mlp",), n=64, kernels=("jvp-dots",), ks=(1,), repeats=1, hidden=(16,),
                            progress=False, startup=False)

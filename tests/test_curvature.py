@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tolerances import CG, EXACT, HUTCHINSON_REL, LISSA
+from tolerances import CG, EXACT, HUTCHINSON_REL, LISSA, POWER_ITERATION_REL
 
 from ifkit.curvature import solvers as C
 
@@ -97,7 +97,7 @@ def test_datainf_equals_naive_formula():
 def test_top_eigenvalue_and_trace():
     H = _spd(cond=20.0)
     assert C.top_eigenvalue(lambda v: H @ v, 12, iters=500, tol=1e-12, dtype=torch.float64) == pytest.approx(
-        20.0, rel=1e-6
+        20.0, rel=POWER_ITERATION_REL
     )
     tr = C.hutchinson_trace(lambda v: H @ v, 12, samples=2000, dtype=torch.float64)
     assert tr == pytest.approx(torch.trace(H).item(), rel=HUTCHINSON_REL)

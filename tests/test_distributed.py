@@ -2,7 +2,7 @@
 
 The query side runs whole on every rank and only the per-training-point pass is sharded (ifkit/core/distributed.py),
 so in float64 the distributed scores equal the single-process ones up to the summation order inside the final
-pass's chunks: RTOL = 1e-10 (we see ~1e-15).  One spawn runs every distributed case (process start-up and
+pass's chunks: tolerances.DISTRIBUTED, rtol 1e-10 (we see ~1e-15).  One spawn runs every distributed case (process start-up and
 `import torch` dominate the cost), the tests below compare its saved results.
 """
 
@@ -20,13 +20,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from tolerances import DISTRIBUTED
 
 import ifkit
 from ifkit.core import distributed as D
 from ifkit.data import make_split
 from ifkit.models import MLP
 
-RTOL, ATOL = 1e-10, 1e-12  # float64; see the module docstring
 WORLD = 2
 N_TRAIN = 101  # odd: shards of 50 and 51 rows
 METHODS = {  # fast settings; the curvature of if-cg and datainf still uses the whole training set
@@ -98,7 +98,7 @@ def _scores_worker(rank: int, port: int, folder: str, problem_path: str) -> None
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, one_thread, problem):
+def runs(tmp_path_factory, problem):
     """(single-process results, [rank 0 results, rank 1 results])."""
     folder = tmp_path_factory.mktemp("dist")
     (model, train, val), path = problem
@@ -108,20 +108,22 @@ def runs(tmp_path_factory, one_thread, problem):
     return single, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
+@pytest.mark.slow  # two gloo ranks in fresh processes (one spawn for every case)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key", [*METHODS, *(f"pairwise/{m}" for m in PAIRWISE)])
 def test_distributed_equals_single_process(runs, key):
     single, ranks = runs
     for out in ranks:  # every rank returns the full result, in the original order
         assert out[key].shape == single[key].shape
-        torch.testing.assert_close(out[key], single[key], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(out[key], single[key], **DISTRIBUTED)
 
 
+@pytest.mark.slow  # shares the spawn above
 @pytest.mark.timeout(120)
 def test_opt_out_and_mismatch(runs):
     single, ranks = runs
     for out in ranks:
-        torch.testing.assert_close(out["opt-out"], single["graddot"], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(out["opt-out"], single["graddot"], **DISTRIBUTED)
         assert "ranks passed different training sets" in out["mismatch"] and "[101, 100]" in out["mismatch"]
 
 
@@ -159,6 +161,7 @@ def _failing_worker(rank: int, port: int, folder: str, problem_path: str) -> Non
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.slow  # two fresh rank processes
 def test_failing_rank_fails_the_run(tmp_path, problem):
     # Plain processes, not mp.spawn (which would SIGTERM rank 0 as soon as rank 1 dies): this checks that the
     # surviving rank ends by itself, through the process-group timeout or the closed connection, and says why.
@@ -179,8 +182,9 @@ def test_failing_rank_fails_the_run(tmp_path, problem):
 # ------------------------------------------------------------------------------------------------ the command
 
 
+@pytest.mark.slow  # torchrun and two fresh rank processes
 @pytest.mark.timeout(120)
-def test_score_shards_under_torchrun(tmp_path, one_thread, problem):
+def test_score_shards_under_torchrun(tmp_path, problem):
     (model, (X, y), (Xv, yv)), _ = problem
     ifkit.save_model(model, tmp_path / "model.pt", args=(64, (16,), 10))  # plain data: no pickled code
     torch.save({"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv}, tmp_path / "data.pt")
@@ -197,11 +201,11 @@ def test_score_shards_under_torchrun(tmp_path, one_thread, problem):
     assert lines[0] == "index,score" and len(lines) == 1 + N_TRAIN
     got = torch.tensor([float(line.split(",")[1]) for line in lines[1:]], dtype=torch.float64)
     want = ifkit.score("if-cg", model, (X, y), (Xv, yv), damping=0.01, iters=30, tol=1e-6)
-    torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(got, want, **DISTRIBUTED)
     assert not list(tmp_path.glob(".*.tmp"))  # the temp file was renamed into place
 
 
-def test_score_shards_in_one_process(tmp_path, one_thread, problem, capsys):
+def test_score_shards_in_one_process(tmp_path, problem, capsys):
     # Without torchrun the command scores in this process; .pt output; bad --data names the missing keys.
     from ifkit import cli
 

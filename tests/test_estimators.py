@@ -2,7 +2,8 @@ import copy
 
 import pytest
 import torch
-from tolerances import CG, EXACT, LISSA, LOO_PEARSON, LOO_SIGN_AGREEMENT
+from conftest import auc_floor
+from tolerances import CG, EXACT, LISSA, LOGREG_AUC, LOO_PEARSON, LOO_SIGN_AGREEMENT, TINY_MLP_AUC
 
 import ifkit
 from ifkit import metrics
@@ -32,10 +33,11 @@ def test_methods_listed():
 def test_if_exact_predicts_leave_one_out(logreg):
     model, train, val, _, wd = logreg
     n = len(train[0])
-    predicted = -ifkit.score("if-exact", model, train, val, damping=wd) / n  # eps = -1/n
-    actual = fullbatch.upweight_val_change(model, train, val, weight_decay=wd)
-    assert metrics.correlation(predicted, actual)["pearson"] >= LOO_PEARSON
-    assert metrics.sign_agreement(predicted, actual) >= LOO_SIGN_AGREEMENT
+    every = list(range(0, n, 10))  # 30 refits (6 of them flipped points) instead of 300: same bar, 10x faster
+    predicted = -ifkit.score("if-exact", model, train, val, damping=wd)[every] / n  # eps = -1/n
+    actual = fullbatch.upweight_val_change(model, train, val, indices=every, weight_decay=wd)
+    assert metrics.correlation(predicted, actual)["pearson"] >= LOO_PEARSON  # measured 0.9986
+    assert metrics.sign_agreement(predicted, actual) >= LOO_SIGN_AGREEMENT  # measured 1.0
 
 
 @pytest.mark.parametrize("method,tol", [("if-cg", CG), ("if-lissa", LISSA)])
@@ -58,7 +60,8 @@ def test_fast_solvers_pairwise_match_exact(logreg, method):
 
 @pytest.mark.parametrize("method", LINEAR)
 def test_score_is_mean_of_pairwise_over_validation(logreg, method):
-    model, train, val, _, wd = logreg
+    model, train, (Xv, yv), _, wd = logreg
+    val = (Xv[:30], yv[:30])  # linearity holds for any query set; 30 queries keep CG's batch of columns small
     s = ifkit.score(method, model, train, val, damping=wd, tol=1e-13)
     P = ifkit.pairwise(method, model, train, val, damping=wd, tol=1e-13)
     torch.testing.assert_close(P.mean(0), s, **(CG if method == "if-cg" else EXACT))
@@ -72,7 +75,8 @@ def test_sign_convention_flipped_points_score_higher(logreg, method):
     s = ifkit.score(method, model, train, val, damping=wd)
     assert s.shape == (len(train[0]),)
     assert s[flipped].mean() > s[~flipped].mean()
-    assert metrics.auc(s, flipped) > 0.5
+    loss = ifkit.score("loss", model, train, val)
+    assert metrics.auc(s, flipped) >= auc_floor(LOGREG_AUC[method], loss, flipped)
 
 
 @pytest.mark.parametrize("method", PAIRWISE)
@@ -106,7 +110,8 @@ def _load(model, sd):
 
 
 def test_self_if_exact_equals_cg(logreg):
-    model, train, val, _, wd = logreg
+    model, (X, y), val, _, wd = logreg
+    train = (X[:30], y[:30])  # one CG column per training point: 30 columns, not 300 (same solve, 15x faster)
     a = ifkit.score("self-if", model, train, val, damping=wd)
     b = ifkit.score("self-if", model, train, val, damping=wd, curvature="cg", iters=500, tol=1e-12)
     torch.testing.assert_close(b / a.max(), a / a.max(), **CG)
@@ -144,7 +149,8 @@ def test_model_is_never_modified(tiny_mlp, method):
 def test_networks_work_with_param_subset(tiny_mlp):
     model, train, val, flipped = tiny_mlp
     s = ifkit.score("if-exact", model, train, val, params=["2.weight", "2.bias"], damping=1e-3)
-    assert metrics.auc(s, flipped) > 0.5
+    loss = ifkit.score("loss", model, train, val)
+    assert metrics.auc(s, flipped) >= auc_floor(TINY_MLP_AUC["if-exact last layer"], loss, flipped)
 
 
 def test_bad_inputs_are_named():
@@ -178,13 +184,14 @@ def test_lissa_switches_to_seeded_minibatches_above_the_threshold(tiny_mlp, monk
     from ifkit.curvature import inverse
 
     model, train, val, _ = tiny_mlp
-    full = ifkit.score("if-lissa", model, train, val, damping=0.1)
-    assert torch.equal(full, ifkit.score("if-lissa", model, train, val, damping=0.1, lissa_batch="full"))
+    opts = dict(damping=0.1, iters=100)  # 100 Neumann terms, not 500: the ranking is settled (Spearman 0.99)
+    full = ifkit.score("if-lissa", model, train, val, **opts)
+    assert torch.equal(full, ifkit.score("if-lissa", model, train, val, lissa_batch="full", **opts))
     monkeypatch.setattr(inverse, "LISSA_FULL_MAX", 100)  # 200 training points are now "large"
     monkeypatch.setattr(inverse, "LISSA_AUTO_BATCH", 64)
-    auto = ifkit.score("if-lissa", model, train, val, damping=0.1)
+    auto = ifkit.score("if-lissa", model, train, val, **opts)
     assert not torch.equal(auto, full)  # it did change path
-    assert torch.equal(auto, ifkit.score("if-lissa", model, train, val, damping=0.1))  # seeded: identical
+    assert torch.equal(auto, ifkit.score("if-lissa", model, train, val, **opts))  # seeded: identical
     assert spearmanr(auto.numpy(), full.numpy())[0] > 0.95
     with pytest.raises(ValueError, match="lissa_batch"):
         ifkit.score("if-lissa", model, train, val, lissa_batch=-3)

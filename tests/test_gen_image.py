@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
+from tolerances import FLOAT32, FLOAT32_SAME, FLOAT32_SAME_SMALL, FLOAT32_TRACIN_ATOL_SCALE
 
 import ifkit
 from ifkit import viz
@@ -119,7 +120,7 @@ def test_lora_per_sample_grads_under_vmap_equal_a_loop(vae, images):
     for i in range(6):
         grads = torch.autograd.grad(ConditionalVAE.negative_elbo(vae(X[i : i + 1]), y[i : i + 1]).sum(), params)
         loop.append(torch.cat([g.reshape(-1) for g in grads]))
-    torch.testing.assert_close(G_vmap, torch.stack(loop), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(G_vmap, torch.stack(loop), **FLOAT32_SAME)
     assert G_vmap.shape[1] == sum(p.numel() for p in params) and G_vmap.abs().sum() > 0
 
 
@@ -146,7 +147,7 @@ def test_attribution_loss_is_the_negative_elbo(vae, images):
     out = vae(X)
     assert torch.equal(G.attribution_loss(out, y), G.loss_fn(out, y))
     grads = [per_sample_grads(make_problem(vae, lora_names(vae), f), X, y) for f in (G.loss_fn, G.attribution_loss)]
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads[0], grads[1], **FLOAT32_SAME_SMALL)
 
 
 def test_tracin_per_checkpoint_equals_ifkits_checkpoints():
@@ -158,7 +159,7 @@ def test_tracin_per_checkpoint_equals_ifkits_checkpoints():
     ours = G.pairwise("tracin", cfg, tuned, train, val, checkpoints, 0)
     opts = {**G.method_options("tracin", cfg, tuned, checkpoints, val), "cache_grads": False, "loss": G.loss_fn}
     theirs = ifkit.pairwise("tracin", tuned, train, val, **opts)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
+    torch.testing.assert_close(ours, theirs, rtol=FLOAT32["rtol"], atol=FLOAT32_TRACIN_ATOL_SCALE * float(theirs.abs().max()))
 
 
 def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):

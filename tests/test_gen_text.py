@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
+from tolerances import FLOAT32, FLOAT32_DOT, FLOAT32_LOOP_SMALL, FLOAT32_SAME, FLOAT32_SAME_SMALL
 
 import ifkit
 from ifkit.core import func
@@ -164,7 +165,7 @@ def test_prompt_gradients_of_the_cut_sequences_equal_the_full_ones(task):
     prob = func.make_problem(model.eval(), names)
     X_cut, y_cut = d.attribution("prompt")[0]
     full = func.per_sample_grads(prob, d.X_train, T.grad_targets(task, d.X_train, d.y_train, "prompt"))
-    torch.testing.assert_close(func.per_sample_grads(prob, X_cut, y_cut), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(func.per_sample_grads(prob, X_cut, y_cut), full, **FLOAT32_SAME)
     assert full.abs().max() > 0
 
 
@@ -207,7 +208,7 @@ def test_per_sample_lora_grads_under_vmap_equal_a_loop():
     for i in range(5):
         loss = func.cross_entropy(model(X[i : i + 1]), y[i : i + 1]).sum()
         loop.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
-    torch.testing.assert_close(G_vmap, torch.stack(loop), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(G_vmap, torch.stack(loop), **FLOAT32)
     assert not any(model.get_parameter(n).requires_grad for n, _ in model.named_parameters() if n not in names)
 
 
@@ -252,7 +253,7 @@ def test_pairwise_uses_the_grad_loss_targets(grad_loss):
     prob = func.make_problem(m, lora_names(m))
     (Xt, yt), (Xv, yv) = data.attribution(grad_loss)
     by_hand = -func.per_sample_grads(prob, Xv, yv) @ func.per_sample_grads(prob, Xt, yt).T  # (Q, n)
-    torch.testing.assert_close(G.pairwise("graddot", m, data, TINY, grad_loss=grad_loss), by_hand, rtol=1e-3, atol=1e-7)
+    torch.testing.assert_close(G.pairwise("graddot", m, data, TINY, grad_loss=grad_loss), by_hand, **FLOAT32_DOT)
     opts = G.method_options("vm", TINY, data, m, grad_loss)  # theta~ on the answer loss, curvature of grad_loss's
     assert opts["flat_val"][1] is data.y_val and torch.equal(opts["curvature_val"][1], yv)
 
@@ -264,7 +265,7 @@ def test_a_shared_grad_cache_changes_no_score():
     for method in ("graddot", "gradcos", "datainf", "tracin"):
         alone = G.pairwise(method, res.model, data, TINY, res.checkpoints, "prompt")
         shared = G.pairwise(method, res.model, data, TINY, res.checkpoints, "prompt", cache)
-        torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(shared, alone, **FLOAT32_SAME_SMALL)
     assert cache.stats["hits"] >= 2  # gradcos and DataInf read graddot's gradients
 
 
@@ -274,7 +275,7 @@ def test_tracin_per_checkpoint_equals_the_library_option():
     ours = G.pairwise("tracin", res.model, data, TINY, res.checkpoints)
     lib = ifkit.pairwise("tracin", res.model, data.train, data.val, params=lora_names(res.model),
                          checkpoints=res.checkpoints)
-    torch.testing.assert_close(ours, lib, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(ours, lib, **FLOAT32_LOOP_SMALL)
 
 
 def test_generation_figures_accept_text_and_style_rows():

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 import torch
-from tolerances import EXACT
+from tolerances import EXACT, SOLVE
 
 import ifkit
 from ifkit.core import cache as gradcache
@@ -16,7 +16,7 @@ from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.methods import REGISTRY
 from ifkit.models import MLP, SmallCNN
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:conjugate gradient stopped")]
+pytestmark = pytest.mark.filterwarnings("ignore:conjugate gradient stopped")
 
 
 def _mlp(seed: int = 0):
@@ -97,10 +97,10 @@ def test_every_method_gives_the_same_numbers_with_a_shared_cache(tiny_mlp, metho
     plain = ifkit.score(method, model, train, val, **opts)
     first = ifkit.score(method, model, train, val, cache_grads=cache, **opts)
     again = ifkit.score(method, model, train, val, cache_grads=cache, **opts)
-    torch.testing.assert_close(first, plain, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(first, plain, **SOLVE)
     assert torch.equal(first, again)
     own = ifkit.score(method, model, train, val, cache_grads=True, **opts)  # this call only
-    torch.testing.assert_close(own, plain, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(own, plain, **SOLVE)
     if method in ("loss", "gex"):  # no gradients needed
         assert cache.hits == cache.misses == 0
     elif method not in ("ekfac",):  # ekfac's curvature pass does its own sweep; its final dots hit
@@ -108,7 +108,7 @@ def test_every_method_gives_the_same_numbers_with_a_shared_cache(tiny_mlp, metho
     if REGISTRY[method][1] is not None:
         q = (val[0][:3], val[1][:3])
         torch.testing.assert_close(ifkit.pairwise(method, model, train, q, cache_grads=cache, **opts),
-                                   ifkit.pairwise(method, model, train, q, **opts), rtol=1e-8, atol=1e-10)
+                                   ifkit.pairwise(method, model, train, q, **opts), **SOLVE)
 
 
 def test_one_cache_serves_several_methods(tiny_mlp):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,16 +124,65 @@ def test_no_private_names_across_modules(path: Path):
         assert not private or target == me, f"{me} imports private {private} from {target} (line {line})"
 
 
-@pytest.mark.parametrize("layer", ["ifkit.core", "ifkit.curvature", "ifkit.optim", "ifkit.data", "ifkit.methods",
-                                   "ifkit.api", "ifkit.diagnosis", "ifkit.cleaning"])
-def test_each_layer_imports_alone(layer: str):
-    """Importing every module of a layer in a fresh interpreter loads nothing from a higher layer."""
+RUNTIME_LAYERS = ["ifkit.core", "ifkit.curvature", "ifkit.optim", "ifkit.data", "ifkit.methods", "ifkit.api",
+                  "ifkit.diagnosis", "ifkit.cleaning"]
+
+# One interpreter imports torch (most of the start-up cost, and no ifkit module), then forks one fresh child per
+# layer: each child's sys.modules holds no ifkit module until it imports its layer, as in a new interpreter.
+_FORKED = """
+import json, os, sys, traceback
+import torch  # noqa: F401
+assert not any(m.startswith("ifkit") for m in sys.modules)
+out = {}
+for layer, mods in json.loads(sys.argv[1]).items():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            for m in mods:
+                __import__(m)
+            os.write(w, json.dumps(sorted(m for m in sys.modules if m.startswith("ifkit"))).encode())
+            os._exit(0)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    assert os.waitpid(pid, 0)[1] == 0, f"importing {layer} failed"
+    out[layer] = json.loads(data)
+print(json.dumps(out))
+"""
+
+
+def _layer_modules(layer: str) -> list[str]:
     pkg = ROOT.parent / layer.replace(".", "/")
-    mods = [module_name(p) for p in sorted(pkg.rglob("*.py"))] if pkg.is_dir() else [layer]
-    code = ("import json, sys\n" + "".join(f"import {m}\n" for m in mods)
-            + "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ifkit'))))")
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                       cwd=ROOT.parent).stdout)
+    return [module_name(p) for p in sorted(pkg.rglob("*.py"))] if pkg.is_dir() else [layer]
+
+
+@pytest.fixture(scope="module")
+def loaded_by_layer() -> dict[str, list[str]]:
+    """{layer: the ifkit modules loaded by importing every module of that layer in a fresh interpreter}."""
+    mods = {layer: _layer_modules(layer) for layer in RUNTIME_LAYERS}
+    if hasattr(os, "fork"):
+        run = subprocess.run([sys.executable, "-c", _FORKED, json.dumps(mods)], capture_output=True, text=True,
+                             check=True, cwd=ROOT.parent)
+        return json.loads(run.stdout)
+    out = {}  # no fork (Windows): one interpreter per layer
+    for layer, names in mods.items():
+        code = ("import json, sys\n" + "".join(f"import {m}\n" for m in names)
+                + "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ifkit'))))")
+        out[layer] = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True, cwd=ROOT.parent).stdout)
+    return out
+
+
+@pytest.mark.parametrize("layer", RUNTIME_LAYERS)
+def test_each_layer_imports_alone(layer: str, loaded_by_layer):
+    """Importing every module of a layer in a fresh interpreter loads nothing from a higher layer."""
+    loaded = loaded_by_layer[layer]
+    assert set(_layer_modules(layer)) <= set(loaded)  # the layer itself was imported
     rank = LAYERS[layer]
     above = [m for m in loaded if m != "ifkit" and layer_of(m)[1] > rank]
     assert not above, f"importing {layer} loaded higher layers: {above}"

@@ -3,7 +3,7 @@ through it against the generic low-rank path."""
 
 import pytest
 import torch
-from tolerances import EXACT
+from tolerances import EXACT, SOLVE
 
 import ifkit
 from ifkit.core import factors as layerwise
@@ -11,8 +11,6 @@ from ifkit.core.func import make_problem, per_sample_grads
 from ifkit.core.grads import stream_grads
 from ifkit.curvature import val_inverse
 from ifkit.models import MLP, SmallCNN
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp():
@@ -66,8 +64,8 @@ def test_vm_fvm_structured_equal_the_generic_low_rank_path(method, monkeypatch):
     monkeypatch.setattr(val_inverse.factors, "supported", lambda *a: False)
     slow = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), **opts)
     slow_cand = ifkit.score(method, model, (Xtr, ytr), (Xv, yv), candidates=(Xtr[:5], (ytr[:5] + 1) % 10), **opts)
-    torch.testing.assert_close(fast, slow, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(cand, slow_cand, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(fast, slow, **SOLVE)
+    torch.testing.assert_close(cand, slow_cand, **SOLVE)
 
 
 @pytest.mark.parametrize("params", [None, ["net.2.bias", "net.0.weight"]])

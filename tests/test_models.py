@@ -7,8 +7,6 @@ from torch.func import functional_call, grad, vmap
 
 from ifkit.models import MLP, LogisticRegression, SmallCNN, count_params
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
-
 
 @pytest.mark.parametrize("shape", [(5, 1, 8, 8), (5, 64), (5, 8, 8)])
 def test_mlp_flattens_digits(shape):

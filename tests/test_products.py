@@ -14,7 +14,7 @@ OLD = {"hessian": func.hvp_fn, "ggn": func.ggn_vp_fn}
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
-def test_products_match_forward_over_reverse_and_dense(kind, tiny_mlp, one_thread):
+def test_products_match_forward_over_reverse_and_dense(kind, tiny_mlp):
     model, (X, y), _, _ = tiny_mlp
     prob = func.make_problem(model)
     V = torch.randn(prob.p, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -26,7 +26,7 @@ def test_products_match_forward_over_reverse_and_dense(kind, tiny_mlp, one_threa
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
-def test_chunks_over_the_memory_budget_are_rebuilt_with_the_same_numbers(kind, tiny_mlp, one_thread):
+def test_chunks_over_the_memory_budget_are_rebuilt_with_the_same_numbers(kind, tiny_mlp):
     model, (X, y), _, _ = tiny_mlp
     prob = func.make_problem(model)
     v = torch.randn(prob.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -45,7 +45,7 @@ def test_a_loss_linear_in_theta_has_zero_hessian():
 
 
 @pytest.mark.parametrize("curvature", [None, "cg"])
-def test_if_cg_matches_the_exact_solve(curvature, tiny_mlp, one_thread):
+def test_if_cg_matches_the_exact_solve(curvature, tiny_mlp):
     """if-cg through the retained-graph products: the dense Cholesky solve of the same (damped) matrix."""
     model, train, val, _ = tiny_mlp
     damping = 0.5  # makes the Hessian of this memorising MLP positive definite

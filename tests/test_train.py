@@ -8,12 +8,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression as SkLogisticRegression
+from tolerances import FLOAT32_BATCHED_REL, SKLEARN_ABS, WARM_START_ABS
 
 from ifkit.models import MLP, LogisticRegression
 from ifkit.optim.fullbatch import fit_full_batch, full_batch_grad_norm
 from ifkit.optim.train import evaluate, train
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @functools.cache
@@ -133,7 +132,7 @@ def test_evaluate_matches_hand_computation():
     model = MLP(64, (8,))
     out = model(X[:200])
     loss, acc = evaluate(model, X[:200], y[:200], batch_size=64)  # several batches
-    assert loss == pytest.approx(F.cross_entropy(out, y[:200]).item(), rel=1e-6)
+    assert loss == pytest.approx(F.cross_entropy(out, y[:200]).item(), rel=FLOAT32_BATCHED_REL)
     assert acc == pytest.approx((out.argmax(1) == y[:200]).float().mean().item())
 
 
@@ -162,7 +161,7 @@ def test_lbfgs_matches_sklearn_without_intercept():
     fitted = fit_full_batch(LogisticRegression(64, 10, bias=False).double(), (X, y), wd)
     sk = SkLogisticRegression(C=1 / (len(X) * wd), fit_intercept=False, tol=1e-12, max_iter=10_000)
     sk.fit(X.flatten(1).numpy(), y.numpy())
-    np.testing.assert_allclose(fitted.linear.weight.detach().numpy(), sk.coef_, atol=1e-6)
+    np.testing.assert_allclose(fitted.linear.weight.detach().numpy(), sk.coef_, atol=SKLEARN_ABS)
 
 
 def test_lbfgs_warm_start_for_leave_one_out():
@@ -175,5 +174,5 @@ def test_lbfgs_warm_start_for_leave_one_out():
     warm = fit_full_batch(full, (X[keep], y[keep]), wd, init_state=full.state_dict(), max_iter=50)
     assert full_batch_grad_norm(warm, (X[keep], y[keep]), wd) < 1e-8
     for k, v in cold.state_dict().items():  # a strictly convex problem: one minimiser whatever the start
-        torch.testing.assert_close(warm.state_dict()[k], v, rtol=0, atol=1e-8)
+        torch.testing.assert_close(warm.state_dict()[k], v, rtol=0, atol=WARM_START_ABS)
     assert not torch.equal(warm.linear.weight, full.linear.weight)

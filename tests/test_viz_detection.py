@@ -18,8 +18,6 @@ from ifkit import viz, widgets
 from ifkit.viz import palette
 from ifkit.viz.palette import METHOD_PALETTE
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _renders(fig: Figure) -> bool:
     fig.savefig(io.BytesIO(), format="png", dpi=30)
