@@ -179,9 +179,8 @@ def test_entries_of_a_garbage_collected_model_are_dropped():
 def test_models_without_linear_structure_cache_dense_gradients():
     torch.manual_seed(0)
     grouped = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(72, 10))
-    X, y = torch.rand(12, 2, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
-    cnn_X = X[:, :1]
-    for model, X in ((grouped.double(), X), (SmallCNN(image_size=8).double(), cnn_X)):
+    X2, y = torch.rand(12, 2, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
+    for model, X in ((grouped.double(), X2), (SmallCNN(image_size=8).double(), X2[:, :1])):
         val = (X[:4], y[:4])
         cache = GradCache()
         a = ifkit.score("datainf", model, (X, y), val, cache_grads=cache)
