@@ -1,20 +1,20 @@
-"""``ifkit bench``: time and memory of per-sample gradients and of every scoring method versus n_train.
+"""``ifkit bench``: time and memory of per-sample gradients, of every scoring method, and of ``ifkit.clean``.
 
-Three parts, one tidy CSV (results/bench.csv, one row per measurement):
+Four parts, one tidy CSV (results/bench.csv, one row per measurement):
 
 * part "throughput": the ways to get the n training dot products G @ v that every linear score needs, timed
   round-robin in one process (median of ``repeats``, at least 3): "per-sample-grad" (``core.grads.stream_grads``:
-  materialised (256, p) blocks -- outer products e_i x_i^T for networks of Linear layers, else vmap(grad) --
-  each times v), "factored-grads" (Linear-layer networks only: every g_i as its per-layer factors from one
-  forward+backward, ``core.factors.factored_grads``, then G v from the factors; what ``score`` uses for them),
+  materialised (256, p) blocks -- from per-layer factors for Linear / Conv2d networks, else vmap(grad) -- each
+  times v), "factored-grads" (every g_i layer by layer from one forward+backward, ``core.factors.factored_grads``,
+  then G v from them; what ``score`` uses for Linear / Conv2d networks),
   "jvp-dots" (``func.grad_dots``: one forward-mode JVP per chunk of 2048, no gradient is formed; the path for
   other models without convolutions) and "batched-backward" (a plain forward+backward of the mean loss on
   batches of 256: the cost of one training epoch, the yardstick), and "score-graddot": the whole public call
   ``ifkit.score("graddot", ...)`` against S_val (N_VAL points) -- input checks, engine set-up, the mean validation
   gradient and the dots -- so that the API's overhead is measured next to the compute. ``ratio`` = the method's
   seconds / batched seconds, the median over repeats of the ratio within each repeat (batched-backward's own
-  ratio is 1; score-graddot's goal is <= 2, i.e. at least half the throughput of a batched forward+backward). Models: a 784-128-10 MLP
-  (101,770 parameters) and ``ifkit.models.SmallCNN`` (20,490), 10,000 examples (FAST: 2,000).
+  ratio is 1; score-graddot's goal is <= 2, i.e. at least half the throughput of a batched forward+backward).
+  Models: a 784-128-10 MLP (101,770 parameters) and ``ifkit.models.SmallCNN`` (20,490), 10,000 examples (FAST: 2,000).
 * part "methods": seconds and peak memory of ``ifkit.score(method, ...)`` for each method at n_train =
   2k, 8k, 32k (FAST: 500, 1k, 2k), on Fashion-MNIST-shaped synthetic data (1x28x28 in [0, 1], 10 classes)
   with the untrained 784-128-10 tanh MLP, a fixed S_val of 100 points, and each method's default options
@@ -23,17 +23,21 @@ Three parts, one tidy CSV (results/bench.csv, one row per measurement):
 * part "cache": a sequence of methods (CACHE_SEQUENCE) scored on one model, without ("no-cache") and with one
   shared ``ifkit.GradCache`` ("grad-cache", fresh each repeat), round-robin; ``ratio`` = cached / uncached
   seconds, and the note gives the largest relative difference between the two runs' scores.
+* part "clean": ``ifkit.clean(model, train, val, checkpoints=...)`` against cleanlab's usual 5-fold out-of-fold
+  run (5 refits of the same model with the same recipe, StratifiedKFold, then
+  ``cleanlab.filter.find_label_issues``) on real Fashion-MNIST (28x28, 40% symmetric noise, CLEAN_VAL clean
+  validation points), round-robin; "train" is the one training run whose checkpoints ``clean`` picks from.
+  ``ratio`` = seconds / cleanlab's within each repeat; the note gives what each flagged (precision, recall).
 
-Columns: part, model, method, n_train, n_params, seconds (median), peak_mb, base_mb, extra_mb, repeats,
-seconds_min, seconds_max, examples_per_s, ratio, fast, note. A rerun keeps the rows already in the CSV
-(delete it to measure again); the file is rewritten atomically after every measurement.
+Columns: part, model, method, n_train, n_params, seconds (median wall), peak_mb, base_mb, extra_mb, repeats,
+seconds_min, seconds_max, examples_per_s, ratio, fast, note, cpu_seconds (median process CPU time). A rerun keeps
+the rows already in the CSV (delete it to measure again); the file is rewritten atomically after each measurement.
 
 ``IFKIT_BENCH_THREADS=1`` pins every worker to one torch thread (noted in each row): on a 2-core machine shared
 with another busy process, two threads per op wait for a descheduled partner and ran 10-40x slower than alone.
 
-Run: ``IFKIT_FAST=1 ifkit bench`` (~5 min on 2 free cores, half of it if-lissa, VM and FVM) or ``ifkit bench``
-(tens of minutes: 3 repeats of every method at 32k; above 4,096 training points if-lissa uses mini-batch
-products, so it no longer dominates as it did with full-batch products, 40 s per call at 8k).
+Run: ``IFKIT_FAST=1 ifkit bench`` (~10 min on 2 free cores) or ``ifkit bench`` (about an hour: 3 repeats of every
+method at 32k, and of ifkit.clean and cleanlab's 5 refits on 4,000 images).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import pandas as pd
 
 METHODS = ("loss", "graddot", "tracin", "if-cg", "if-lissa", "datainf", "ekfac", "vm", "fvm")
 COLUMNS = ["part", "model", "method", "n_train", "n_params", "seconds", "peak_mb", "base_mb", "extra_mb", "repeats",
-           "seconds_min", "seconds_max", "examples_per_s", "ratio", "fast", "note"]
+           "seconds_min", "seconds_max", "examples_per_s", "ratio", "fast", "note", "cpu_seconds"]
 N_VAL = 100  # S_val size; VM/FVM's exact low-rank GGN needs n_val * 10 * p < budget (~130 points at p = 100k)
 BATCH = 256
 THROUGHPUT_METHODS = {"per-sample-grad": "per_sample", "factored-grads": "factored", "jvp-dots": "jvp_dots",
@@ -62,6 +66,10 @@ THROUGHPUT_METHODS = {"per-sample-grad": "per_sample", "factored-grads": "factor
 # (curvature-bound, nothing for a gradient cache to save) and would make the run an hour.
 CACHE_SEQUENCE = {"mlp": ("graddot", "gradcos", "tracin", "if-cg", "datainf", "ekfac", "vm", "fvm"),
                   "cnn": ("graddot", "gradcos", "tracin", "datainf")}
+# part "clean": one training recipe for the model ifkit.clean gets and for each of cleanlab's refits (Adam)
+CLEAN_RECIPE = dict(epochs=10, lr=1e-3, batch_size=128)
+CLEAN_VAL = 300  # clean validation points (S_val): ifkit.clean fine-tunes and builds its curvature on them
+CLEAN_FOLDS = 5
 
 
 def fast_from_env() -> bool:
@@ -74,6 +82,8 @@ def config(fast: bool) -> dict[str, Any]:
         sizes=(500, 1_000, 2_000) if fast else (2_000, 8_000, 32_000),
         throughput_n=2_000 if fast else 10_000,
         cache_n={"mlp": 1_000, "cnn": 300} if fast else {"mlp": 8_000, "cnn": 2_000},
+        clean_n=1_000 if fast else 4_000,
+        clean_epochs=3 if fast else CLEAN_RECIPE["epochs"],
         repeats=3,  # the throughput part always takes at least 3 (ratios are medians)
         timeout_s=600 if fast else 3_600,
     )
@@ -138,7 +148,7 @@ def _throughput(job: dict[str, Any]) -> dict[str, Any]:
         ifkit.score("graddot", model, (X, y), (Xv, yv))  # (n,): end to end, through the public API
 
     fns = dict(per_sample=per_sample, jvp_dots=jvp_dots, batched=batched, score_graddot=score_graddot)
-    if factors.supported(prob, X[:1]):  # Linear-layer networks only: the CNN has no such factors
+    if factors.supported(prob, X[:1]):  # Linear / Conv2d networks (both models here)
         fns["factored"] = factored
     for fn in fns.values():
         fn()  # warm-up (vmap tracing, allocator)
@@ -231,12 +241,66 @@ def _cache(job: dict[str, Any]) -> dict[str, Any]:
                 peak_mb=_peak_mb())
 
 
+def _clean(job: dict[str, Any]) -> dict[str, Any]:
+    """ifkit.clean vs cleanlab's K-fold out-of-fold run, round-robin, wall and CPU seconds; what each flagged."""
+    import numpy as np
+    import torch
+    from cleanlab.filter import find_label_issues
+    from sklearn.model_selection import StratifiedKFold
+
+    import ifkit
+    from ifkit.data.splits import make_split
+    from ifkit.optim.train import train
+
+    split = make_split("fashion", n_train=job["n"], n_val=job["n_val"], n_test=100, noise="symmetric", rate=0.4,
+                       seed=0)
+    (X, y), flipped = split.train, split.flipped
+    torch.manual_seed(0)
+    model = _model(job["model"], tuple(job["hidden"]))
+    recipe = dict(CLEAN_RECIPE, epochs=job["epochs"])
+    base = _peak_mb()
+
+    def fit():
+        return train(model, (X, y), **recipe, n_checkpoints=min(5, recipe["epochs"]), seed=0, progress=False)
+
+    def clean() -> Any:
+        c = ifkit.clean(model, (X, y), split.val, checkpoints=run.checkpoints, seed=0)
+        return torch.zeros(len(y), dtype=torch.bool).index_fill_(0, c.flagged, True)
+
+    def cleanlab() -> Any:
+        probs = np.zeros((len(y), 10))
+        folds = StratifiedKFold(n_splits=job["folds"], shuffle=True, random_state=0)
+        for k, (fold, held) in enumerate(folds.split(np.zeros(len(y)), y.numpy())):
+            fold, held = torch.from_numpy(fold), torch.from_numpy(held)
+            refit = train(model, (X[fold], y[fold]), **recipe, seed=k + 1, progress=False)
+            with torch.no_grad():
+                probs[held.numpy()] = torch.softmax(refit.model(X[held]), dim=1).numpy()
+        return torch.from_numpy(find_label_issues(y.numpy(), probs, n_jobs=1))
+
+    def timed(fn) -> tuple[float, float, Any]:
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        return time.perf_counter() - w, time.process_time() - c, out
+
+    wall, cpu, run = timed(fit)
+    res: dict[str, Any] = {"train": ([wall], [cpu], None)}
+    for _ in range(job["repeats"]):  # round-robin: a slow spell of the machine hits both alike
+        for name, fn in (("ifkit-clean", clean), ("cleanlab-5fold", cleanlab)):
+            w, c, flags = timed(fn)
+            walls, cpus, _ = res.setdefault(name, ([], [], None))
+            hit, k = int((flags & flipped).sum()), int(flags.sum())
+            note = f"flagged {k}, precision {hit / max(k, 1):.3f}, recall {hit / max(int(flipped.sum()), 1):.3f}"
+            res[name] = ([*walls, w], [*cpus, c], note)
+    return dict(n_params=sum(p.numel() for p in model.parameters()), base_mb=base, peak_mb=_peak_mb(),
+                runs={k: list(v) for k, v in res.items()})
+
+
 def _worker(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("threads"):
         import torch
 
         torch.set_num_threads(job["threads"])
-    return {"throughput": _throughput, "cache": _cache}.get(job["part"], _method)(job)
+    return {"throughput": _throughput, "cache": _cache, "clean": _clean}.get(job["part"], _method)(job)
 
 
 def _run_isolated(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -276,6 +340,18 @@ def _rows(job: dict[str, Any], res: dict[str, Any], fast: bool) -> list[dict[str
                              seconds_max=max(ts), examples_per_s=job["n"] * len(job["methods"]) / med, ratio=ratio,
                              repeats=len(ts), note=note))
         return rows
+    if job["part"] == "clean":
+        base_walls = res["runs"]["cleanlab-5fold"][0]
+        rows = []
+        for method, (walls, cpus, note) in res["runs"].items():
+            ratio = None if method == "train" else statistics.median(w / b for w, b in zip(walls, base_walls))
+            recipe = f"{job['epochs']} epochs of Adam lr {CLEAN_RECIPE['lr']:g}, batch {CLEAN_RECIPE['batch_size']}"
+            note = "; ".join(x for x in (note, recipe, f"{job['n_val']} validation points", common["note"]) if x)
+            rows.append(dict(common, **mem, model=job["model"], method=method, seconds=statistics.median(walls),
+                             cpu_seconds=statistics.median(cpus), seconds_min=min(walls), seconds_max=max(walls),
+                             examples_per_s=job["n"] / statistics.median(walls), ratio=ratio, repeats=len(walls),
+                             note=note))
+        return rows
     if job["part"] == "throughput":
         rows = []
         for method, key in THROUGHPUT_METHODS.items():
@@ -302,7 +378,8 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
 
 def jobs(fast: bool, sizes=None, methods=METHODS, throughput_models=("mlp", "cnn"), throughput_n=None,
          repeats=None, hidden=(128,), n_val=N_VAL, cache_models=("mlp", "cnn"), cache_n=None,
-         cache_methods=None) -> list[dict[str, Any]]:
+         cache_methods=None, clean_models=("mlp", "cnn"), clean_n=None, clean_val=CLEAN_VAL, clean_epochs=None,
+         clean_repeats=None) -> list[dict[str, Any]]:
     cfg = config(fast)
     r = repeats or cfg["repeats"]
     threads = int(os.environ.get("IFKIT_BENCH_THREADS", "0")) or None  # e.g. 1 on a machine shared with others
@@ -312,6 +389,9 @@ def jobs(fast: bool, sizes=None, methods=METHODS, throughput_models=("mlp", "cnn
                  methods=list(cache_methods or CACHE_SEQUENCE[m])) for m in cache_models]
     out += [dict(part="methods", method=m, n=n, repeats=r, hidden=list(hidden), n_val=n_val)
             for n in (sizes or cfg["sizes"]) for m in methods]
+    out += [dict(part="clean", model=m, n=clean_n or cfg["clean_n"], repeats=clean_repeats or r, hidden=list(hidden),
+                 n_val=clean_val, epochs=clean_epochs or cfg["clean_epochs"], folds=CLEAN_FOLDS)
+            for m in clean_models]
     return [dict(j, threads=threads) for j in out]
 
 
@@ -319,8 +399,8 @@ def main(out: str | Path = "results/bench.csv", fast: bool | None = None, resume
          progress: bool = True, **job_options: Any) -> int:
     """Run the benchmark and write the tidy CSV ``out``; returns 0, or 1 if any measurement failed.
 
-    ``job_options`` (sizes, methods, throughput_models, throughput_n, repeats, hidden, n_val) shrink the run,
-    e.g. for tests.
+    ``job_options`` (sizes, methods, throughput_models, throughput_n, repeats, hidden, n_val, clean_models,
+    clean_n, clean_val, clean_epochs, clean_repeats, ...: ``jobs``' arguments) shrink the run, e.g. for tests.
     """
     from tqdm.auto import tqdm
 
@@ -331,7 +411,7 @@ def main(out: str | Path = "results/bench.csv", fast: bool | None = None, resume
     if resume and out.is_file():
         old = pd.read_csv(out)
         rows = old[old["seconds"].notna()].to_dict("records")  # failed rows are retried
-    by_model = ("throughput", "cache")  # parts whose job is one model (several rows), not one method
+    by_model = ("throughput", "cache", "clean")  # parts whose job is one model (several rows), not one method
     done = {(r["part"], r["model"] if r["part"] in by_model else r["method"], r["n_train"]) for r in rows}
     todo = [j for j in jobs(fast, **job_options)
             if (j["part"], j["model"] if j["part"] in by_model else j["method"], j["n"]) not in done]

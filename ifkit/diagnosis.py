@@ -64,8 +64,8 @@ from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from . import api
-from .core.func import chunks, iter_grads, make_problem
-from .core.grads import GradEngine
+from .core.func import chunks, make_problem
+from .core.grads import GradEngine, stream_grads
 from .core.options import Options
 from .methods.flat import FlatPoint, flat_point
 from .optim.sam import sam_sharpness
@@ -196,7 +196,7 @@ def _per_sample(model: nn.Module, X: Tensor, y: Tensor, opt: Options, with_grads
         losses = torch.cat([prob.losses(prob.theta, X[r], y[r]) for r in chunks(len(X), opt.chunk_size)])
     if not with_grads:
         return losses, None
-    norms = torch.cat([G.norm(dim=1) for _, G in iter_grads(prob, X, y, opt.chunk_size)])  # (n,)
+    norms = torch.cat([G.norm(dim=1) for _, G in stream_grads(prob, X, y, opt.chunk_size)])  # (n,)
     return losses, norms
 
 

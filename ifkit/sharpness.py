@@ -25,6 +25,7 @@ from .core.func import (
     make_problem,
     mean_grad,
 )
+from .core.jacobians import ggn_vp, ggn_vp_fits
 from .curvature.solvers import hutchinson_trace, top_eigenvalue
 
 
@@ -134,8 +135,8 @@ def _curvature_op(model: torch.nn.Module, data, params, loss, curvature: str):
     prob, X, y = _val_problem(model, data, params, loss, "data")
     if curvature == "hessian":
         return prob, hvp_fn(prob, X, y)
-    if curvature == "ggn":
-        return prob, ggn_vp_fn(prob, X, y)
+    if curvature == "ggn":  # Linear/Conv2d networks on a small set: from Jacobian factors, no pass per product
+        return prob, ggn_vp(prob, X, y) if ggn_vp_fits(prob, X) else ggn_vp_fn(prob, X, y)
     raise ValueError(f"unknown curvature {curvature!r}: use 'hessian' or 'ggn'")
 
 

@@ -178,14 +178,18 @@ def test_entries_of_a_garbage_collected_model_are_dropped():
 
 def test_models_without_linear_structure_cache_dense_gradients():
     torch.manual_seed(0)
-    model = SmallCNN(image_size=8).double()
-    X, y = torch.rand(12, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
-    val = (X[:4], y[:4])
-    cache = GradCache()
-    a = ifkit.score("datainf", model, (X, y), val, cache_grads=cache)
-    entry = next(iter(cache._entries.values()))
-    assert isinstance(entry, DenseGrads) and entry.G.shape == (12, make_problem(model).p)
-    torch.testing.assert_close(a, ifkit.score("datainf", model, (X, y), val), **EXACT)
+    grouped = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(72, 10))
+    X2, y = torch.rand(12, 2, 8, 8, dtype=torch.float64), torch.randint(0, 10, (12,))
+    for model, X in ((grouped.double(), X2), (SmallCNN(image_size=8).double(), X2[:, :1])):
+        val = (X[:4], y[:4])
+        cache = GradCache()
+        a = ifkit.score("datainf", model, (X, y), val, cache_grads=cache)
+        entry = next(iter(cache._entries.values()))
+        if model is grouped:  # a grouped convolution has no per-layer factors: the dense G
+            assert isinstance(entry, DenseGrads) and entry.G.shape == (12, make_problem(model).p)
+        else:  # Conv2d and Linear layers: per-layer blocks (core/conv.py)
+            assert isinstance(entry, layerwise.LayerGrads) and entry.nbytes < 12 * make_problem(model).p * 8
+        torch.testing.assert_close(a, ifkit.score("datainf", model, (X, y), val), **EXACT)
 
 
 def test_bad_cache_argument_is_refused():

@@ -44,8 +44,11 @@ def test_a_parameter_subset_counts_only_its_layers():
 
 def test_unsupported_models_fall_back():
     X = torch.rand(2, 1, 8, 8)
-    assert not layerwise.supported(make_problem(SmallCNN(image_size=8)), X)  # conv weights
-    assert layerwise.supported(make_problem(SmallCNN(image_size=8), params=["head.weight", "head.bias"]), X)
+    assert layerwise.supported(make_problem(SmallCNN(image_size=8)), X)  # conv weights: core/conv.py
+    head = make_problem(SmallCNN(image_size=8), params=["head.weight", "head.bias"])
+    assert isinstance(layerwise.factored_grads(head, X, torch.tensor([0, 1])), layerwise.FactoredGrads)
+    grouped = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(72, 3))
+    assert not layerwise.supported(make_problem(grouped), torch.rand(2, 2, 8, 8))  # tests/test_conv_grads.py
     shared = torch.nn.Linear(4, 4)
     twice = torch.nn.Sequential(shared, torch.nn.Tanh(), shared)  # one layer applied twice
     assert not layerwise.supported(make_problem(twice), torch.randn(2, 4))

@@ -159,3 +159,10 @@ DETECTION_AUC = {
     "loss@theta~": ("loss", 0.06),  # 0.9692, +0.092
     "gradnorm@theta~": ("loss", 0.06),  # 0.9690, +0.091
 }
+# float64 per-sample gradients of conv layers by unfolding (one batched backward, then sum_t e_it x_it^T) vs a loop
+# of autograd calls, and Jacobian / Gauss-Newton products from those factors vs torch.func's: the same sums in
+# another order, round-off only.
+CONV_GRADS = dict(rtol=1e-10, atol=1e-12)
+# float64 VM/FVM scores (and ifkit.clean's flags and labels) from the layer-wise Woodbury kernel vs the generic
+# low-rank path: (||g||^2 - ||L^-1 A g||^2) / damping subtracts nearly equal numbers, so round-off grows.
+STRUCTURED_VS_GENERIC = dict(rtol=1e-8, atol=1e-10)

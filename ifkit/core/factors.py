@@ -1,4 +1,4 @@
-"""Layer-wise structure of gradients in networks of ``nn.Linear`` layers: inner products without (n, p) gradients.
+"""Layer-wise structure of gradients in networks of Linear and Conv2d layers: inner products without (n, p) gradients.
 
 For a Linear layer y = W x + b applied once per example, the gradient of any scalar f of one example with respect
 to W is the outer product e x^T, with e = df/dy (the signal backpropagated to the layer's output), and with
@@ -10,9 +10,12 @@ NTK; the same fact K-FAC rests on):
 One forward and one backward pass per scalar output give every x and e; Gram matrices of Jacobians then cost
 O(n^2 (d_in + d_out)) per layer instead of O(n^2 p), and no (n, p) per-sample gradient is ever formed.
 
-``Taps`` collects x and e for a ``Problem`` whose differentiated parameters are all weights/biases of Linear layers
-each called exactly once per forward pass (an MLP, the heads of a CNN with ``params=``); ``supported`` says
-whether that holds, so callers fall back to the generic path otherwise. VM/FVM's low-rank validation curvature
+``Taps`` collects x and e for a ``Problem`` whose differentiated parameters are all weights/biases of Linear or
+Conv2d layers each called exactly once per forward pass (an MLP, a CNN); ``supported`` says whether that holds,
+so callers fall back to the generic path otherwise. A conv layer's gradient is a sum of outer products over its
+output positions, not one (core/conv.py): its per-sample block is held densely, C_out (C_in kh kw + 1) numbers,
+beside the factors of the Linear layers (``LayerGrads``). On a 2-conv CNN with a 800 -> 10 head (12,810
+parameters), that is 4,810 + 810 numbers per example instead of 12,810, and no vmap over examples. VM/FVM's low-rank validation curvature
 uses it (ifkit/curvature/val_inverse.py): on the detection MLP a VM score took 4.8 s instead of 14.8 s (the rest is
 now the r x r triangular solves), and the gain grows with the width of the layers.
 """
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .conv import conv_params, conv_rows, conv_supported
 from .func import Problem, chunks
 
 
@@ -37,15 +41,27 @@ class Layer:
     weight: bool  # is the weight differentiated?
     bias: bool  # is the bias differentiated?
 
+    @property
+    def dense(self) -> bool:
+        """A conv layer: its per-sample gradient [weight | bias] is held densely (module docstring)."""
+        return type(self.module) is not nn.Linear
+
+    @property
+    def width(self) -> int:
+        """Numbers per example: d_in + d_out (Linear factors) or the conv layer's dense block."""
+        if self.dense:
+            return conv_params(self.module, self.weight, self.bias)
+        return self.module.in_features + self.module.out_features
+
 
 def _layers(prob: Problem) -> list[Layer] | None:
-    """The Linear layers that own every differentiated parameter, or None if some parameter is elsewhere."""
+    """The Linear / Conv2d layers that own every differentiated parameter, or None if some parameter is elsewhere."""
     owners: dict[str, Layer] = {}
     modules = dict(prob.model.named_modules())
     for name in prob.names:
         mod_name, _, leaf = name.rpartition(".")
         module = modules.get(mod_name)
-        if type(module) is not nn.Linear or leaf not in ("weight", "bias"):
+        if not (type(module) is nn.Linear or conv_supported(module)) or leaf not in ("weight", "bias"):
             return None
         layer = owners.setdefault(mod_name, Layer(module, mod_name, False, False))
         setattr(layer, leaf, True)
@@ -53,9 +69,10 @@ def _layers(prob: Problem) -> list[Layer] | None:
 
 
 def supported(prob: Problem, X: Tensor) -> bool:
-    """True when every differentiated parameter is a Linear weight/bias, each such layer runs once per forward
-    pass on ``X[:1]`` (checked with hooks; a shared or recurrent layer would break the factorisation) and its
-    output reaches the model's output (a computed-then-discarded layer has no factors: vmap handles it)."""
+    """True when every differentiated parameter is a Linear or Conv2d weight/bias (core/conv.py's
+    ``conv_supported``), each such layer runs once per forward pass on ``X[:1]`` (checked with hooks; a shared
+    or recurrent layer would break the factorisation) and its output reaches the model's output (a
+    computed-then-discarded layer has no factors: vmap handles it)."""
     layers = _layers(prob)
     if not layers:
         return False
@@ -64,7 +81,8 @@ def supported(prob: Problem, X: Tensor) -> bool:
 
     def hook(module, args, out):
         counts[id(module)] += 1
-        flat.append(args[0].dim() == 2)  # (batch, features): one input vector per example (not per token)
+        # (batch, features) for Linear: one input vector per example (not per token); (batch, C, H, W) for conv
+        flat.append(args[0].dim() == (2 if type(module) is nn.Linear else 4))
         outs.append(out)
 
     handles = [L.module.register_forward_hook(hook) for L in layers]
@@ -86,23 +104,27 @@ def supported(prob: Problem, X: Tensor) -> bool:
 
 @dataclass
 class Taps:
-    """Per-layer inputs x (n, d_in) and backpropagated signals e (n, m, d_out) for m scalars per example."""
+    """Per-layer inputs x (n, d_in) and backpropagated signals e (n, m, d_out) for m scalars per example; for a
+    conv layer (``Layer.dense``) x is None and e holds the per-sample gradient rows themselves, (n, m, p_l)."""
 
     layers: list[Layer]
-    x: list[Tensor]
+    x: list[Tensor | None]
     e: list[Tensor]
 
     def gram(self, other: Taps) -> Tensor:
         """(n, m, n', m') inner products <grad f_ia, grad f'_jb> over the differentiated parameters."""
         out = None
         for L, x, e, x2, e2 in zip(self.layers, self.x, self.e, other.x, other.e):
-            xx = torch.zeros(len(x), len(x2), dtype=x.dtype, device=x.device)  # (n, n')
-            if L.weight:
-                xx = xx + x @ x2.T
-            if L.bias:
-                xx = xx + 1.0
-            ee = torch.einsum("iad,jbd->iajb", e, e2)  # (n, m, n', m')
-            term = ee * xx[:, None, :, None]
+            if L.dense:  # the rows themselves: one matrix product
+                term = (e.flatten(0, 1) @ e2.flatten(0, 1).T).view(*e.shape[:2], *e2.shape[:2])  # (n, m, n', m')
+            else:
+                xx = torch.zeros(len(x), len(x2), dtype=x.dtype, device=x.device)  # (n, n')
+                if L.weight:
+                    xx = xx + x @ x2.T
+                if L.bias:
+                    xx = xx + 1.0
+                ee = torch.einsum("iad,jbd->iajb", e, e2)  # (n, m, n', m')
+                term = ee * xx[:, None, :, None]
             out = term if out is None else out + term
         return out
 
@@ -110,6 +132,9 @@ class Taps:
         """(n, m) squared norms ||grad f_ia||^2."""
         out = 0.0
         for L, x, e in zip(self.layers, self.x, self.e):
+            if L.dense:
+                out = out + (e * e).sum(-1)  # (n, m)
+                continue
             xx = (x * x).sum(1) * float(L.weight) + float(L.bias)  # (n,)
             out = out + xx[:, None] * (e * e).sum(-1)  # (n, m)
         return out
@@ -117,8 +142,9 @@ class Taps:
 
 def taps(prob: Problem, X: Tensor, scalars: Callable[[Tensor], Tensor]) -> Taps:
     """x and e for the scalars ``scalars(outputs) -> (n, m)`` of every example (e.g. the logits, m = K, or the
-    per-sample losses, m = 1). Examples must not interact (no BatchNorm in training mode): then the gradient of
-    the column sum with respect to a layer's outputs is, row by row, each example's own signal."""
+    per-sample losses, m = 1): one forward pass and m backward passes, each of the column sum of one scalar.
+    Examples must not interact (no BatchNorm in training mode): then the gradient of the column sum with respect
+    to a layer's outputs is, row by row, each example's own signal. Conv layers' rows: ``conv.conv_rows``."""
     layers = _layers(prob)
     assert layers is not None, "call supported() first"
     xs: dict[int, Tensor] = {}
@@ -153,9 +179,29 @@ def taps(prob: Problem, X: Tensor, scalars: Callable[[Tensor], Tensor]) -> Taps:
     finally:
         for h in handles:
             h.remove()
-    x = [xs[id(L.module)].reshape(len(X), -1) for L in layers]  # (n, d_in)
-    e = [torch.stack([c[k].reshape(len(X), -1) for c in cols], dim=1).detach() for k in range(len(layers))]
+    n, x, e = len(X), [], []
+    for k, L in enumerate(layers):
+        signal = (torch.stack([c[k] for c in cols], dim=1) if len(cols) > 1 else cols[0][k].unsqueeze(1)).detach()
+        if L.dense:
+            x.append(None)
+            e.append(conv_rows(L.module, xs[id(L.module)], signal, L.weight, L.bias))  # (n, m, p_l)
+        else:
+            x.append(xs[id(L.module)].reshape(n, -1))  # (n, d_in)
+            e.append(signal.reshape(n, S.shape[1], -1))  # (n, m, d_out)
     return Taps(layers, x, e)
+
+
+def layer_slices(L: Layer, where: dict[str, slice]) -> tuple[slice | None, slice | None]:
+    """Where layer L's weight and bias live in the flat theta (None: not differentiated)."""
+    prefix = f"{L.name}." if L.name else ""  # a bare nn.Linear model has parameters "weight", "bias"
+    return (where[f"{prefix}weight"] if L.weight else None, where[f"{prefix}bias"] if L.bias else None)
+
+
+def dense_parts(L: Layer, where: dict[str, slice]) -> list[tuple[slice, slice]]:
+    """A dense (conv) layer's (slice of theta, columns of its block [weight | bias]) for the weight and the bias."""
+    w, b = layer_slices(L, where)
+    pw = L.module.weight.numel() if w is not None else 0
+    return ([(w, slice(0, pw))] if w is not None else []) + ([(b, slice(pw, None))] if b is not None else [])
 
 
 def outer_product_grads(prob: Problem, X: Tensor, y: Tensor) -> Tensor:
@@ -167,18 +213,19 @@ def outer_product_grads(prob: Problem, X: Tensor, y: Tensor) -> Tensor:
     return factored_grads(prob, X, y, chunk_size=max(len(X), 1)).dense()
 
 
-# Intermediate (rows, min(d_in, d_out), k) products of FactoredGrads are built this many entries at a time
+# Intermediate (rows, min(d_in, d_out), k) products of LayerGrads are built this many entries at a time
 _WORK_ENTRIES = 1 << 24  # 64 MB of float32
 
 
 @dataclass
-class FactoredGrads:
-    """Per-sample loss gradients g_i of a Linear-layer network, held as their per-layer factors (x_i, e_i).
+class LayerGrads:
+    """Per-sample loss gradients g_i held layer by layer: factors (x_i, e_i) for Linear layers, the dense block
+    for conv layers (``Layer.dense``: x is None, e is (n, p_l) = [weight | bias]).
 
-    g_i restricted to layer l is the outer product e_il x_il^T (weight) and e_il (bias): n * sum_l (d_in + d_out)
-    numbers instead of n * p (1,042 instead of 101,770 per example for a 784-128-10 MLP). They cost ONE batched
-    forward and backward pass -- the same work as a training step -- and every operation influence methods
-    need reads them directly, layer by layer (one "block" per layer, DataInf's blocks):
+    A Linear layer's share of g_i is the outer product e_il x_il^T (weight) and e_il (bias): n * (d_in + d_out)
+    numbers instead of n * d_in * d_out (1,042 instead of 101,770 per example for a 784-128-10 MLP). They cost
+    ONE batched forward and backward pass -- the same work as a training step -- and every operation influence
+    methods need reads them directly, layer by layer (one "block" per layer, DataInf's blocks):
 
         dots(V)          G V                         (n, k)   cost n * min(d_in, d_out) * (d_in + d_out) * k
         block_dots(V)    g_il^T v_l per layer        (n, L, k)
@@ -188,25 +235,22 @@ class FactoredGrads:
     """
 
     layers: list[Layer]
-    x: list[Tensor]  # per layer (n, d_in)
-    e: list[Tensor]  # per layer (n, d_out)
+    x: list[Tensor | None]  # per layer (n, d_in); None for a dense (conv) layer
+    e: list[Tensor]  # per layer (n, d_out); (n, p_l) for a dense layer
     where: dict[str, slice]  # parameter name -> slice of the flat vector (Problem.slices())
     p: int
 
     @property
     def n(self) -> int:
-        return len(self.x[0])
+        return len(self.e[0])
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.x, *self.e))
+        return sum(t.numel() * t.element_size() for t in (*self.x, *self.e) if t is not None)
 
-    def rows(self, r: slice) -> FactoredGrads:
-        return FactoredGrads(self.layers, [x[r] for x in self.x], [e[r] for e in self.e], self.where, self.p)
-
-    def _slices(self, L: Layer) -> tuple[slice | None, slice | None]:
-        prefix = f"{L.name}." if L.name else ""  # a bare nn.Linear model has parameters "weight", "bias"
-        return (self.where[f"{prefix}weight"] if L.weight else None, self.where[f"{prefix}bias"] if L.bias else None)
+    def rows(self, r: slice) -> LayerGrads:
+        return type(self)(self.layers, [None if x is None else x[r] for x in self.x], [e[r] for e in self.e],
+                          self.where, self.p)
 
     def _steps(self, width: int) -> list[slice]:
         step = max(1, _WORK_ENTRIES // max(width, 1))
@@ -217,7 +261,11 @@ class FactoredGrads:
         k = V.shape[1]
         out = torch.zeros(self.n, len(self.layers), k, dtype=V.dtype, device=V.device)  # (n, L, k)
         for j, (L, x, e) in enumerate(zip(self.layers, self.x, self.e)):
-            w, b = self._slices(L)
+            if L.dense:
+                for theta_part, cols in dense_parts(L, self.where):
+                    out[:, j] += e[:, cols] @ V[theta_part]  # (n, k)
+                continue
+            w, b = layer_slices(L, self.where)
             d_out, d_in = e.shape[1], x.shape[1]
             if w is not None:
                 Vw = V[w].view(d_out, d_in, k)  # (d_out, d_in, k)
@@ -241,7 +289,7 @@ class FactoredGrads:
         """(n, L) squared norms of each layer's share of g_i: (||x||^2 [weight] + [bias]) ||e||^2."""
         cols = []
         for L, x, e in zip(self.layers, self.x, self.e):
-            xx = (x * x).sum(1) * float(L.weight) + float(L.bias)  # (n,)
+            xx = 1.0 if L.dense else (x * x).sum(1) * float(L.weight) + float(L.bias)  # (n,)
             cols.append(xx * (e * e).sum(1))
         return torch.stack(cols, dim=1)
 
@@ -254,7 +302,11 @@ class FactoredGrads:
         k = C.shape[2]
         out = torch.zeros(self.p, k, dtype=C.dtype, device=C.device)  # (p, k)
         for j, (L, x, e) in enumerate(zip(self.layers, self.x, self.e)):
-            w, b = self._slices(L)
+            if L.dense:
+                for theta_part, cols in dense_parts(L, self.where):
+                    out[theta_part] = e[:, cols].T @ C[:, j]  # (p_part, k)
+                continue
+            w, b = layer_slices(L, self.where)
             d_out, d_in = e.shape[1], x.shape[1]
             if w is not None:
                 acc = torch.zeros(d_out * k, d_in, dtype=C.dtype, device=C.device)
@@ -267,10 +319,14 @@ class FactoredGrads:
         return out
 
     def dense(self) -> Tensor:
-        """(n, p) the gradients themselves, written in place as outer products."""
-        G = torch.empty(self.n, self.p, dtype=self.x[0].dtype, device=self.x[0].device)  # (n, p)
+        """(n, p) the gradients themselves, written in place as outer products (dense blocks copied)."""
+        G = torch.empty(self.n, self.p, dtype=self.e[0].dtype, device=self.e[0].device)  # (n, p)
         for L, x, e in zip(self.layers, self.x, self.e):
-            w, b = self._slices(L)
+            if L.dense:
+                for theta_part, cols in dense_parts(L, self.where):
+                    G[:, theta_part] = e[:, cols]
+                continue
+            w, b = layer_slices(L, self.where)
             if w is not None:
                 block = G[:, w].view(self.n, e.shape[1], x.shape[1])  # (n, d_out, d_in)
                 torch.mul(e[:, :, None], x[:, None, :], out=block)  # the outer products, straight into G
@@ -283,22 +339,90 @@ class FactoredGrads:
         return Taps(self.layers, self.x, [e[:, None, :] for e in self.e])
 
 
+class FactoredGrads(LayerGrads):
+    """``LayerGrads`` of a network of Linear layers only: every block is rank one, e_il x_il^T, which the
+    Kronecker quadratic forms read directly (curvature/kfac.py ``quad_factored``)."""
+
+
 def factor_bytes_per_row(prob: Problem) -> int:
-    """Bytes FactoredGrads holds per example (sum over layers of d_in + d_out floats); supported problems only."""
+    """Bytes ``factored_grads`` holds per example (sum over layers of ``Layer.width``); supported problems only."""
     layers = _layers(prob)
     assert layers is not None
-    return sum(L.module.in_features + L.module.out_features for L in layers) * prob.theta.element_size()
+    return sum(L.width for L in layers) * prob.theta.element_size()
 
 
-def factored_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = 4096) -> FactoredGrads:
-    """Per-sample loss gradients of ``supported`` problems as factors: one forward + backward per chunk."""
-    parts = [taps(prob, X[r], lambda out: prob.loss(out, y[r]).unsqueeze(1)) for r in chunks(max(len(X), 1), chunk_size)]
+# Rows per chunk for networks with conv layers: their activations hold C H W numbers per example, and 512 rows keep
+# SmallCNN's largest (16 x 28 x 28) at 26 MB, under the 32 MB above which glibc maps fresh pages for every
+# allocation (measured in one ifkit.clean on 4,000 images: 4,096-row chunks 6.1M page faults and 11.5 s of system
+# time, 1,024 rows 3.2M and 5.2 s, 512 rows 2.1M and 3.2 s; user time unchanged)
+CONV_CHUNK = 512
+
+
+def chunk_rows(prob: Problem, budget_mb: float, most: int = 4096) -> int:
+    """Rows per chunk of ``factored_grads``: ``most`` (CONV_CHUNK at most with conv layers), fewer when a chunk
+    would take over a quarter of budget_mb (wide conv layers hold C_out C_in kh kw numbers per example)."""
+    layers = _layers(prob)
+    assert layers is not None
+    most = min(most, CONV_CHUNK) if any(L.dense for L in layers) else most
+    return max(1, min(most, int(budget_mb * 2**20 / 4 // max(factor_bytes_per_row(prob), 1))))
+
+
+def _runs(X: Tensor) -> tuple[Tensor, Tensor]:
+    """Runs of identical consecutive rows of X: the run of each row (n,) (0, 0, 0, 1, 1, 2, ...) and the first
+    row of each run (u,)."""
+    new = torch.ones(len(X), dtype=torch.bool, device=X.device)  # (n,) a row that differs from the one before
+    new[1:] = (X[1:] != X[:-1]).flatten(1).any(1)
+    return new.cumsum(0) - 1, new.nonzero().squeeze(1)
+
+
+def _loss_factors(prob: Problem, X: Tensor, y: Tensor) -> tuple[list[Layer], list, list]:
+    """(layers, x, e) of the per-sample loss gradients of one chunk.
+
+    Rows that repeat an input -- the candidate labels of one image, as ``ifkit.clean`` scores them -- share its
+    forward pass: by the chain rule g_j = J_x^T dl(z_x, y_j)/dz, so when the u distinct inputs number at most
+    n / K (K outputs each; two more for the runs the chunk's ends cut), one forward and K backward passes over
+    the u inputs (``taps`` of the outputs) give every row, where n rows cost n forward passes and n unfoldings
+    (the backward work is the same). Same numbers to round-off.
+    """
+    run, first = _runs(X)
+    u = len(first)
+    K = prob.forward(prob.theta, X[:1]).detach().numel()
+    if (u - 2) * K > len(X):  # the usual case (runs cut by the chunk's two ends aside): one forward and backward
+        t = taps(prob, X, lambda out: prob.loss(out, y).unsqueeze(1))
+        return t.layers, t.x, [e[:, 0] for e in t.e]
+    seen = {}
+
+    def outputs(out: Tensor) -> Tensor:
+        seen["z"] = out.detach()
+        return out.reshape(u, -1)  # (u, K)
+
+    t = taps(prob, X[first], outputs)  # e: (u, K, d_out) per Linear layer, (u, K, p_l) per conv layer
+    with torch.enable_grad():
+        z = seen["z"][run].requires_grad_(True)  # (n, *output shape): each row's outputs
+        dl = torch.autograd.grad(prob.loss(z, y).sum(), z)[0].reshape(len(X), 1, K)  # (n, 1, K) dl/dz per row
+    x, e = [], []
+    for xl, el in zip(t.x, t.e):
+        x.append(None if xl is None else xl[run])  # (n, d_in)
+        rows = torch.empty(len(X), el.shape[2], dtype=el.dtype, device=el.device)  # (n, d_out or p_l)
+        step = max(1, _WORK_ENTRIES // (K * el.shape[2]))
+        for s in range(0, len(X), step):  # gathered J rows, bounded: (step, K, width) at a time
+            rows[s : s + step] = torch.bmm(dl[s : s + step], el[run[s : s + step]])[:, 0]
+        e.append(rows)
+    return t.layers, x, e
+
+
+def factored_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int = 4096) -> LayerGrads:
+    """Per-sample loss gradients of ``supported`` problems, layer by layer: one forward + backward per chunk
+    (repeated inputs: ``_loss_factors``). ``FactoredGrads`` when every layer is Linear."""
+    parts = [_loss_factors(prob, X[r], y[r]) for r in chunks(max(len(X), 1), chunk_size)]
+    layers = parts[0][0]
+    kind = LayerGrads if any(L.dense for L in layers) else FactoredGrads
     if len(parts) == 1:  # one chunk (the usual case: GradEngine asks for FACTOR_CHUNK rows): no copies
-        return FactoredGrads(parts[0].layers, parts[0].x, [e[:, 0] for e in parts[0].e], prob.slices(), prob.p)
-    x = [torch.cat([t.x[j] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_in) per layer
-    e = [torch.cat([t.e[j][:, 0] for t in parts]) for j in range(len(parts[0].layers))]  # (n, d_out) per layer
-    return FactoredGrads(parts[0].layers, x, e, prob.slices(), prob.p)
+        return kind(layers, parts[0][1], parts[0][2], prob.slices(), prob.p)
+    x = [None if parts[0][1][j] is None else torch.cat([t[1][j] for t in parts]) for j in range(len(layers))]
+    e = [torch.cat([t[2][j] for t in parts]) for j in range(len(layers))]  # (n, d_out) per layer
+    return kind(layers, x, e, prob.slices(), prob.p)
 
 
-__all__ = ["FactoredGrads", "Layer", "Taps", "factor_bytes_per_row", "factored_grads", "outer_product_grads",
-           "supported", "taps"]
+__all__ = ["CONV_CHUNK", "FactoredGrads", "Layer", "LayerGrads", "Taps", "chunk_rows", "factor_bytes_per_row", "factored_grads",
+           "dense_parts", "layer_slices", "outer_product_grads", "supported", "taps"]

@@ -9,8 +9,8 @@ gradients G (n, p), none of which has to form G:
 * ``sets()``         chunks as ``GradSet``       -- per-layer views (DataInf's block norms, factored quadratic forms)
 
 Where the gradients come from is decided here, once, for all methods: a ``GradCache`` when given
-(core/cache.py), per-layer factors for networks of Linear layers (core/factors.py), forward-mode JVPs or
-vmapped per-sample gradients otherwise (core/func.py); under torch.distributed each rank works on its shard of
+(core/cache.py), per-layer factors for networks of Linear and Conv2d layers (core/factors.py, core/conv.py),
+forward-mode JVPs or vmapped per-sample gradients otherwise (core/func.py); under torch.distributed each rank works on its shard of
 the points scored (core/distributed.py).
 """
 
@@ -42,9 +42,9 @@ def grad_chunk_rows(p: int, dtype: torch.dtype, budget_mb: float) -> int:
 
 
 def stream_grads(prob: Problem, X: Tensor, y: Tensor, chunk_size: int) -> Iterator[tuple[slice, Tensor]]:
-    """Yield ``(rows, G)`` blocks of dense per-sample gradients (len(rows), p): outer products of per-layer
-    factors for networks of Linear layers (one batched backward, ``factors.outer_product_grads``), else
-    vmap of grad (``func.iter_grads``). The same numbers either way; the check is made once."""
+    """Yield ``(rows, G)`` blocks of dense per-sample gradients (len(rows), p): from per-layer factors for
+    networks of Linear and Conv2d layers (one batched backward, ``factors.outer_product_grads``), else vmap of
+    grad (``func.iter_grads``). The same numbers either way; the check is made once."""
     if not factors.supported(prob, X):
         yield from iter_grads(prob, X, y, chunk_size)
         return
@@ -103,16 +103,17 @@ class GradEngine:
     def sets(self, prob: Problem | None = None, scored: bool = False, rows: slice = slice(None),
              dense: bool = False, desc: str = "gradients") -> Iterator[GradSet]:
         """Stream the per-sample gradients of the training set (``scored``: of the points scored) at ``prob``
-        (default theta) over ``rows``, in chunks: per-layer factors for Linear-layer networks
-        (``factors.FactoredGrads``, FACTOR_CHUNK rows a chunk), else dense blocks of ``chunk_size`` rows
+        (default theta) over ``rows``, in chunks: per-layer factors for Linear / Conv2d networks
+        (``factors.LayerGrads``, up to FACTOR_CHUNK rows a chunk), else dense blocks of ``chunk_size`` rows
         (``dense=True``: always chunk_size rows, e.g. for methods that will form G). From the cache when given."""
         prob = prob or self.prob
         X, y = (self.Xs, self.ys) if scored else (self.X, self.y)
         full = None
         if self.cache is not None and prob.model is self.model:  # not TracIn's checkpoint copies
             full = self.cache.get(prob, X, y, self.opt.chunk_size)
-        factored = isinstance(full, factors.FactoredGrads) if full is not None else factors.supported(prob, X)
-        step = self.opt.chunk_size if dense or not factored else FACTOR_CHUNK
+        factored = isinstance(full, factors.LayerGrads) if full is not None else factors.supported(prob, X)
+        step = self.opt.chunk_size if dense or not factored else factors.chunk_rows(prob, self.opt.budget_mb,
+                                                                                     FACTOR_CHUNK)
         if full is not None:
             full = full.rows(rows)
             yield from (full.rows(r) for r in chunks(full.n, step))
@@ -132,7 +133,7 @@ class GradEngine:
 
     def dots(self, V: Tensor, prob: Problem | None = None) -> Tensor:
         """G @ V over the points scored, (n,) or (n, k), never forming G: from cached gradients when there are,
-        from per-layer factors for Linear-layer networks, else by forward-mode JVPs."""
+        from per-layer factors for Linear / Conv2d networks, else by forward-mode JVPs."""
         if (self.cache is not None and (prob is None or prob.model is self.model)
                 or factors.supported(prob or self.prob, self.Xs)):
             # 10k examples, 784-128-10 MLP, time / batched backward: factors + G v 1.43x, JVPs 1.29x on a quiet
@@ -141,6 +142,7 @@ class GradEngine:
         if self.has_conv:
             # Forward-mode through conv layers is slow on CPU: measured on SmallCNN (2k examples), JVP dots
             # took 3.2x a batched backward vs 1.6x for streaming per-sample gradients (MLP: 1.3x vs 76x).
+            # (Conv layers factors.supported cannot take: grouped, "same"-padded, Conv1d/3d.)
             return self.apply(lambda G: G @ V, prob)
         return distributed.map_rows(lambda r: grad_dots(prob or self.prob, self.Xs[r], self.ys[r], V),
                                     self.n_scored, self.world)

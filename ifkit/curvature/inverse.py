@@ -100,7 +100,7 @@ def validation_curvature(prob: Problem, Xv: Tensor, yv: Tensor, opt: CurvatureOp
     ``structured``: only quadratic forms will be asked for, so Linear-layer networks may get StructuredGGN.
     """
     damping = check_damping(opt.damping)
-    lowrank = lowrank_fits(prob, Xv, yv, damping, opt.budget_mb)
+    lowrank = lowrank_fits(prob, Xv, yv, damping, opt.budget_mb, structured and factors.supported(prob, Xv))
     kind = opt.curvature or ("ggn" if lowrank or fits_dense(prob, opt.budget_mb) else "ggn-cg")
     return _build(kind, prob, Xv, yv, opt, validation=True, lowrank=lowrank, structured=structured)
 

@@ -92,7 +92,7 @@ SCHEMAS: dict[str, Schema] = {
     # ifkit bench (a failed measurement keeps its row with empty timings, retried on the next run)
     "bench.csv": Schema(
         key=("part", "model", "method", "n_train"),
-        columns={"part": Col("str", values=("throughput", "cache", "methods")),
+        columns={"part": Col("str", values=("throughput", "cache", "methods", "clean")),
                  "model": Col("str", values=("mlp", "cnn")), "method": Col("str", pattern=r"[a-z][a-z0-9@~+-]*"),
                  "n_train": COUNT, "n_params": COUNT, "seconds": SECONDS, "peak_mb": FLOAT, "base_mb": FLOAT,
                  "extra_mb": FLOAT, "repeats": COUNT, "seconds_min": SECONDS, "seconds_max": SECONDS,
