@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,6 +177,39 @@ def test_a_full_disk_is_one_line_and_no_temp_file(registry, tmp_path, monkeypatc
     assert len(err) == 1 and "no space left on the device while writing" in err[0] and "t.csv" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]  # no temp file
     assert (tmp_path / "t.csv").read_text() == "seed,auc\n0,0.5\n"  # the previous, complete table
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB tmpfs (needs root and mount); the test is skipped where it cannot be made."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs root to mount a small tmpfs")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()[:200]}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_real_full_disk_is_one_line_and_no_temp_file(registry, tiny_disk, capsys):
+    """The same contract on a disk that really fills up: 64 KiB, a table that outgrows it."""
+    @registry("fills")
+    def fills(fast: bool, seeds: int, out: Path) -> None:
+        table = ResultsTable(out / "t.csv", ["seed"], required=["auc"])
+        for start in range(0, 100_000, 500):  # ~15 bytes a row: the disk is full long before the loop ends
+            table.add([{"seed": i, "auc": 0.5} for i in range(start, start + 500)])
+
+    assert cli.main(["reproduce", "fills", "--out", str(tiny_disk)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device while writing" in err[0] and "t.csv" in err[0], err
+    left = sorted(p.name for p in tiny_disk.iterdir() if not p.name.startswith("."))
+    assert left == ["t.csv"], left  # no temp file
+    df = pd.read_csv(tiny_disk / "t.csv")  # the last complete table, readable
+    assert len(df) % 500 == 0 and len(df) > 0 and df["seed"].tolist() == list(range(len(df)))
 
 
 @pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 143)])
