@@ -26,7 +26,8 @@ from torch import Tensor
 from . import estimate
 from . import validation as checks
 from .core.cache import GradCache
-from .core.func import as_tensors, chunks, param_names, resolve_loss
+from .core.func import chunks, param_names, resolve_loss
+from .core.inputs import as_tensors, check_model_mode, match_dtype
 from .core.grads import GradEngine, grad_chunk_rows
 from .core.options import Options
 from .curvature.inverse import LEGACY_LISSA_PRODUCTS
@@ -121,38 +122,41 @@ def _renamed(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def prepare(model: torch.nn.Module, train, other, opt: Options, other_name: str) -> GradEngine:
+    """The inputs of one call checked, converted and placed, before any work: data of any accepted kind (core/
+    inputs.py) as tensors, checkpoints of any accepted form as a list (validation.py), floating data cast once
+    to the model's dtype (one warning), a model in training mode with BatchNorm/Dropout refused."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model_mode(model)
     X, y = as_tensors(train, "train")
     Xv, yv = as_tensors(other, other_name)
     # -- refused here, before any work, with the fix in the message (ifkit/validation.py) --
-    checks.check_checkpoints(model, getattr(opt, "checkpoints", None), getattr(opt, "lrs", None))
+    cps = checks.check_checkpoints(model, getattr(opt, "checkpoints", None), getattr(opt, "lrs", None))
+    if cps is not None:  # one canonical form: a list of state_dicts or of (state_dict, lr) pairs
+        opt = dataclasses.replace(opt, checkpoints=cps)
     checks.check_checkpoint(model, getattr(opt, "checkpoint", None))
-    (X, y), (Xv, yv) = checks.check_inputs({"train": (X, y), other_name: (Xv, yv)}, opt.loss).values()
+    sets = {"train": (X, y), other_name: (Xv, yv)}
+    if opt.candidates is not None:
+        sets["candidates"] = as_tensors(opt.candidates, "candidates")
+    sets = checks.check_inputs(sets, opt.loss)
     # --
     if opt.device is not None:
         model = copy.deepcopy(model).to(opt.device)
-        X, y, Xv, yv = (t.to(opt.device) for t in (X, y, Xv, yv))
-    if model.training and any(isinstance(m, (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm))
-                              for m in model.modules()):
-        warnings.warn("model is in training mode with Dropout/BatchNorm: scoring an eval() copy (your model is "
-                      "left as it is). Call model.eval() to silence this.", stacklevel=3)
-        model = copy.deepcopy(model).eval()
+        sets = {k: (a.to(opt.device), b.to(opt.device)) for k, (a, b) in sets.items()}
     p0 = next(model.parameters(), None)
+    if p0 is not None and p0.is_floating_point():
+        sets = match_dtype(sets, p0.dtype)  # float64 data for a float32 model: cast once, one warning
     dtype = p0.dtype if p0 is not None else X.dtype
-    X = X.to(dtype) if X.is_floating_point() else X
-    Xv = Xv.to(dtype) if Xv.is_floating_point() else Xv
+    (X, y), (Xv, yv) = sets["train"], sets[other_name]
     checks.check_model_inputs(model, {"train": (X, y), other_name: (Xv, yv)}, opt.loss)  # one example
     validate(model, (X, y), (Xv, yv), opt, other_name)  # below: raises early, naming the fix
     if not opt.gave("chunk_size"):  # a (chunk, p) gradient block takes at most a quarter of budget_mb
         p = sum(model.get_parameter(n).numel() for n in param_names(model, opt.params))
         opt = dataclasses.replace(opt, chunk_size=grad_chunk_rows(p, dtype, opt.budget_mb))
     if opt.candidates is not None:
-        Xc, yc = as_tensors(opt.candidates, "candidates")
-        _, (Xc, yc) = checks.check_inputs({"train": (X, y), "candidates": (Xc, yc)}, opt.loss).values()
-        Xc = Xc.to(device=X.device, dtype=dtype) if Xc.is_floating_point() else Xc.to(X.device)
-        validate(model, (X, y), (Xc, yc.to(X.device)), opt, "candidates")
-        opt = dataclasses.replace(opt, candidates=(Xc, yc.to(X.device)))
+        Xc, yc = (t.to(X.device) for t in sets["candidates"])
+        validate(model, (X, y), (Xc, yc), opt, "candidates")
+        opt = dataclasses.replace(opt, candidates=(Xc, yc))
     return GradEngine(model, X, y, Xv, yv, opt)
 
 

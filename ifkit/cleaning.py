@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from . import api
 from . import validation as checks
 from .core.grads import GradEngine
+from .core.inputs import as_tensors, check_model_mode
 from .diagnosis import Diagnosis, report
 from .methods.flat import flat_point
 from .optim.train import best_val_checkpoint, checkpoint_state, labelled_tensors
@@ -140,10 +141,12 @@ def clean(
             raise ValueError(f"ifkit.clean chooses the model and the candidates itself: drop {bad}= (give "
                              "checkpoints=[state_dict, ...] to choose among)")
     opt = api.resolve(method, options)  # typed options; unknown names refused before any work
+    check_model_mode(model)
     X, y = labelled_tensors(train, "train", opt.loss)
+    val = as_tensors(val, "val")  # read once (a DataLoader too), used below and by api.prepare
     # -- refused before any work (ifkit/validation.py) --
     k = checks.check_k(k, len(X))
-    checks.check_checkpoints(model, checkpoints, none_means="clean with the model as given")
+    checkpoints = checks.check_checkpoints(model, checkpoints, none_means="clean with the model as given")
     # --
     chosen, val_losses = None, []
     start = copy.deepcopy(model)

@@ -125,34 +125,72 @@ def check_options(*, damping: Any = None, seed: Any = 0, device: Any = None, bud
 # ---------------------------------------------------------------------------------------------- checkpoints ---
 
 
+CHECKPOINT_FORMS = ("a list of state_dicts [model.state_dict(), ...], a list of (state_dict, lr) pairs, a dict "
+                    "{epoch: state_dict} (read in the order of its keys), or a list of nn.Modules of the model's "
+                    "architecture")
+
+
 def check_checkpoints(model: nn.Module, checkpoints: Any, lrs: Any = None, name: str = "checkpoints",
-                      none_means: str = "use the model as given (TracIn then reduces to graddot)") -> None:
-    """checkpoints=: None, or a non-empty sequence of state_dicts (or (state_dict, lr) pairs) of ``model``'s
-    architecture; ``lrs`` (one learning rate per checkpoint) when given must match in length."""
+                      none_means: str = "use the model as given (TracIn then reduces to graddot)") -> list | None:
+    """checkpoints=: None, or one of the forms of ``CHECKPOINT_FORMS``, all of ``model``'s architecture; ``lrs``
+    (one learning rate per checkpoint) when given must match in length. One form per call: a mixture is refused.
+
+    Returns the checkpoints as a list of state_dicts, or of (state_dict, lr) pairs (None stays None): a dict is
+    read in the order of its sorted keys, a module gives its ``state_dict()`` (no copy: it is only read).
+    """
     if checkpoints is None:
-        return
-    if isinstance(checkpoints, (Mapping, str, bytes)) or not isinstance(checkpoints, Sequence):
-        raise TypeError(f"{name}= takes a list of state_dicts (or (state_dict, lr) pairs), got "
-                        f"{type(checkpoints).__name__}: wrap a single one as {name}=[model.state_dict()]")
-    if len(checkpoints) == 0:
+        return None
+    if isinstance(checkpoints, Mapping):
+        if checkpoints and all(isinstance(v, Tensor) for v in checkpoints.values()):
+            raise TypeError(f"{name}= takes several checkpoints -- {CHECKPOINT_FORMS} -- but got one state_dict: "
+                            f"wrap a single one as {name}=[model.state_dict()]")
+        try:
+            keys = sorted(checkpoints)
+        except TypeError as e:
+            raise TypeError(f"{name}= is a dict whose keys cannot be sorted ({_first_line(e)}): key it by epoch or "
+                            f"step number, {{epoch: state_dict}}, or pass a list -- {CHECKPOINT_FORMS}") from e
+        items = [checkpoints[k] for k in keys]
+    elif isinstance(checkpoints, (str, bytes, nn.Module)) or not isinstance(checkpoints, Sequence):
+        raise TypeError(f"{name}= takes {CHECKPOINT_FORMS}; got {type(checkpoints).__name__}: wrap a single one as "
+                        f"{name}=[model.state_dict()]")
+    else:
+        items = list(checkpoints)
+    if len(items) == 0:
         raise ValueError(f"{name}=[] holds no checkpoint: pass the saved state_dicts (ifkit.optim.train.train(..., "
                          f"n_checkpoints=k) saves them), or {name}=None to {none_means}")
-    states = []
-    for j, c in enumerate(checkpoints):
-        if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], Mapping):
-            if isinstance(c[1], bool) or not _is_real(c[1]) or not math.isfinite(float(c[1])):
-                raise TypeError(f"{name}[{j}] is a (state_dict, lr) pair whose lr is {c[1]!r}: give a finite number")
-            c = c[0]
-        if not isinstance(c, Mapping):
-            raise TypeError(f"{name}[{j}] is a {type(c).__name__}, not a state_dict: save checkpoints with "
-                            "copy.deepcopy(model.state_dict()) (or as (state_dict, lr) pairs)")
-        states.append(c)
+    kinds = [_checkpoint_kind(c) for c in items]
+    for j, (c, kind) in enumerate(zip(items, kinds)):
+        if kind is None:
+            raise TypeError(f"{name}[{j}] is a {type(c).__name__}, not a state_dict: give {CHECKPOINT_FORMS} "
+                            "(save checkpoints with copy.deepcopy(model.state_dict()))")
+        if kind == "pair" and (isinstance(c[1], bool) or not _is_real(c[1]) or not math.isfinite(float(c[1]))):
+            raise TypeError(f"{name}[{j}] is a (state_dict, lr) pair whose lr is {c[1]!r}: give a finite number")
+    if len(set(kinds)) > 1:
+        first = {k: kinds.index(k) for k in dict.fromkeys(kinds)}
+        mixed = ", ".join(f"{_KIND_NAMES[k]} ({name}[{j}])" for k, j in first.items())
+        raise TypeError(f"{name}= mixes {mixed}: give one form for all of them -- {CHECKPOINT_FORMS}")
+    out = [c.state_dict() if kinds[0] == "module" else c for c in items]
     if lrs is not None:
-        if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or len(lrs) != len(states):
+        if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or len(lrs) != len(out):
             got = len(lrs) if isinstance(lrs, Sequence) else type(lrs).__name__
-            raise ValueError(f"lrs= must give one learning rate per checkpoint: {len(states)} checkpoints, lrs "
+            raise ValueError(f"lrs= must give one learning rate per checkpoint: {len(out)} checkpoints, lrs "
                              f"{got}")
-    check_state_dicts(model, states, name)
+    check_state_dicts(model, [c[0] if kinds[0] == "pair" else c for c in out], name)
+    return out
+
+
+_KIND_NAMES = {"state_dict": "state_dicts", "pair": "(state_dict, lr) pairs", "module": "nn.Modules"}
+
+
+def _checkpoint_kind(c: Any) -> str | None:
+    """"state_dict", "pair" ((state_dict, lr)), "module", or None for anything else."""
+    if isinstance(c, nn.Module):
+        return "module"
+    if isinstance(c, Mapping):
+        return "state_dict"
+    if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], Mapping):
+        return "pair"
+    return None
 
 
 def check_checkpoint(model: nn.Module, checkpoint: Any) -> None:

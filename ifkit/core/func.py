@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad, jvp, vmap
 
+from .inputs import as_tensors  # noqa: F401 -- pairs of tensors / arrays, Datasets, DataLoaders (core/inputs.py)
+
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (outputs, targets) -> per-sample losses (n,)
 Data = tuple[Tensor, Tensor]
 
@@ -48,25 +50,6 @@ def resolve_loss(loss: str | LossFn) -> LossFn:
     if loss == "cross_entropy":
         return cross_entropy
     raise ValueError(f"unknown loss {loss!r}: use 'cross_entropy' or a callable (outputs, targets) -> (n,) losses")
-
-
-def as_tensors(data, name: str = "data") -> Data:
-    """Accept ``(inputs, targets)`` tensors or a torch Dataset of such pairs; return two stacked tensors."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-        X, y = data
-    elif isinstance(data, torch.utils.data.Dataset):
-        items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-        if not items:
-            raise ValueError(f"{name} is empty: pass at least one example")
-        X = torch.stack([torch.as_tensor(x) for x, _ in items])
-        y = torch.stack([torch.as_tensor(t) for _, t in items])
-    else:
-        raise TypeError(f"{name} must be a pair (inputs, targets) of tensors or a torch Dataset, got {type(data).__name__}")
-    if len(X) != len(y):
-        raise ValueError(f"{name}: inputs have {len(X)} rows but targets have {len(y)}; they must match")
-    if len(X) == 0:
-        raise ValueError(f"{name} is empty: pass at least one example")
-    return X, y
 
 
 @dataclass
