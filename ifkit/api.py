@@ -35,6 +35,7 @@ from .curvature.solvers import check_damping
 from .methods import REGISTRY
 from .methods.flat import FINETUNE, FlatPoint
 from .methods.flat import flat_point as point_of
+from .methods.influence import self_if_kind
 
 # Every option any method understands, with its default (the first family's where presets differ: VM's
 # flat_optimizer "sgd", FVM's "lpf"). The options of a call are its method's own frozen type (REGISTRY[m].Options,
@@ -223,12 +224,14 @@ def check_time(method: str, eng: GradEngine, pairwise: bool) -> None:
         return
     with torch.no_grad():
         n_out = prob.forward(prob.theta, eng.Xv[:1]).numel()
+    priced = {k: getattr(o, k, DEFAULTS[k]) for k in (
+        "iters", "curvature", "flat_steps", "ensemble_size", "gex_steps", "gex_batch", "lissa_batch")}
+    if method == "self-if":  # its default depends on the network (EK-FAC for Linear/conv ones that are too big)
+        priced["curvature"] = self_if_kind(eng)
     seconds, dominant = estimate.estimate_call(
         method, lambda th, b: prob.losses(th, eng.X[:b], eng.y[:b]), prob.theta, pairwise=pairwise, n_train=eng.n,
         n_scored=eng.n_scored, n_other=len(eng.Xv), n_out=n_out, budget_mb=o.budget_mb, chunk=o.chunk_size,
-        bytes_per_entry=prob.theta.element_size(), **{k: getattr(o, k, DEFAULTS[k]) for k in (
-            "iters", "curvature", "flat_steps", "ensemble_size", "gex_steps", "gex_batch", "lissa_batch")},
-        n_checkpoints=len(getattr(o, "checkpoints", None) or ()))
+        bytes_per_entry=prob.theta.element_size(), **priced, n_checkpoints=len(getattr(o, "checkpoints", None) or ()))
     what = f"ifkit.{'pairwise' if pairwise else 'score'}({method!r})"
     estimate.check_time(seconds, dominant, o.budget_s, what, estimate.fix_for(method, dominant, pairwise))
 

@@ -1,4 +1,4 @@
-"""Layer-wise structure of gradients in networks of Linear and Conv2d layers: inner products without (n, p) gradients.
+"""Layer-wise structure of gradients in networks of Linear and Conv1d/Conv2d layers: inner products without (n, p) gradients.
 
 For a Linear layer y = W x + b applied once per example, the gradient of any scalar f of one example with respect
 to W is the outer product e x^T, with e = df/dy (the signal backpropagated to the layer's output), and with
@@ -11,7 +11,7 @@ One forward and one backward pass per scalar output give every x and e; Gram mat
 O(n^2 (d_in + d_out)) per layer instead of O(n^2 p), and no (n, p) per-sample gradient is ever formed.
 
 ``Taps`` collects x and e for a ``Problem`` whose differentiated parameters are all weights/biases of Linear or
-Conv2d layers each called exactly once per forward pass (an MLP, a CNN); ``supported`` says whether that holds,
+Conv1d/Conv2d layers each called exactly once per forward pass (an MLP, a CNN); ``supported`` says whether that holds,
 so callers fall back to the generic path otherwise. A conv layer's gradient is a sum of outer products over its
 output positions, not one (core/conv.py): its per-sample block is held densely, C_out (C_in kh kw + 1) numbers,
 beside the factors of the Linear layers (``LayerGrads``). On a 2-conv CNN with a 800 -> 10 head (12,810
@@ -55,7 +55,7 @@ class Layer:
 
 
 def _layers(prob: Problem) -> list[Layer] | None:
-    """The Linear / Conv2d layers that own every differentiated parameter, or None if some parameter is elsewhere."""
+    """The Linear / Conv1d / Conv2d layers that own every differentiated parameter, or None if some parameter is elsewhere."""
     owners: dict[str, Layer] = {}
     modules = dict(prob.model.named_modules())
     for name in prob.names:
@@ -69,7 +69,7 @@ def _layers(prob: Problem) -> list[Layer] | None:
 
 
 def supported(prob: Problem, X: Tensor) -> bool:
-    """True when every differentiated parameter is a Linear or Conv2d weight/bias (core/conv.py's
+    """True when every differentiated parameter is a Linear, Conv1d or Conv2d weight/bias (core/conv.py's
     ``conv_supported``), each such layer runs once per forward pass on ``X[:1]`` (checked with hooks; a shared
     or recurrent layer would break the factorisation) and its output reaches the model's output (a
     computed-then-discarded layer has no factors: vmap handles it)."""
@@ -81,8 +81,9 @@ def supported(prob: Problem, X: Tensor) -> bool:
 
     def hook(module, args, out):
         counts[id(module)] += 1
-        # (batch, features) for Linear: one input vector per example (not per token); (batch, C, H, W) for conv
-        flat.append(args[0].dim() == (2 if type(module) is nn.Linear else 4))
+        # (batch, features) for Linear: one input vector per example (not per token); (batch, C, H, W) for
+        # Conv2d, (batch, C, L) for Conv1d: the input has as many axes as the weight
+        flat.append(args[0].dim() == module.weight.dim())
         outs.append(out)
 
     handles = [L.module.register_forward_hook(hook) for L in layers]

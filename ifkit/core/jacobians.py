@@ -1,4 +1,4 @@
-"""Output Jacobians of Linear / Conv2d networks from their per-layer factors: J V, J^T U, Gauss-Newton products.
+"""Output Jacobians of Linear / Conv1d / Conv2d networks from their per-layer factors: J V, J^T U, Gauss-Newton products.
 
 ``factors.taps(prob, X, outputs)`` holds, for every example i and output a, the factors of grad f_ia (x_il and
 e_ial per Linear layer, the dense rows per conv layer). Products with the stacked Jacobian J (n K, p) then need

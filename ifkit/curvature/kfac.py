@@ -1,8 +1,9 @@
-"""K-FAC and EK-FAC: Kronecker-factored curvature for nn.Linear and nn.Conv2d layers.
+"""K-FAC and EK-FAC: Kronecker-factored curvature for nn.Linear, nn.Conv1d and nn.Conv2d layers.
 
 For one layer with input activations a (a 1 appended when the bias is differentiated) and pre-activation
 gradients ds, the per-example gradient of the weight matrix [W | b] is  G = ds a^T  (a sum over positions l
-for sequences and convolutions: G = sum_l ds_l a_l^T). K-FAC (Martens & Grosse 2015; Grosse & Martens 2016 for
+for sequences and convolutions: G = sum_l ds_l a_l^T, a_l the unfolded patch at position l; a Conv1d is
+unfolded as a Conv2d over (length, 1) images). K-FAC (Martens & Grosse 2015; Grosse & Martens 2016 for
 convolutions) approximates each layer's block of the curvature by a Kronecker product
 
     F_layer  ~=  S (x) A,      A = E[a a^T]  (d_a, d_a),      S = E[ds ds^T]  (d_out, d_out)
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ..core.func import Problem, chunks
 
-SUPPORTED = (nn.Linear, nn.Conv2d)
+SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 FISHERS = ("exact", "sampled", "empirical")
 KINDS = ("ekfac", "kfac")
 
@@ -152,7 +153,7 @@ def _scatter(L: KroneckerLayer, out: Tensor, M: Tensor) -> None:
 
 
 def find_layers(prob: Problem) -> list[KroneckerLayer]:
-    """Group the differentiated parameters by module; every one must be a Linear/Conv2d weight or bias.
+    """Group the differentiated parameters by module; every one must be a Linear/Conv1d/Conv2d weight or bias.
 
     Raises:
         ValueError: naming the parameters of unsupported modules and the ``params=`` that would work.
@@ -167,14 +168,15 @@ def find_layers(prob: Problem) -> list[KroneckerLayer]:
     for mod, leaves in groups.items():
         m = modules.get(mod)
         ok = isinstance(m, SUPPORTED) and set(leaves) <= {"weight", "bias"}
-        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros"):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and (m.groups != 1 or m.padding_mode != "zeros"
+                                                      or isinstance(m.padding, str)):
             ok = False
         names = [f"{mod}.{leaf}" if mod else leaf for leaf in leaves]
         if not ok:
             bad.update({n: type(m).__name__ for n in names})
             continue
         good += names
-        d_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        d_in = m.in_features if isinstance(m, nn.Linear) else m.weight[0].numel()  # C_in x kernel size
         d_out = m.out_features if isinstance(m, nn.Linear) else m.out_channels
         layers.append(KroneckerLayer(mod, leaves.get("weight"), leaves.get("bias"), d_out,
                                      d_in * ("weight" in leaves) + ("bias" in leaves)))
@@ -182,10 +184,20 @@ def find_layers(prob: Problem) -> list[KroneckerLayer]:
         fix = (f"Restrict the parameters to supported layers with params={good}" if good else
                "No differentiated parameter is in a supported layer: use another method (e.g. 'if-cg')")
         raise ValueError(
-            "K-FAC/EK-FAC supports only the weights and biases of nn.Linear and nn.Conv2d (groups=1, zero padding)"
+            "K-FAC/EK-FAC supports only the weights and biases of nn.Linear, nn.Conv1d and nn.Conv2d (groups=1, "
+            "zero padding given as numbers)"
             f" layers; these differentiated parameters belong to unsupported modules: {bad}. {fix}"
         )
     return layers
+
+
+def supports(prob: Problem) -> bool:
+    """Whether every differentiated parameter of ``prob`` is one that ``find_layers`` accepts."""
+    try:
+        find_layers(prob)
+    except ValueError:
+        return False
+    return True
 
 
 class _Capture:
@@ -227,6 +239,9 @@ def _activations(L: KroneckerLayer, mod: nn.Module, a: Tensor) -> Tensor:
     """Layer inputs as (n, positions, d_a): conv patches unfolded, a column of ones for the bias."""
     if isinstance(mod, nn.Conv2d):
         a = F.unfold(a, mod.kernel_size, mod.dilation, mod.padding, mod.stride).transpose(1, 2)  # (n, l, c*kh*kw)
+    elif isinstance(mod, nn.Conv1d):  # a 1-D convolution is a 2-D one over (length, 1) images
+        a = F.unfold(a.unsqueeze(-1), (mod.kernel_size[0], 1), (mod.dilation[0], 1), (mod.padding[0], 0),
+                     (mod.stride[0], 1)).transpose(1, 2)  # (n, l, c*k): unfold orders (C_in, k) as W does
     else:
         a = a.reshape(a.shape[0], -1, a.shape[-1])  # (n, l, d_in): l = 1 for plain (n, d_in) inputs
     parts = [a] if L.weight is not None else []
@@ -237,8 +252,8 @@ def _activations(L: KroneckerLayer, mod: nn.Module, a: Tensor) -> Tensor:
 
 def _preact(mod: nn.Module, ds: Tensor) -> Tensor:
     """Pre-activation gradients as (n, positions, d_out)."""
-    if isinstance(mod, nn.Conv2d):
-        return ds.flatten(2).transpose(1, 2)  # (n, h*w, c_out)
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        return ds.flatten(2).transpose(1, 2)  # (n, positions, c_out): h*w (Conv2d) or length (Conv1d)
     return ds.reshape(ds.shape[0], -1, ds.shape[-1])
 
 
@@ -295,7 +310,7 @@ def fit(
     1 otherwise), one eigendecomposition per factor, and for EK-FAC a second such pass for the eigenvalues.
 
     Args:
-        prob: the problem at theta (``ifkit.core.func.make_problem``); all its parameters must be Linear/Conv2d.
+        prob: the problem at theta (``ifkit.core.func.make_problem``); all its parameters must be Linear/Conv1d/Conv2d.
         X, y: the data whose curvature is approximated (the training set for classic influence).
         kind: "ekfac" (eigenvalue-corrected, default) or "kfac".
         fisher: "exact" (Gauss-Newton = true Fisher, exact expectation over labels), "sampled" (labels drawn
