@@ -167,10 +167,15 @@ def score(method: str, model: torch.nn.Module, train, val, **options: Any) -> Te
 
     Args:
         method: one of ``ifkit.METHODS``.
-        model: a torch.nn.Module at the trained parameters theta*; never modified.
-        train: (X, y) tensors or a Dataset of pairs.
-        val: (X_val, y_val), the clean validation set S_val.
-        **options: see ``ifkit.api.DEFAULTS`` (damping, iters, scale, checkpoints, params, ...); each method reads
+        model: a torch.nn.Module at the trained parameters theta*, in eval mode if it has BatchNorm / Dropout
+            (a training-mode one is refused: call model.eval()); never modified.
+        train: (X, y) tensors or numpy arrays, a torch Dataset of (x, y) pairs, or a DataLoader of (X, y)
+            batches (read once, in its dataset's order: shuffling does not change the result). Floating data of
+            another dtype than the model's is cast once to it, with one warning (ifkit/core/inputs.py).
+        val: the clean validation set S_val, in any of the same forms.
+        **options: see ``ifkit.api.DEFAULTS`` (damping, iters, scale, checkpoints, params, ...). ``checkpoints=``
+            (TracIn; VM/FVM's ``checkpoint="best-val"``) takes a list of state_dicts, a list of (state_dict, lr)
+            pairs, a {epoch: state_dict} dict (key order) or a list of modules -- one form. Each method reads
             them as its family's frozen options type (``ifkit.methods.REGISTRY[method].Options``). VM/FVM:
             ``at=ifkit.flat_point(...)`` scores at that theta~ instead of fine-tuning again.
 
@@ -205,7 +210,8 @@ def flat_point(method: str, model: torch.nn.Module, train, val, **options: Any) 
 def pairwise(method: str, model: torch.nn.Module, train, queries, **options: Any) -> Tensor:
     """(n_queries, n_train) predicted change of each query's loss when each training point is up-weighted.
 
-    Negative = helpful (proponent), positive = harmful (opponent).
+    Negative = helpful (proponent), positive = harmful (opponent). ``train`` and ``queries`` take every form
+    ``ifkit.score`` takes (tensors, numpy arrays, Datasets, DataLoaders); row q is the q-th query in order.
     """
     opt = resolve(method, options)
     fn = REGISTRY[method].pairwise

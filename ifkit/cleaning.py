@@ -53,7 +53,7 @@ class Cleaning:
         new_labels: (k,) the proposed label of each flagged point (its given label when the scores prefer it).
         labels: (n_train,) the given labels with the proposals applied.
         given: (n_train,) the labels as given.
-        checkpoint: index of the chosen state in ``checkpoints=`` (None: the model as given).
+        checkpoint: index of the chosen state in ``checkpoints=`` (a dict: in key order; None: the model as given).
         checkpoint_val_loss: mean S_val loss of each checkpoint (empty without checkpoints).
         diagnosis: ``ifkit.diagnose`` of that model: verdict, reasons, theta~ (``diagnosis.model_tilde``).
         seconds: wall time of the call.
@@ -115,11 +115,13 @@ def clean(
 
     Args:
         model: the trained classifier (its architecture; with ``checkpoints=`` its weights are replaced).
-        train: (X, y) training set with possibly noisy labels.
-        val: (X_val, y_val) the clean validation set S_val.
+        train: (X, y) training set with possibly noisy labels: tensors, numpy arrays, a Dataset or a DataLoader,
+            as for ``ifkit.score``.
+        val: (X_val, y_val) the clean validation set S_val, in any of the same forms (read once).
         method: "vm" (the default: as good as FVM at the chosen checkpoint, RESULTS.md) or "fvm".
-        checkpoints: state_dicts (or (state_dict, lr) pairs, as ``ifkit.optim.train.train(..., n_checkpoints=)``
-            saves them); the one of lowest S_val loss is used. None: ``model`` as given.
+        checkpoints: a list of state_dicts, of (state_dict, lr) pairs (as ``ifkit.optim.train.train(...,
+            n_checkpoints=)`` saves them) or of modules, or a {epoch: state_dict} dict; the one of lowest S_val
+            loss is used. None: ``model`` as given.
         k: how many points to flag: a count, or a fraction of n_train in (0, 1). None: the points whose given
             label theta~ does not predict -- an estimate of the noise that overshoots by about theta~'s
             validation error (pass the noise rate when you know it).

@@ -233,8 +233,9 @@ def diagnose(
 
     Args:
         model: the trained classifier at theta; never modified.
-        train: (X, y) training set with possibly noisy labels (or a Dataset of pairs).
-        val: (X_val, y_val) the clean validation set S_val.
+        train: (X, y) training set with possibly noisy labels: tensors, numpy arrays, a Dataset or a DataLoader,
+            as for ``ifkit.score``.
+        val: (X_val, y_val) the clean validation set S_val, in any of the same forms.
         method: "fvm" (FVMOptions: LPF-SGD) or "vm" (VMOptions: plain SGD).
         at: theta~ already fine-tuned for this method (``ifkit.flat_point``): report there, without fine-tuning
             again (theta is then ``at.start``, where that fine-tuning started).

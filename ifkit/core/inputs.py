@@ -13,6 +13,10 @@ Accepted wherever ifkit takes a data set (``train=``, ``val=``, ``queries=``, ``
 
 Cost: one pass over the data, copying it into memory once (ifkit works on in-memory tensors). Random transforms
 inside a Dataset (augmentation) are applied once as read: turn them off for scoring.
+
+Two checks on what comes with the data, run by every public call before any work: ``match_dtype`` casts
+floating data of another dtype than the model's once, with one warning, and ``check_model_mode`` refuses a
+model whose examples would interact (BatchNorm / Dropout in training mode) naming ``model.eval()``.
 """
 
 from __future__ import annotations
