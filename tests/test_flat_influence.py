@@ -142,7 +142,7 @@ def test_vm_at_a_checkpoint_equals_vm_of_that_model(tiny_mlp):
     # "best-val": the early state has the lower validation loss of the two (the memorising one overfits)
     loss = lambda m: torch.nn.functional.cross_entropy(m(val[0]), val[1]).item()  # noqa: E731
     best, other = (early, model) if loss(early) < loss(model) else (model, early)
-    cps = [(other.state_dict(), 0.1), best.state_dict()]
+    cps = [(other.state_dict(), 0.1), (best.state_dict(), 0.05)]  # one form: (state_dict, lr) pairs
     picked = ifkit.score("vm", model, train, val, checkpoints=cps, checkpoint="best-val", **kw)
     torch.testing.assert_close(picked, ifkit.score("vm", best, train, val, **kw), **EXACT)
     P = ifkit.pairwise("fvm", model, train, (val[0][:4], val[1][:4]), checkpoint=early.state_dict(),

@@ -99,6 +99,7 @@ FORMS = {
     "DataLoader dropping the last batch": lambda X, y: DataLoader(TensorDataset(X, y), batch_size=5, drop_last=True),
     "DataLoader of numpy items": lambda X, y: DataLoader(PairsOfArrays(X, y), batch_size=7, shuffle=True),
     "DataLoader of an IterableDataset": lambda X, y: DataLoader(Stream(X, y), batch_size=3),
+    "DataLoader without batching": lambda X, y: DataLoader(PairsOfArrays(X, y), batch_size=None, shuffle=True),
 }
 
 
@@ -142,6 +143,8 @@ REFUSED_DATA = [
                                                             sampler=torch.utils.data.RandomSampler(
                                                                 TensorDataset(X, Y), replacement=True)),
      ValueError, "which example each row is would be unknown"),
+    ("loader with a custom batch_sampler", lambda: DataLoader(TensorDataset(X, Y), batch_sampler=[[0, 1], [2, 3]]),
+     ValueError, "a custom batch_sampler"),
     ("loader of dict batches", lambda: DataLoader([{"x": x, "y": t} for x, t in zip(X, Y)], batch_size=4),
      TypeError, "not an (inputs, targets) pair"),
     ("numpy strings", lambda: (np.array(["a"] * N), Y.numpy()), TypeError, "give numbers"),

@@ -93,10 +93,11 @@ def _drain(loader: DataLoader, name: str) -> Data:
         sampler = loader.sampler
         plain_shuffle = (type(sampler) is RandomSampler and not sampler.replacement
                          and sampler.num_samples == len(loader.dataset))
-        custom = loader.batch_size is None or not isinstance(sampler, (SequentialSampler, RandomSampler))
+        custom_batches = loader.batch_size is None and loader.batch_sampler is not None
+        custom = custom_batches or not isinstance(sampler, (SequentialSampler, RandomSampler))
         if custom or (type(sampler) is RandomSampler and not plain_shuffle):
             raise ValueError(f"{name}: the DataLoader draws its examples with a {type(sampler).__name__}"
-                             f"{' and a custom batch_sampler' if loader.batch_size is None else ''}, so which "
+                             f"{' and a custom batch_sampler' if custom_batches else ''}, so which "
                              "example each row is would be unknown: pass the examples themselves, e.g. "
                              "torch.utils.data.Subset(dataset, indices), or DataLoader(dataset, batch_size=...)")
         if type(sampler) is not SequentialSampler or loader.drop_last:
@@ -106,6 +107,8 @@ def _drain(loader: DataLoader, name: str) -> Data:
     batches = [_pair(b, name, f"batch {j}") for j, b in enumerate(loader)]
     if not batches:
         raise ValueError(f"{name} is empty: the DataLoader gave no batch")
+    if loader.batch_size is None:  # batching turned off: every "batch" is one example
+        return _stack(batches, name)
     return torch.cat([x for x, _ in batches]), torch.cat([t for _, t in batches])
 
 
