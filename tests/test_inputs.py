@@ -435,3 +435,20 @@ def test_unsupported_convolutions_are_named():
     with pytest.raises(ValueError, match="zero padding given as numbers"):
         ifkit.score("ekfac", model, (Xs, ys), (Xs, ys))
     assert not factors.supported(make_problem(model), Xs)  # per-sample gradients fall back to vmap
+
+
+@pytest.mark.parametrize("method", ["vm", "graddot", "datainf", "ekfac"])
+def test_methods_on_a_conv1d_net_equal_the_generic_vmap_path(method, monkeypatch):
+    """The unfolded Conv1d blocks feed every kernel built on per-layer factors (VM's structured curvature
+    included): scores equal those of vmap gradients and network-pass products."""
+    from tolerances import STRUCTURED_VS_GENERIC
+
+    from ifkit import sharpness
+
+    model, Xs, ys, _ = conv1d_case(n=30)
+    train, val = (Xs[:22], ys[:22]), (Xs[22:], ys[22:])
+    opts = dict(flat_steps=5, damping=0.05) if method == "vm" else {}
+    fast = ifkit.score(method, model, train, val, **opts)
+    monkeypatch.setattr(factors, "supported", lambda *a: False)
+    monkeypatch.setattr(sharpness, "ggn_vp_fits", lambda *a: False)
+    torch.testing.assert_close(fast, ifkit.score(method, model, train, val, **opts), **STRUCTURED_VS_GENERIC)
