@@ -122,6 +122,9 @@ def _renamed(method: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+FLAT_SETS = ("flat_val", "curvature_val")  # VM/FVM pairwise's own validation sets
+
+
 def prepare(model: torch.nn.Module, train, other, opt: Options, other_name: str) -> GradEngine:
     """The inputs of one call checked, converted and placed, before any work: data of any accepted kind (core/
     inputs.py) as tensors, checkpoints of any accepted form as a list (validation.py), floating data cast once
@@ -137,9 +140,10 @@ def prepare(model: torch.nn.Module, train, other, opt: Options, other_name: str)
         opt = dataclasses.replace(opt, checkpoints=cps)
     checks.check_checkpoint(model, getattr(opt, "checkpoint", None))
     sets = {"train": (X, y), other_name: (Xv, yv)}
-    if opt.candidates is not None:
-        sets["candidates"] = as_tensors(opt.candidates, "candidates")
-    sets = checks.check_inputs(sets, opt.loss)
+    extra = [k for k in ("candidates", *FLAT_SETS) if getattr(opt, k, None) is not None]
+    sets.update({k: as_tensors(getattr(opt, k), k) for k in extra})  # data given as options: the same forms
+    # flat_val / curvature_val may hold other sequence lengths than train (VM pairwise on generated text)
+    sets = {**sets, **checks.check_inputs({k: v for k, v in sets.items() if k not in FLAT_SETS}, opt.loss)}
     # --
     if opt.device is not None:
         model = copy.deepcopy(model).to(opt.device)
@@ -154,10 +158,11 @@ def prepare(model: torch.nn.Module, train, other, opt: Options, other_name: str)
     if not opt.gave("chunk_size"):  # a (chunk, p) gradient block takes at most a quarter of budget_mb
         p = sum(model.get_parameter(n).numel() for n in param_names(model, opt.params))
         opt = dataclasses.replace(opt, chunk_size=grad_chunk_rows(p, dtype, opt.budget_mb))
-    if opt.candidates is not None:
-        Xc, yc = (t.to(X.device) for t in sets["candidates"])
-        validate(model, (X, y), (Xc, yc), opt, "candidates")
-        opt = dataclasses.replace(opt, candidates=(Xc, yc))
+    for k in extra:
+        Xk, yk = (t.to(X.device) for t in sets[k])
+        if k == "candidates":
+            validate(model, (X, y), (Xk, yk), opt, "candidates")
+        opt = dataclasses.replace(opt, **{k: (Xk, yk)})
     return GradEngine(model, X, y, Xv, yv, opt)
 
 

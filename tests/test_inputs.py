@@ -452,3 +452,16 @@ def test_methods_on_a_conv1d_net_equal_the_generic_vmap_path(method, monkeypatch
     monkeypatch.setattr(factors, "supported", lambda *a: False)
     monkeypatch.setattr(sharpness, "ggn_vp_fits", lambda *a: False)
     torch.testing.assert_close(fast, ifkit.score(method, model, train, val, **opts), **STRUCTURED_VS_GENERIC)
+
+
+def test_data_given_as_options_takes_the_same_forms():
+    """flat_val= / curvature_val= (VM/FVM pairwise) and candidates= accept arrays and loaders too."""
+    Q = (XV[:3], YV[:3])
+    kw = dict(flat_steps=3)
+    want = ifkit.pairwise("vm", MODEL, (X, Y), Q, flat_val=(XV, YV), curvature_val=(XV, YV), **kw)
+    got = ifkit.pairwise("vm", MODEL, (X, Y), Q, flat_val=(XV.numpy(), YV.numpy()),
+                         curvature_val=DataLoader(TensorDataset(XV, YV), batch_size=3, shuffle=True), **kw)
+    close(got, want)
+    cand = (X[:4], (Y[:4] + 1) % K)
+    close(ifkit.score("graddot", MODEL, (X, Y), (XV, YV), candidates=TensorDataset(*cand)),
+          ifkit.score("graddot", MODEL, (X, Y), (XV, YV), candidates=cand))
