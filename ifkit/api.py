@@ -27,8 +27,8 @@ from . import estimate
 from . import validation as checks
 from .core.cache import GradCache
 from .core.func import chunks, param_names, resolve_loss
-from .core.inputs import as_tensors, check_model_mode, match_dtype
 from .core.grads import GradEngine, grad_chunk_rows
+from .core.inputs import as_tensors, check_model_mode, match_dtype
 from .core.options import Options
 from .curvature.inverse import LEGACY_LISSA_PRODUCTS
 from .curvature.solvers import check_damping
