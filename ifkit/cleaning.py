@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import html
 import time
 from collections.abc import Sequence
@@ -36,10 +37,51 @@ from torch import Tensor, nn
 
 from . import api
 from . import validation as checks
+from .core.func import chunks
 from .core.grads import GradEngine
 from .diagnosis import Diagnosis, report
 from .methods.flat import flat_point
 from .optim.train import best_val_checkpoint, checkpoint_state, labelled_tensors
+
+
+# What ranks the training points (``score=``), each read off the trust report's one fine-tuning (diagnosis.py):
+SCORES = {
+    "loss": "the training loss at theta~",
+    "vm": "VM, g~^T (H~_val + damping I)^-1 g~ at theta~",
+    "fvm": "FVM, VM at a flat theta~ (LPF-SGD)",
+    "gradnorm": "the per-sample gradient norm at theta~",
+    "loss-checkpoint": "the training loss at theta (the chosen checkpoint)",
+}
+DEFAULT_SCORE = "vm"
+
+
+def choose_score(method: str | None, score: str | None) -> tuple[str, str]:
+    """(fine-tuning method, ranking score) of a ``clean`` call; refuses unknown names with the closest one.
+
+    ``method`` says how theta~ is reached ("vm": SGD, "fvm": LPF-SGD on S_val); ``score`` what ranks the points.
+    Given alone, ``method`` also ranks (``clean(m, tr, va, "fvm")`` ranks by FVM, as it always did).
+    """
+    if method is not None and method not in ("vm", "fvm"):
+        close = difflib.get_close_matches(str(method), ("vm", "fvm"), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"ifkit.clean fine-tunes with the flat-validation-minimum recipes: method must be 'vm' or "
+                         f"'fvm', got {method!r} ({hint}other methods: ifkit.score, then torch.topk; to rank by "
+                         f"another score pass score=, one of {', '.join(SCORES)})")
+    if score is None:
+        score = method or DEFAULT_SCORE
+    if score not in SCORES:
+        close = difflib.get_close_matches(str(score), SCORES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown score={score!r}{hint}: ifkit.clean ranks by one of {', '.join(SCORES)}")
+    if method is not None and score in ("vm", "fvm") and score != method:
+        raise ValueError(f"method={method!r} fine-tunes theta~ for {method.upper()} but score={score!r} ranks by "
+                         f"{score.upper()}: pass one of them")
+    return method or (score if score in ("vm", "fvm") else "vm"), score
+
+
+def ranking(d: Diagnosis, score: str) -> Tensor:
+    """(n,) the chosen score of every training point, off the report's fine-tuning; higher = more suspicious."""
+    return {"loss": d.loss_tilde, "gradnorm": d.grad_norm_tilde, "loss-checkpoint": d.loss_theta}.get(score, d.scores)
 
 
 @dataclass
@@ -47,7 +89,8 @@ class Cleaning:
     """What ``clean`` found. Indices refer to the training set as given.
 
     Attributes:
-        method: "vm" or "fvm".
+        method: "vm" or "fvm": how theta~ was reached (SGD or LPF-SGD on S_val).
+        score: what ranked the points (``SCORES``): "loss" (at theta~), "vm", "fvm", "gradnorm", "loss-checkpoint".
         flagged: (k,) training indices, most likely mislabelled first.
         new_labels: (k,) the proposed label of each flagged point (its given label when the scores prefer it).
         labels: (n_train,) the given labels with the proposals applied.
@@ -56,11 +99,15 @@ class Cleaning:
         checkpoint_val_loss: mean S_val loss of each checkpoint (empty without checkpoints).
         diagnosis: ``ifkit.diagnose`` of that model: verdict, reasons, theta~ (``diagnosis.model_tilde``).
         seconds: wall time of the call.
-        scores: (n_train,) the method's scores at the chosen model; higher = more likely mislabelled.
+        scores: (n_train,) the chosen score at the chosen model; higher = more likely mislabelled.
+        relabel_path: how the proposals were made: "candidates" (every class scored), "argmax" (the model's most
+            probable class: the candidate of lowest loss), "bound" (VM/FVM where the candidate bound proves the
+            argmax wins, candidates scored elsewhere) or "" (no relabelling).
         model: the chosen model (a copy; theta, before the fine-tuning on S_val).
     """
 
     method: str
+    score: str
     flagged: Tensor
     new_labels: Tensor
     labels: Tensor
@@ -71,6 +118,7 @@ class Cleaning:
     seconds: float
     scores: Tensor = field(repr=False)
     model: nn.Module = field(repr=False)
+    relabel_path: str = ""
 
     @property
     def verdict(self) -> str:
@@ -91,7 +139,9 @@ class Cleaning:
         cp = "the model as given" if self.checkpoint is None else (
             f"checkpoint {self.checkpoint} of {len(self.checkpoint_val_loss)} (S_val loss "
             f"{self.checkpoint_val_loss[self.checkpoint]:.3f})")
-        return (f"ifkit.clean({self.method}) at {cp}: flagged {len(self.flagged)} of {len(self.scores)} points, "
+        tuned = "" if self.score in ("vm", "fvm") else f", theta~ of {self.method}"
+        return (f"ifkit.clean(score={self.score!r}{tuned}) at {cp}: ranked by {SCORES[self.score]}; "
+                f"flagged {len(self.flagged)} of {len(self.scores)} points, "
                 f"proposed a new label for {len(self.changed)}; diagnose: {self.verdict.upper()} "
                 f"({self.seconds:.1f} s)")
 
@@ -103,8 +153,9 @@ def clean(
     model: nn.Module,
     train,
     val,
-    method: str = "vm",
+    method: str | None = None,
     *,
+    score: str | None = None,
     checkpoints: Sequence | None = None,
     k: int | float | None = None,
     relabel: bool = True,
@@ -116,7 +167,10 @@ def clean(
         model: the trained classifier (its architecture; with ``checkpoints=`` its weights are replaced).
         train: (X, y) training set with possibly noisy labels.
         val: (X_val, y_val) the clean validation set S_val.
-        method: "vm" (the default: as good as FVM at the chosen checkpoint, RESULTS.md) or "fvm".
+        method: how theta~ is reached: "vm" (SGD on S_val; the default) or "fvm" (LPF-SGD). Given without
+            ``score=`` it also ranks (the calls of earlier releases keep their meaning).
+        score: what ranks the points (``SCORES``; default ``DEFAULT_SCORE``, chosen by the rule below): "loss"
+            (training loss at theta~), "vm", "fvm", "gradnorm" (at theta~) or "loss-checkpoint" (at theta).
         checkpoints: state_dicts (or (state_dict, lr) pairs, as ``ifkit.optim.train.train(..., n_checkpoints=)``
             saves them); the one of lowest S_val loss is used. None: ``model`` as given.
         k: how many points to flag: a count, or a fraction of n_train in (0, 1). None: the points whose given
@@ -129,12 +183,11 @@ def clean(
         ``Cleaning``: scores, flagged indices, proposed labels, the chosen checkpoint and the trust report.
 
     Raises:
-        ValueError: a method other than "vm"/"fvm", a k out of range, or inputs ``ifkit.score`` refuses.
+        ValueError: a method other than "vm"/"fvm", an unknown score (with the closest name), a k out of range,
+            or inputs ``ifkit.score`` refuses.
     """
     t0 = time.perf_counter()
-    if method not in ("vm", "fvm"):
-        raise ValueError(f"ifkit.clean uses the flat-validation-minimum scores: method must be 'vm' or 'fvm', got "
-                         f"{method!r} (other methods: ifkit.score, then torch.topk)")
+    method, score = choose_score(method, score)
     for bad in ("checkpoint", "candidates", "at"):
         if options.get(bad) is not None:
             raise ValueError(f"ifkit.clean chooses the model and the candidates itself: drop {bad}= (give "
@@ -156,7 +209,7 @@ def clean(
     eng = api.prepare(start, (X, y), val, opt, "val")
     point = flat_point(eng)
     d = report(eng, point, method, t0=t0)
-    scores = d.scores  # (n,) equal to ifkit.score(method, start, train, val, **options)
+    scores = ranking(d, score)  # (n,) e.g. VM: ifkit.score(method, start, train, val, **options)
     n = len(scores)
     if k is None:
         with torch.no_grad():
@@ -168,21 +221,37 @@ def clean(
     if not 0 <= k <= n:
         raise ValueError(f"k={k}: flag between 0 and n_train={n} points")
     flagged = torch.topk(scores, k).indices  # (k,) most suspicious first
-    new = y[flagged].clone()  # (k,)
+    new, path = y[flagged].clone(), ""  # (k,)
     if relabel and k:
-        with torch.no_grad():
-            C = int(d.model_tilde(X[:1]).shape[-1])
-        Xc = eng.X[flagged].repeat_interleave(C, dim=0)  # (k*C, ...) each flagged point once per class
-        yc = torch.arange(C, device=eng.y.device).repeat(k)  # (k*C,)
-        # at theta~ of the scores above, with their curvature: = ifkit.score(..., at=point, candidates=(Xc, yc))
-        cand_opt = dataclasses.replace(eng.opt, candidates=(Xc, yc), at=point)
-        cand = api.run(method, GradEngine(eng.model, eng.X, eng.y, eng.Xv, eng.yv, cand_opt))
-        new = cand.view(k, C).argmin(dim=1)  # (k,) the label whose candidate is least harmful
+        new, path = _relabel(eng, point, d, method, score, flagged)
     labels = y.clone()
     labels[flagged] = new
-    return Cleaning(method=method, flagged=flagged, new_labels=new, labels=labels, given=y, checkpoint=chosen,
+    return Cleaning(method=method, score=score, flagged=flagged, new_labels=new, labels=labels, given=y, checkpoint=chosen,
                     checkpoint_val_loss=val_losses, diagnosis=d, seconds=time.perf_counter() - t0, scores=scores,
-                    model=start)
+                    model=start, relabel_path=path)
 
 
-__all__ = ["Cleaning", "best_val_checkpoint", "clean"]
+def _relabel(eng: GradEngine, point, d: Diagnosis, method: str, score: str, flagged: Tensor) -> tuple[Tensor, str]:
+    """((k,) proposed labels, path): the candidate label of lowest score for each flagged point.
+
+    Loss scores: the candidate (x, c) of lowest cross-entropy is the model's most probable class, so the argmax
+    IS the argmin over candidates (theta~'s; theta's for "loss-checkpoint"); "gradnorm" takes theta~'s argmax
+    too. VM/FVM: every candidate scored at theta~ with the curvature of the scores (docs/PAPER.md, Eq. 17).
+    """
+    X = eng.X[flagged]
+    if score not in ("vm", "fvm"):
+        net = point.start if score == "loss-checkpoint" else point.model
+        with torch.no_grad():
+            return torch.cat([net(X[r]).argmax(-1) for r in chunks(len(X), eng.opt.chunk_size)]), "argmax"
+    k = len(flagged)
+    with torch.no_grad():
+        C = int(point.model(X[:1]).shape[-1])
+    Xc = X.repeat_interleave(C, dim=0)  # (k*C, ...) each flagged point once per class
+    yc = torch.arange(C, device=eng.y.device).repeat(k)  # (k*C,)
+    # at theta~ of the scores above, with their curvature: = ifkit.score(..., at=point, candidates=(Xc, yc))
+    cand_opt = dataclasses.replace(eng.opt, candidates=(Xc, yc), at=point)
+    cand = api.run(method, GradEngine(eng.model, eng.X, eng.y, eng.Xv, eng.yv, cand_opt))
+    return cand.view(k, C).argmin(dim=1), "candidates"  # (k,) the label whose candidate is least harmful
+
+
+__all__ = ["Cleaning", "DEFAULT_SCORE", "SCORES", "best_val_checkpoint", "choose_score", "clean", "ranking"]
