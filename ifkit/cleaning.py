@@ -64,7 +64,7 @@ def choose_score(method: str | None, score: str | None) -> tuple[str, str]:
     Given alone, ``method`` also ranks (``clean(m, tr, va, "fvm")`` ranks by FVM, as it always did).
     """
     if method is not None and method not in ("vm", "fvm"):
-        close = difflib.get_close_matches(str(method), ("vm", "fvm"), n=1)
+        close = difflib.get_close_matches(str(method), ("vm", "fvm"), n=1, cutoff=0.5)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(f"ifkit.clean fine-tunes with the flat-validation-minimum recipes: method must be 'vm' or "
                          f"'fvm', got {method!r} ({hint}other methods: ifkit.score, then torch.topk; to rank by "
@@ -72,7 +72,7 @@ def choose_score(method: str | None, score: str | None) -> tuple[str, str]:
     if score is None:
         score = method or DEFAULT_SCORE
     if score not in SCORES:
-        close = difflib.get_close_matches(str(score), SCORES, n=1)
+        close = difflib.get_close_matches(str(score), SCORES, n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown score={score!r}{hint}: ifkit.clean ranks by one of {', '.join(SCORES)}")
     if method is not None and score in ("vm", "fvm") and score != method:
