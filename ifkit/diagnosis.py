@@ -9,45 +9,24 @@ The derivation assumes three things this module MEASURES rather than guesses:
 
 1. theta~ is a validation minimum (the first-order term g~_val^T d theta vanishes): the mean validation gradient
    and loss must fall during the fine-tuning;
-2. the validation risk is flat around theta~ (the paper's Theorem 3.2, docs/PAPER.md, Eq. 8: wrong signs are
-   rare when R_val^rho(theta~) is small): one-step SAM sharpness and the top Gauss-Newton eigenvalue on S_val;
-3. the model generalises: influence of a memorising model is measured where every noisy label is fitted, and on
-   Fashion-MNIST that cost VM 7 AUC points against the early-stopped checkpoint (below).
+2. the validation risk is flat around theta~ (the paper's Theorem 3.2, docs/PAPER.md, Eq. 8): one-step SAM
+   sharpness and the top Gauss-Newton eigenvalue on S_val, judged as ratios theta~ / theta (scale-free);
+3. the model generalises: ``acc_gap`` = train accuracy (GIVEN labels) - validation accuracy at theta, and
+   ``fitted_share`` = share of training points with loss below ``FIT_RATIO`` x the mean validation loss; on
+   Fashion-MNIST memorisation cost VM 7 AUC points against the early-stopped checkpoint.
 
-It also reports how much the scores add over the cheapest controls (the training loss and the gradient norm at
-theta~, Spearman correlations): at this scale those controls match VM (docs/PAPER.md, Sec. 6.1).
+And two things about the scores themselves, on a HOLDOUT slice of S_val that a second fine-tuning (theta~_h)
+did not see: its accuracy there, and how well the loss at theta~_h tells each held-out point's true label from a
+wrong one (``heldout_auc_hard``: the most likely wrong label) -- the detection AUC measured where the truth is
+known. And how much the scores add over the cheapest controls (Spearman with the training loss and gradient norm
+at theta~; the top-k overlap with the loss, a note when they flag different points).
 
-Memorisation, as defined here (both numbers are reported, the verdict uses the first):
-
-* ``acc_gap`` = train accuracy - validation accuracy at theta, on the GIVEN (possibly noisy) training labels. A
-  model that generalises fits clean training points about as often as validation points and fits noisy ones
-  rarely, so its train accuracy is at or below its validation accuracy; the excess estimates the share of
-  training labels fitted beyond what generalises.
-* ``fitted_share`` = share of training points with loss at theta below ``FIT_RATIO`` x the mean validation loss
-  (points fitted far better than unseen ones).
-
-Thresholds were measured on the detection experiment (``ifkit.experiments.detection``, seed 0), memorising model
-(``s.run.model``) vs early-stopped checkpoint (``s.early``), VM / FVM defaults (numbers are memo / early):
-
-    setting                          acc_gap        fitted   SAM sh. theta->theta~   top GGN eig. theta~   AUC VM
-    digits FAST, 30% symmetric       +0.29 / -0.16  0.59/0.03  0.063 / 0.027 -> <0.006   2.6 / 2.5        0.994 / 0.994
-    Fashion FULL (14x14, 2k/300),    +0.45 / -0.14  0.99/0.02  0.101 / 0.049 -> <0.025   10.6 / 4.7       0.907 / 0.974
-      40% symmetric
-    Spearman(VM, loss at theta~) was 0.96-0.99 in all eight runs (VM and FVM); the loss at theta~ had the same AUC.
-
-The cut points sit between those groups; with two settings they are judgement, not fitted values. Checked
-afterwards on all four Fashion-MNIST detection settings x 3 seeds (VM; the memorising model vs the checkpoint of
-lowest S_val loss that ``ifkit.clean`` picks), the verdicts were:
-
-    setting          memorising: acc_gap, verdict, AUC          best-val checkpoint: acc_gap, verdict, AUC
-    symmetric 20%    +0.31..+0.33  caution x3       0.89-0.91   -0.09..-0.02  trust x3               0.97-0.98
-    symmetric 40%    +0.45..+0.50  do not trust x3  0.89-0.91   -0.23..-0.13  trust x3               0.97
-    asymmetric 40%   +0.45..+0.47  do not trust x3  0.88       +0.04..+0.22  trust x2, caution x1   0.89-0.92
-    hard 40%         +0.28..+0.35  caution x3       0.81-0.86   +0.04..+0.09  trust x3               0.92-0.93
-
-so the memorising model was never trusted (12/12) and the checkpoint was trusted in 11/12 runs (the exception,
-asymmetric seed 0: acc_gap +0.22, a checkpoint that already fits part of the pair flips). At 20% noise or under hard noise the
-gap stays below GAP_DISTRUST although memorisation cost VM 7-12 AUC points: "caution" is a real warning there.
+The memorisation cut points were measured on the detection experiment (memorising model vs early-stopped
+checkpoint; acc_gap +0.29 / -0.16 on digits, +0.45 / -0.14 on Fashion-MNIST) and checked on its four
+Fashion-MNIST settings x 3 seeds: the memorising model was never trusted (12/12), the best-val checkpoint in 11/12.
+The earlier absolute limits (top eigenvalue 8, SAM sharpness 0.03) said "caution" on every small CNN
+(eigenvalues 37-119) and 8x8 MLP (8.5-9) whatever their AUC; the ratios and the held-out AUC replace them, and
+tests/test_diagnose_trust.py checks that the verdict orders runs by their measured AUC.
 """
 
 from __future__ import annotations
@@ -68,6 +47,7 @@ from .core.func import chunks, make_problem
 from .core.grads import GradEngine, stream_grads
 from .core.options import Options
 from .methods.flat import FlatPoint, flat_point
+from .metrics import auc
 from .optim.flat_finetune import flat_finetune
 from .optim.sam import sam_sharpness
 from .optim.train import evaluate
@@ -94,10 +74,11 @@ TOP_EIG_MAX = 8.0
 # Share of S_val held out of a second fine-tuning from theta, so that theta~'s accuracy is measured on points it
 # never saw (its accuracy on the S_val it was fine-tuned on flatters it).
 HOLDOUT = 0.2
-# est_precision = 1 - err_heldout / disagree: of the training labels theta~ disagrees with (the flags ifkit.clean
-# proposes by default), the share that cannot be explained by theta~'s own error rate on unseen clean points. A
-# lower bound on the precision of those flags (exact when the noise rate is 0; the clean share 1 - eta <= 1).
-PRECISION_MIN = 0.7
+# heldout_auc_hard: on the held-out slice, each point with its true label against the same point with the wrong
+# label theta~_h finds most likely; the AUC of theta~_h's loss separating the two. The detection AUC of the loss at
+# theta~ measured where the truth is known, on points it did not see, with the hardest wrong labels (an
+# estimate: training points were also seen by theta). Below this: many clean points look mislabelled to theta~.
+AUC_MIN = 0.9
 # Top-k overlap of the ranking score and the training loss at theta~ (k = the points theta~ disagrees with):
 # below this the cheap score and the curvature flag different points (a note: which to prefer, notebook 04).
 OVERLAP_MIN = 0.8
@@ -161,7 +142,8 @@ class Diagnosis:
     val_acc_heldout_theta: float
     n_heldout: int
     disagree_share: float
-    est_precision: float
+    heldout_auc: float
+    heldout_auc_hard: float
     topk_overlap: float
     seconds: float
     scores: Tensor = field(repr=False)
@@ -189,7 +171,8 @@ class Diagnosis:
             (f"top {self.curvature.upper()} eigenvalue on S_val", f"{self.top_eig:.2f}", f"{self.top_eig_tilde:.2f}"),
             ("theta~ / theta: SAM sharpness, top eigenvalue", "", f"{self.sharp_ratio:.2f}, {self.eig_ratio:.2f}"),
             ("share of training labels theta~ disagrees with", "", f(self.disagree_share)),
-            ("est. precision of those flags (1 - held-out err / share)", "", f(self.est_precision)),
+            ("held-out AUC of the loss, random / hardest wrong labels", "",
+             f"{self.heldout_auc:.3f} / {self.heldout_auc_hard:.3f}"),
             ("training accuracy / loss", f"{self.train_acc:.3f} / {self.train_loss:.3f}", ""),
             ("train acc - val acc", f"{self.acc_gap:+.3f}", ""),
             (f"share fitted below {FIT_RATIO:g} x val loss", f(self.fitted_share), ""),
@@ -342,7 +325,7 @@ def report(eng: GradEngine, point: FlatPoint, method: str, curvature_sharpness: 
         spearman_loss_tilde=_rank_corr(scores, loss_tilde), spearman_grad_norm_tilde=_rank_corr(scores, gnorm_tilde),
         spearman_loss=_rank_corr(scores, loss_theta), sharp_ratio=_ratio(sam1["sharpness"], sam0["sharpness"]),
         eig_ratio=_ratio(e1, e0), val_acc_heldout=held[1], val_acc_heldout_theta=held[0], n_heldout=held[2],
-        disagree_share=share, est_precision=1 - (1 - held[1]) / share if share > 0 else math.nan,
+        disagree_share=share, heldout_auc=held[3], heldout_auc_hard=held[4],
         topk_overlap=topk_overlap(scores, loss_tilde, k), seconds=0.0, scores=scores, loss_tilde=loss_tilde,
         grad_norm_tilde=gnorm_tilde, loss_theta=loss_theta, model_tilde=tilde, point=point,
     )
@@ -363,20 +346,32 @@ def topk_overlap(a: Tensor, b: Tensor, k: int) -> float:
     return len(set(torch.topk(a, k).indices.tolist()) & set(torch.topk(b, k).indices.tolist())) / k
 
 
-def _heldout_accuracy(point: FlatPoint, opt: Options) -> tuple[float, float, int]:
-    """(accuracy at theta, at theta~_h, n) on a random HOLDOUT share of S_val, theta~_h fine-tuned as theta~ was
-    but on the rest: theta~'s accuracy on points it did not see. Cost: one more fine-tuning on 80% of S_val."""
+def _heldout_accuracy(point: FlatPoint, opt: Options) -> tuple[float, float, int, float, float]:
+    """(accuracy at theta, at theta~_h, n, AUC random, AUC hardest) on a random HOLDOUT share of S_val, theta~_h
+    fine-tuned as theta~ was but on the rest: how theta~ does on points it did not see. The AUCs: its loss on
+    each held-out point's wrong label (random, or its most likely wrong class) against the true one (AUC_MIN).
+    Cost: one more fine-tuning on 80% of S_val."""
     Xv, yv = point.val
     n = len(yv)
     m = int(round(HOLDOUT * n))
-    if m < 1 or n - m < 1:
-        return math.nan, math.nan, 0
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(opt.seed or 0))).to(yv.device)  # (n,)
+    if m < 2 or n - m < 1 or opt.loss != "cross_entropy" or yv.dim() != 1:
+        return math.nan, math.nan, 0, math.nan, math.nan
+    gen = torch.Generator().manual_seed(int(opt.seed or 0))
+    perm = torch.randperm(n, generator=gen).to(yv.device)  # (n,)
     out, keep = perm[:m], perm[m:]
     kw = {**point.options.finetune_kwargs(), "progress": False}
     tuned = flat_finetune(point.start, (Xv[keep], yv[keep]), **kw).model
     acc = [evaluate(net, Xv[out], yv[out], loss=opt.loss)[1] for net in (point.start, tuned)]
-    return acc[0], acc[1], m
+    with torch.no_grad():
+        nll = -torch.log_softmax(tuned(Xv[out]).double(), dim=1)  # (m, C) loss of every label
+    y = yv[out]
+    C = nll.shape[1]
+    rand = (y + torch.randint(1, C, (m,), generator=gen).to(y.device)) % C  # (m,) a uniform wrong label
+    hard = nll.scatter(1, y[:, None], math.inf).argmin(1)  # (m,) the most likely wrong label
+    pick = lambda c: nll.gather(1, c[:, None]).squeeze(1)  # noqa: E731
+    flags = torch.cat([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
+    aucs = [auc(torch.cat([pick(c), pick(y)]), flags) for c in (rand, hard)]
+    return acc[0], acc[1], m, aucs[0], aucs[1]
 
 
 def _sam(model: nn.Module, data, rho: float, opt: Options) -> dict[str, float]:
@@ -408,12 +403,12 @@ def _judge(d: Diagnosis, n_classes: int) -> tuple[list[str], list[str]]:
                                f"{d.sharp_ratio:.2f}, top {d.curvature.upper()} eigenvalue {d.eig_ratio:.2f}; limits "
                                f"{SHARP_RATIO_MAX:g}, {EIG_RATIO_MAX:g}): theta~ is not the flat minimum VM assumes; "
                                "rank by score='loss' (no curvature) or lower flat_lr"))
-    if d.est_precision < PRECISION_MIN:
-        out.append(("caution", f"theta~ errs on {1 - d.val_acc_heldout:.0%} of held-out S_val points but disagrees "
-                               f"with only {d.disagree_share:.0%} of the training labels: at least "
-                               f"{1 - d.est_precision:.0%} of its flags may be its own mistakes (estimated precision "
-                               f"{d.est_precision:.2f} < {PRECISION_MIN:g}); flag fewer (k=) and check them by hand, "
-                               "or score a better model (checkpoints=, a larger S_val)"))
+    if d.heldout_auc_hard < AUC_MIN:
+        out.append(("caution", f"on {d.n_heldout} held-out S_val points, the loss at theta~ tells their true label from "
+                               f"the most likely wrong one with AUC {d.heldout_auc_hard:.2f} only (below {AUC_MIN:g}; "
+                               f"random wrong labels {d.heldout_auc:.2f}, accuracy {d.val_acc_heldout:.2f}): many "
+                               "clean points will look mislabelled; score a better model (checkpoints=, a larger "
+                               "S_val) and check the flags by hand"))
     if d.val_acc_heldout < d.val_acc_heldout_theta:
         out.append(("note", f"fine-tuning on S_val lowered the accuracy on held-out S_val points "
                             f"({d.val_acc_heldout_theta:.3f} -> {d.val_acc_heldout:.3f}): theta~ fits S_val more than "
@@ -431,13 +426,13 @@ def _judge(d: Diagnosis, n_classes: int) -> tuple[list[str], list[str]]:
     if not any(lv in ("caution", "do not trust") for lv, _ in out):
         out.insert(0, ("trust", f"the model generalises (train acc {d.train_acc:.2f} vs val {d.val_acc:.2f}), theta~ "
                                 f"is flatter than theta (SAM sharpness x{d.sharp_ratio:.2f}, top eigenvalue "
-                                f"x{d.eig_ratio:.2f}) and its flags are mostly label noise (estimated precision "
-                                f"{d.est_precision:.2f}, from held-out S_val): the score's assumptions hold"))
+                                f"x{d.eig_ratio:.2f}) and tells right from wrong labels on held-out S_val (AUC "
+                                f"{d.heldout_auc_hard:.2f}, hardest wrong labels): the score's assumptions hold"))
     order = {"do not trust": 0, "caution": 1, "trust": 2, "note": 3}
     out.sort(key=lambda r: order[r[0]])
     return [lv for lv, _ in out], [r for _, r in out]
 
 
 __all__ = ["CONTROL_SPEARMAN", "Diagnosis", "EIG_RATIO_MAX", "FIT_RATIO", "GAP_CAUTION", "GAP_DISTRUST",
-           "GRAD_RATIO_MAX", "HOLDOUT", "OVERLAP_MIN", "PRECISION_MIN", "SHARPNESS_MAX", "SHARP_RATIO_MAX", "TOP_EIG_MAX",
+           "GRAD_RATIO_MAX", "HOLDOUT", "OVERLAP_MIN", "AUC_MIN", "SHARPNESS_MAX", "SHARP_RATIO_MAX", "TOP_EIG_MAX",
            "diagnose", "report", "topk_overlap"]
