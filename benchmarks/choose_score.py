@@ -82,7 +82,7 @@ def run(name: str, noise: str, seed: int, fast: bool) -> list[dict]:
     hit = flipped[c.flagged]
     truth = split.y_train_clean[c.flagged]
     base = dict(setting=name, noise=noise, seed=seed, dataset=cfg["dataset"], n_train=cfg["n_train"],
-                n_val=cfg["n_val"], checkpoint=c.checkpoint, val_acc=d.val_acc, verdict=d.verdict)
+                n_val=cfg["n_val"], checkpoint=c.checkpoint, val_acc=d.val_acc)
     ranked = {"vm": c.scores, "fvm": f.scores, "loss": d.loss_tilde, "gradnorm": d.grad_norm_tilde,
               "loss-checkpoint": d.loss_theta}
     rows = [{**base, "score": s, "auc": metrics.auc(v, flipped)} for s, v in ranked.items()]

@@ -95,7 +95,7 @@ SCHEMAS: dict[str, Schema] = {
         columns={"setting": Col("str", pattern=r"[a-z]+-[a-z]+"), "noise": NOISE, "seed": COUNT,
                  "score": Col("str", values=("vm", "fvm", "loss", "gradnorm", "loss-checkpoint")), "auc": SHARE,
                  "dataset": DATASET, "n_train": COUNT, "n_val": COUNT, "checkpoint": COUNT, "val_acc": SHARE,
-                 "verdict": Col("str", values=("trust", "caution", "do not trust")), "relabel_differs": SHARE,
+                 "relabel_differs": SHARE,
                  "relabel_acc_vm": SHARE, "relabel_acc_argmax": SHARE, "candidates_seconds": SECONDS,
                  "clean_seconds": SECONDS}),
     # ifkit bench (a failed measurement keeps its row with empty timings, retried on the next run)
