@@ -59,7 +59,6 @@ from .diagnosis import Diagnosis, report
 from .methods.flat import flat_point
 from .optim.train import best_val_checkpoint, checkpoint_state, labelled_tensors
 
-
 # What ranks the training points (``score=``), each read off the trust report's one fine-tuning (diagnosis.py):
 SCORES = {
     "loss": "the training loss at theta~",
@@ -247,9 +246,9 @@ def clean(
         new, path = _relabel(eng, point, d, method, score, flagged)
     labels = y.clone()
     labels[flagged] = new
-    return Cleaning(method=method, score=score, flagged=flagged, new_labels=new, labels=labels, given=y, checkpoint=chosen,
-                    checkpoint_val_loss=val_losses, diagnosis=d, seconds=time.perf_counter() - t0, scores=scores,
-                    model=start, relabel_path=path)
+    return Cleaning(method=method, score=score, flagged=flagged, new_labels=new, labels=labels, given=y,
+                    checkpoint=chosen, checkpoint_val_loss=val_losses, diagnosis=d,
+                    seconds=time.perf_counter() - t0, scores=scores, model=start, relabel_path=path)
 
 
 def _relabel(eng: GradEngine, point, d: Diagnosis, method: str, score: str, flagged: Tensor) -> tuple[Tensor, str]:

@@ -26,7 +26,7 @@ checkpoint; acc_gap +0.29 / -0.16 on digits, +0.45 / -0.14 on Fashion-MNIST) and
 Fashion-MNIST settings x 3 seeds: the memorising model was never trusted (12/12), the best-val checkpoint in 11/12.
 The earlier absolute limits (top eigenvalue 8, SAM sharpness 0.03) said "caution" on every small CNN
 (eigenvalues 37-119) and 8x8 MLP (8.5-9) whatever their AUC; the ratios and the held-out AUC replace them, and
-tests/test_diagnose_trust.py checks that the verdict orders runs by their measured AUC.
+tests/test_diagnose_trust.py checks that, within each setting, trusted runs detect at least as well as cautioned ones.
 """
 
 from __future__ import annotations
@@ -405,8 +405,8 @@ def _judge(d: Diagnosis, n_classes: int) -> tuple[list[str], list[str]]:
                                "that VM assumes, as for a model that has not learnt the task yet; train longer, or "
                                "rank by score='loss' (no curvature)"))
     if d.heldout_auc_hard < AUC_MIN:
-        out.append(("caution", f"on {d.n_heldout} held-out S_val points, the loss at theta~ tells their true label from "
-                               f"the most likely wrong one with AUC {d.heldout_auc_hard:.2f} only (below {AUC_MIN:g}; "
+        out.append(("caution", f"on {d.n_heldout} held-out S_val points, the loss at theta~ tells their true "
+                               f"label from the most likely wrong one with AUC {d.heldout_auc_hard:.2f} only (below {AUC_MIN:g}; "
                                f"random wrong labels {d.heldout_auc:.2f}, accuracy {d.val_acc_heldout:.2f}): many "
                                "clean points will look mislabelled; score a better model (checkpoints=, a larger "
                                "S_val) and check the flags by hand"))
