@@ -21,7 +21,8 @@ def setting():
 @pytest.fixture(scope="module")
 def cleaned(setting):
     k = int(setting.flipped.sum())
-    return ifkit.clean(setting.run.model, setting.train, setting.val, checkpoints=setting.run.checkpoints, k=k)
+    return ifkit.clean(setting.run.model, setting.train, setting.val, checkpoints=setting.run.checkpoints, k=k,
+                       score="vm")
 
 
 def test_chooses_the_lowest_validation_loss_checkpoint(setting, cleaned):
@@ -41,6 +42,17 @@ def test_scores_are_ifkit_score_at_best_val(setting, cleaned):
                       checkpoints=setting.run.checkpoints)
     torch.testing.assert_close(cleaned.scores, ref, rtol=0, atol=0)
     assert torch.equal(cleaned.flagged, torch.topk(ref, len(cleaned.flagged)).indices)
+
+
+def test_default_ranks_by_the_loss_at_theta_tilde(setting, cleaned):
+    k = len(cleaned.flagged)
+    d = ifkit.clean(setting.run.model, setting.train, setting.val, checkpoints=setting.run.checkpoints, k=k)
+    assert d.score == "loss" and d.checkpoint == cleaned.checkpoint
+    tilde = cleaned.diagnosis.model_tilde  # the same fine-tuning from the same checkpoint
+    torch.testing.assert_close(d.scores, ifkit.score("loss", tilde, setting.train, setting.val))
+    with torch.no_grad():
+        assert torch.equal(d.new_labels, tilde(setting.train[0][d.flagged]).argmax(1))
+    assert "training loss at theta~" in str(d) and d.relabel_path == "argmax"
 
 
 def test_new_labels_are_the_argmin_over_candidates(setting, cleaned):
@@ -110,7 +122,7 @@ def test_clean_checks_fine_tunes_and_builds_the_curvature_once(tiny_mlp, monkeyp
     monkeypatch.setattr(flat, "flat_finetune", counted("finetune", flat.flat_finetune))
     monkeypatch.setattr(flat, "validation_curvature", counted("curvature", flat.validation_curvature))
     model, train, val, _ = tiny_mlp
-    c = ifkit.clean(model, train, val, k=5, flat_steps=10)
+    c = ifkit.clean(model, train, val, k=5, flat_steps=10, score="vm")
     assert calls == {"prepare": 1, "finetune": 1, "curvature": 1}
     monkeypatch.undo()
     ref = ifkit.score("vm", model, train, val, flat_steps=10)

@@ -89,6 +89,15 @@ SCHEMAS: dict[str, Schema] = {
         columns={"seed": COUNT, "style": STYLE, "n": COUNT, "classifier_acc": SHARE, "nelbo_base": FLOAT,
                  "recon_acc_base": SHARE, "sample_acc_base": SHARE, "nelbo_lora": FLOAT, "recon_acc_lora": SHARE,
                  "sample_acc_lora": SHARE, "variant": VARIANT, "mode": MODE}),
+    # benchmarks/choose_score.py: which score ifkit.clean ranks by, on settings nobody tuned on
+    "choose_score.csv": Schema(
+        key=("setting", "noise", "seed", "score"), required=("auc",),
+        columns={"setting": Col("str", pattern=r"[a-z]+-[a-z]+"), "noise": NOISE, "seed": COUNT,
+                 "score": Col("str", values=("vm", "fvm", "loss", "gradnorm", "loss-checkpoint")), "auc": SHARE,
+                 "dataset": DATASET, "n_train": COUNT, "n_val": COUNT, "checkpoint": COUNT, "val_acc": SHARE,
+                 "relabel_differs": SHARE,
+                 "relabel_acc_vm": SHARE, "relabel_acc_argmax": SHARE, "candidates_seconds": SECONDS,
+                 "clean_seconds": SECONDS}),
     # ifkit bench (a failed measurement keeps its row with empty timings, retried on the next run)
     "bench.csv": Schema(
         key=("part", "model", "method", "n_train"),
