@@ -63,6 +63,7 @@ class Config:
     ks: tuple[int, ...] = (10, 30)  # removal sizes
     removal_queries: int = 1  # queries per task and variant for the removal test (each: 2 + 2 x methods refits)
     n_boot: int = 1000  # bootstrap resamples of the intervals
+    variants: tuple[str, ...] = ("harder", "protocol")  # gen-text's benchmarks, in the order run (harder first)
 
 
 FULL = Config()
@@ -206,8 +207,9 @@ def lds_losses(s: Setting, cfg: Config, seed: int, cache: Cache | None = None, p
 
 
 def setting_rows(s: Setting, cfg: Config, seed: int, masks: np.ndarray, losses: np.ndarray,
-                 removed: pd.DataFrame) -> list[dict]:
-    """The table's rows of one setting: per method an "lds" row (k = 0) and a "removal" row per k."""
+                 removed: pd.DataFrame | None) -> list[dict]:
+    """The table's rows of one setting: per method an "lds" row (k = 0) and a "removal" row per k (none when
+    ``removed`` is None)."""
     rows = []
     for m, P in s.tables.items():
         r = lds(P, masks, losses, cfg.n_boot, seed)
@@ -215,7 +217,7 @@ def setting_rows(s: Setting, cfg: Config, seed: int, masks: np.ndarray, losses: 
         rows.append({"measure": "lds", "k": 0, "method": m, "value": r.lds, "low": r.low, "high": r.high,
                      "auc": auc, "recall": recall, "n_subsets": len(masks), "n_queries": int(np.isfinite(
                          r.per_query).sum())})
-        for k in cfg.ks:
+        for k in cfg.ks if removed is not None else ():
             mine = removed[(removed.method == m) & (removed.k == k)].set_index("query")
             rand = removed[(removed.method == "random") & (removed.k == k)].set_index("query")
             excess = mine["increase"] - rand.loc[mine.index, "increase"]  # (queries,)
@@ -239,26 +241,33 @@ def measure(cfg: Config, seeds: Iterable[int], out: str | Path, tasks: Sequence[
     table = ResultsTable(Path(out) / FILENAME, KEY, required=REQUIRED)
     seeds = list(seeds)
     try:
-        for task in tasks:
-            for variant in cfg.text.variants:
-                for seed in seeds:
-                    want = [dict(task=task, variant=variant, seed=seed, method=m, measure=ms, k=k)
-                            for m in cfg.text.methods for ms, k in [("lds", 0), *(("removal", k) for k in cfg.ks)]]
-                    if all(table.has(**w) for w in want):
-                        continue
-                    t0 = time.perf_counter()
-                    s = prepare(task, variant, seed, cfg.text, cache)
-                    masks, losses = lds_losses(s, cfg, seed, cache, progress)
-                    removed = removal(s.base, s.data, s.tables, cfg.text, seed,
-                                      removal_queries(s.data, cfg.removal_queries), cfg.ks, s.grad_loss, cache,
-                                      s.tag, progress)
-                    common = {"task": task, "variant": variant, "seed": seed, "mode": mode, "alpha": cfg.alpha,
-                              "grad_loss": s.grad_loss, "seconds": time.perf_counter() - t0}
-                    table.add([{**common, **r} for r in setting_rows(s, cfg, seed, masks, losses, removed)])
+        for what in ("lds", "removal"):  # every LDS first: the removal refits reuse the cached settings
+            for task in tasks:
+                for variant in cfg.variants:
+                    for seed in seeds:
+                        _measure_setting(cfg, what, task, variant, seed, table, mode, cache, progress)
     finally:
         torch.set_num_threads(threads)
     df = table.frame
     return df[df["task"].isin(tasks) & df["seed"].isin(seeds)].reset_index(drop=True) if not df.empty else df
+
+
+def _measure_setting(cfg: Config, what: str, task: str, variant: str, seed: int, table: ResultsTable, mode: str,
+                     cache: Cache | None, progress: bool) -> None:
+    """Add the ``what`` ("lds" or "removal") rows of one setting to ``table`` unless they are all there."""
+    ks = [0] if what == "lds" else cfg.ks
+    if all(table.has(task=task, variant=variant, seed=seed, method=m, measure=what, k=k)
+           for m in cfg.text.methods for k in ks):
+        return
+    t0 = time.perf_counter()
+    s = prepare(task, variant, seed, cfg.text, cache)
+    masks, losses = lds_losses(s, cfg, seed, cache, progress)
+    removed = None if what == "lds" else removal(
+        s.base, s.data, s.tables, cfg.text, seed, removal_queries(s.data, cfg.removal_queries), cfg.ks,
+        s.grad_loss, cache, s.tag, progress)
+    common = {"task": task, "variant": variant, "seed": seed, "mode": mode, "alpha": cfg.alpha,
+              "grad_loss": s.grad_loss, "seconds": time.perf_counter() - t0}
+    table.add([{**common, **r} for r in setting_rows(s, cfg, seed, masks, losses, removed) if r["measure"] == what])
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
