@@ -147,3 +147,47 @@ def test_gen_lds_is_registered_with_its_times():
     discover()
     assert EXPERIMENTS["gen-lds"] is L.run
     assert META["gen-lds"].parts == ("sentence", "math") and META["gen-lds"].seconds[1] <= 60
+
+
+def test_removal_view_shows_the_removed_examples_and_both_losses(setting):
+    from ifkit.widgets import removal_view
+
+    s = setting
+    removed = L.removal(s.base, s.data, s.tables, TINY, 0, [1], [2], s.grad_loss)
+    assert set(removed.method) == {"graddot", "vm", "random"}
+    line, table = removal_view(removed, s.data.text_val, s.data.text_train, s.data.cls_train, s.data.cls_val,
+                               s.tables, "vm", 2)
+    vm = removed.set_index("method").loc["vm"]
+    assert len(table) == 2 and list(table["training example"]) == [s.data.text_train[i] for i in vm["removed"]]
+    assert f"{vm['loss_after']:.4f}" in line and s.data.text_val[1] in line
+    with pytest.raises(ValueError, match="no removal refit"):
+        removal_view(removed, s.data.text_val, s.data.text_train, s.data.cls_train, s.data.cls_val, s.tables,
+                     "tracin", 2)
+
+
+# ------------------------------------------------------------------------------ RESULTS.md quotes the table
+def lds_markdown(df: pd.DataFrame) -> str:
+    """RESULTS.md's LDS table, made from results/generation_lds.csv (full-size rows): per task and benchmark,
+    the methods by LDS, with the class AUC of the same scores and the removal test beside."""
+    side = L.summary(df[df["mode"] == "full"])
+    by = side.groupby(["task", "variant"])
+    side["r_lds"] = by["lds"].rank(ascending=False, method="min").astype(int)
+    side["r_auc"] = by["auc"].rank(ascending=False, method="min").astype(int)
+    ks = sorted(int(c.removeprefix("removal_k")) for c in side if c.startswith("removal_k"))
+    lines = ["| task | variant | method | LDS [95% interval] | rank by LDS | class AUC (%) | rank by AUC | "
+             + " | ".join(f"removal k={k}" for k in ks) + " |", "|---" * (7 + len(ks)) + "|"]
+    for r in side.sort_values(["task", "variant", "r_lds", "method"], ascending=[False, True, True, True]).itertuples():
+        cells = [r.task, r.variant, r.method, f"{r.lds:.3f} [{r.low:.3f}, {r.high:.3f}]", str(r.r_lds),
+                 f"{r.auc:.1f}", str(r.r_auc), *(f"{getattr(r, f'removal_k{k}'):+.4f}" for k in ks)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_results_md_lds_table_is_the_csvs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    df = pd.read_csv(root / "results" / L.FILENAME)
+    lds_rows = df[(df["mode"] == "full") & (df.measure == "lds")]
+    assert set(lds_rows.method) == set(L.FULL.text.methods) and set(lds_rows.variant) == {"protocol", "harder"}
+    assert lds_markdown(df) in (root / "RESULTS.md").read_text()
