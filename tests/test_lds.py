@@ -16,7 +16,7 @@ from ifkit.experiments import EXPERIMENTS, META, discover
 from ifkit.experiments import gen_lds as L
 from ifkit.experiments import gen_text as G
 from ifkit.experiments.cache import Cache
-from ifkit.metrics import lds, mean_interval
+from ifkit.metrics import lds, lds_difference, mean_interval
 from ifkit.results import SCHEMAS
 
 # ---------------------------------------------------------------------------------------------- the metric
@@ -166,6 +166,10 @@ def test_removal_view_shows_the_removed_examples_and_both_losses(setting):
 
 
 # ------------------------------------------------------------------------------ RESULTS.md quotes the table
+def _signed(x: float) -> str:
+    return "-" if pd.isna(x) else f"{x:+.4f}"
+
+
 def lds_markdown(df: pd.DataFrame) -> str:
     """RESULTS.md's LDS table, made from results/generation_lds.csv (full-size rows): per task and benchmark,
     the methods by LDS, with the class AUC of the same scores and the removal test beside."""
@@ -178,7 +182,7 @@ def lds_markdown(df: pd.DataFrame) -> str:
              + " | ".join(f"removal k={k}" for k in ks) + " |", "|---" * (7 + len(ks)) + "|"]
     for r in side.sort_values(["task", "variant", "r_lds", "method"], ascending=[False, True, True, True]).itertuples():
         cells = [r.task, r.variant, r.method, f"{r.lds:.3f} [{r.low:.3f}, {r.high:.3f}]", str(r.r_lds),
-                 f"{r.auc:.1f}", str(r.r_auc), *(f"{getattr(r, f'removal_k{k}'):+.4f}" for k in ks)]
+                 f"{r.auc:.1f}", str(r.r_auc), *(_signed(getattr(r, f"removal_k{k}")) for k in ks)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -191,3 +195,12 @@ def test_results_md_lds_table_is_the_csvs():
     lds_rows = df[(df["mode"] == "full") & (df.measure == "lds")]
     assert set(lds_rows.method) == set(L.FULL.text.methods) and set(lds_rows.variant) == {"protocol", "harder"}
     assert lds_markdown(df) in (root / "RESULTS.md").read_text()
+
+
+def test_lds_difference_is_paired():
+    w, S, losses = _additive(noise=3.0)
+    noisy = w + np.random.default_rng(5).normal(size=w.shape)  # worse scores
+    d, lo, hi = lds_difference(w, noisy, S, losses, n_boot=300)
+    assert d == pytest.approx(lds(w, S, losses, n_boot=0).lds - lds(noisy, S, losses, n_boot=0).lds)
+    assert 0 < lo < d < hi
+    assert lds_difference(w, w, S, losses, n_boot=50) == (0.0, 0.0, 0.0)

@@ -20,7 +20,8 @@ RESULTS.md, "Generation (text): counterfactual tests".
 
 Writes ``results/generation_lds.csv``: per task, variant, seed and method one "lds" row (k = 0) with the LDS
 and its interval (value, low, high) beside the class AUC and recall of the same scores, and one "removal" row
-per k (value = mean excess loss increase over random same-class removal, with interval over the queries).
+per k (value = mean excess loss increase over random same-class removal, with interval over the queries); the
+"lds" rows also hold each method's LDS minus TracIn's and DataInf's on the same refits, with paired intervals.
 Every refit (its query losses and adapters), the fine-tuned model and the score tables are cached under
 ``OUT/.cache/gen-lds`` (``ifkit.experiments.cache``): an interrupted run resumes where it stopped.
 """
@@ -44,13 +45,14 @@ from ifkit.data.text import TASKS, TaskData
 from ifkit.experiments import gen_text as G
 from ifkit.experiments import register
 from ifkit.experiments.cache import Cache, cached, key_of, pack_run, unpack_run
-from ifkit.metrics import lds, mean_interval, ranking_metrics
+from ifkit.metrics import lds, lds_difference, mean_interval, ranking_metrics
 from ifkit.models import add_lora, lora_names
 from ifkit.results import ResultsTable
 
 FILENAME = "generation_lds.csv"
 KEY = ["task", "variant", "seed", "method", "measure", "k"]
 REQUIRED = ["value", "low", "high"]
+REFERENCES = ("tracin", "datainf")  # every method's LDS is also compared with theirs, paired (columns vs_*)
 
 
 @dataclass(frozen=True)
@@ -214,9 +216,14 @@ def setting_rows(s: Setting, cfg: Config, seed: int, masks: np.ndarray, losses: 
     for m, P in s.tables.items():
         r = lds(P, masks, losses, cfg.n_boot, seed)
         auc, recall, _ = ranking_metrics(P, s.data.cls_train, s.data.cls_val)
+        paired = {}
+        for ref in REFERENCES:  # LDS(m) - LDS(ref) on the same refits, with a paired interval
+            if ref in s.tables and ref != m:
+                d, lo, hi = lds_difference(P, s.tables[ref], masks, losses, cfg.n_boot, seed)
+                paired.update({f"vs_{ref}": d, f"vs_{ref}_low": lo, f"vs_{ref}_high": hi})
         rows.append({"measure": "lds", "k": 0, "method": m, "value": r.lds, "low": r.low, "high": r.high,
                      "auc": auc, "recall": recall, "n_subsets": len(masks), "n_queries": int(np.isfinite(
-                         r.per_query).sum())})
+                         r.per_query).sum()), **paired})
         for k in cfg.ks if removed is not None else ():
             mine = removed[(removed.method == m) & (removed.k == k)].set_index("query")
             rand = removed[(removed.method == "random") & (removed.k == k)].set_index("query")

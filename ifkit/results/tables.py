@@ -97,7 +97,7 @@ SCHEMAS: dict[str, Schema] = {
                  "high": FLOAT, "auc": SHARE, "recall": SHARE, "n_subsets": COUNT, "n_queries": COUNT,
                  "alpha": SHARE, "increase": FLOAT, "random_increase": FLOAT, "same_class": SHARE,
                  "loss_before": FLOAT, "mode": MODE, "grad_loss": Col("str", values=("prompt", "answer", "full")),
-                 "seconds": SECONDS}),
+                 "seconds": SECONDS, **{f"vs_{r}{e}": FLOAT for r in ("tracin", "datainf") for e in ("", "_low", "_high")}}),
     # ifkit bench (a failed measurement keeps its row with empty timings, retried on the next run)
     "bench.csv": Schema(
         key=("part", "model", "method", "n_train"),
