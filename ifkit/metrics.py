@@ -156,3 +156,116 @@ def ranking_metrics(table, train_group, query_group, top: int = 5) -> RankingMet
     recalls = [hits[q, : k[q]].mean() for q in range(len(sq))]
     precisions = hits[:, :top].mean(1)  # (Q,)
     return RankingMetrics(float(np.mean(aucs)), float(np.mean(recalls)), float(np.mean(precisions)), top)
+
+
+class LDS(tuple):
+    """``(lds, low, high)`` of ``lds``: unpacks as a tuple; ``per_query`` holds each query's Spearman correlation."""
+
+    def __new__(cls, lds: float, low: float, high: float, per_query: np.ndarray) -> LDS:
+        self = super().__new__(cls, (lds, low, high))
+        self.per_query = per_query
+        return self
+
+    lds = property(lambda self: self[0], doc="mean over queries of the Spearman correlation")
+    low = property(lambda self: self[1], doc="2.5th percentile of the bootstrap")
+    high = property(lambda self: self[2], doc="97.5th percentile of the bootstrap")
+
+
+def _column_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(Q,) Spearman correlation of a[:, q] with b[:, q] for every column: Pearson of average ranks (scipy's
+    ``spearmanr``; NaN where a column is constant)."""
+    ra, rb = rankdata(a, axis=0), rankdata(b, axis=0)  # (M, Q) each
+    ra, rb = ra - ra.mean(0), rb - rb.mean(0)
+    den = np.sqrt((ra**2).sum(0) * (rb**2).sum(0))  # (Q,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(0) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def lds(scores, subsets, losses, n_boot: int = 1000, seed: int = 0) -> LDS:
+    """Linear datamodeling score (TRAK, Park et al. 2023; dattri): do a method's pairwise scores predict what
+    retraining on random subsets does to each query's loss?
+
+    ``scores[q, i]`` is the kit's pairwise influence (docs/PAPER.md, Eq. 6): the predicted change of query q's
+    loss when training point i is up-weighted, negative = helpful. A model trained on the subset S then has the
+    predicted query loss  const + (1/n) sum_{i in S} scores[q, i]  (each kept point up-weighted relative to the
+    removed ones), so for subset m and query q
+
+        predicted[m, q] = sum_i subsets[m, i] scores[q, i]
+        LDS            = mean_q  spearman_m(predicted[m, q], losses[m, q])
+
+    +1: the scores rank the subsets exactly as retraining does; 0: no better than random scores. The 95%
+    interval is a percentile bootstrap that resamples the queries AND the subsets (with replacement) and
+    recomputes the mean (queries share the subsets, so resampling queries alone would be too narrow).
+    Queries whose losses (or predictions) are constant over the subsets have no correlation and are left out.
+    Cost: one (M, n) x (n, Q) product, then n_boot rank transforms of (M, Q) arrays.
+
+    Args:
+        scores: (Q, n) pairwise influences (negative = helpful), a Tensor or an array.
+        subsets: (M, n) bool (or 0/1): which training points subset m kept.
+        losses: (M, Q) each query's loss measured after retraining on each subset.
+        n_boot: bootstrap resamples (0: no interval, low = high = the estimate).
+        seed: seeds the bootstrap.
+
+    Returns:
+        LDS (lds, low, high), with ``per_query`` the (Q,) correlations.
+
+    Raises:
+        ValueError: if the shapes disagree, there are fewer than 3 subsets, or no query has a correlation.
+    """
+    S, Z, L = _np(scores).astype(float), _np(subsets).astype(float), _np(losses).astype(float)
+    if S.ndim != 2 or Z.ndim != 2 or L.shape != (Z.shape[0], S.shape[0]) or Z.shape[1] != S.shape[1]:
+        raise ValueError(f"scores {S.shape}, subsets {Z.shape} and losses {L.shape} must be (Q, n), (M, n) and "
+                         "(M, Q): losses[m, q] is query q's loss after training on subset m")
+    if len(Z) < 3:
+        raise ValueError(f"{len(Z)} subsets: a rank correlation over subsets needs at least 3 (TRAK uses >= 50)")
+    pred = Z @ S.T  # (M, Q) predicted loss up to a constant and the 1/n factor
+    per_query = _column_spearman(pred, L)  # (Q,)
+    if np.isnan(per_query).all():
+        raise ValueError("every query's losses or predictions are constant over the subsets: no correlation")
+    est = float(np.nanmean(per_query))
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        m, q = rng.integers(len(Z), size=len(Z)), rng.integers(len(S), size=len(S))  # (M,), (Q,)
+        r = _column_spearman(pred[np.ix_(m, q)], L[np.ix_(m, q)])  # (Q,)
+        if not np.isnan(r).all():
+            boot.append(np.nanmean(r))
+    low, high = (np.percentile(boot, [2.5, 97.5]) if boot else (est, est))
+    return LDS(est, float(low), float(high), per_query)
+
+
+def mean_interval(values, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of ``values`` and its 95% percentile-bootstrap interval (one value: low = high).
+
+    Used for the removal test (per query: loss increase after removing a method's top k minus that after removing
+    k random same-class points). Cost: n_boot means of len(values) numbers."""
+    v = _np(values).astype(float).ravel()
+    if not len(v):
+        raise ValueError("mean_interval needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(len(v), size=(n_boot, len(v)))].mean(1) if n_boot and len(v) > 1 else v[:1]
+    low, high = np.percentile(means, [2.5, 97.5]) if len(v) > 1 else (v[0], v[0])
+    return float(v.mean()), float(low), float(high)
+
+
+def lds_difference(scores_a, scores_b, subsets, losses, n_boot: int = 1000, seed: int = 0
+                   ) -> tuple[float, float, float]:
+    """(LDS(a) - LDS(b), low, high): the difference of two methods' ``lds`` on the same refits, with a PAIRED 95%
+    bootstrap interval (each resample draws the queries and subsets once and scores both methods on them; the
+    shared subset noise cancels, so the interval is narrower than the two marginal ones suggest).
+    Cost: twice that of ``lds``."""
+    Z, L = _np(subsets).astype(float), _np(losses).astype(float)  # (M, n), (M, Q)
+    pa, pb = Z @ _np(scores_a).astype(float).T, Z @ _np(scores_b).astype(float).T  # (M, Q) each
+    if pa.shape != L.shape or pb.shape != L.shape:
+        raise ValueError(f"predictions {pa.shape} / {pb.shape} and losses {L.shape} must all be (M, Q)")
+
+    def diff(m: np.ndarray, q: np.ndarray) -> float:
+        i = np.ix_(m, q)
+        return float(np.nanmean(_column_spearman(pa[i], L[i])) - np.nanmean(_column_spearman(pb[i], L[i])))
+
+    est = diff(np.arange(len(Z)), np.arange(L.shape[1]))
+    rng = np.random.default_rng(seed)
+    boot = [diff(rng.integers(len(Z), size=len(Z)), rng.integers(L.shape[1], size=L.shape[1]))
+            for _ in range(n_boot)]
+    low, high = np.nanpercentile(boot, [2.5, 97.5]) if boot else (est, est)
+    return est, float(low), float(high)

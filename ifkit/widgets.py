@@ -158,5 +158,61 @@ def checkpoint_report(model: torch.nn.Module, train, val, checkpoints: Sequence,
                     checkpoint=IntSlider(value=last, min=0, max=last, description="checkpoint"))
 
 
+def removal_view(removed, text_val: Sequence[str], text_train: Sequence[str], cls_train, cls_val, tables,
+                 method: str, k: int):
+    """One query's removal test as a table (what ``removal_explorer`` shows): the ``k`` training examples
+    ``method`` ranks most helpful (their text, whether they share the query's class, their influence), and the
+    query's loss before, after refitting without them, and after refitting without ``k`` random same-class ones.
+
+    Args:
+        removed: the rows of ``ifkit.experiments.gen_lds.removal`` for ONE query (columns query, k, method,
+            removed, loss_before, loss_after, increase).
+        text_val, text_train, cls_train, cls_val: the task's texts and classes (``TaskData``).
+        tables: method -> (Q, n) pairwise scores (negative = helpful).
+
+    Returns:
+        (summary line, DataFrame of the removed examples).
+    """
+    import pandas as pd
+
+    rows = removed[(removed["k"] == k)].set_index("method")
+    if method not in rows.index:
+        raise ValueError(f"no removal refit for method={method!r}, k={k}; there are {sorted(rows.index)}")
+    q = int(rows["query"].iloc[0])
+    mine, rand = rows.loc[method], rows.loc["random"]
+    idx = list(mine["removed"])
+    table = pd.DataFrame({"rank": range(1, len(idx) + 1), "training example": [text_train[i] for i in idx],
+                          "same class": [bool(cls_train[i] == cls_val[q]) for i in idx],
+                          "influence": [float(tables[method][q, i]) for i in idx]})
+    line = (f"query {q}: {text_val[q]}\nloss {mine['loss_before']:.4f} with every training example; without the top "
+            f"{k} of {method}: {mine['loss_after']:.4f} ({mine['increase']:+.4f}); without {k} random examples "
+            f"of its class: {rand['loss_after']:.4f} ({rand['increase']:+.4f})")
+    return line, table
+
+
+def removal_explorer(removed, text_val: Sequence[str], text_train: Sequence[str], cls_train, cls_val, tables,
+                     method: str = "tracin"):
+    """``interact`` over the method (and k) of a removal test already refit (``gen_lds.removal``): the query, the
+    examples that method would remove, and the query's loss before and after removing them, beside removing as
+    many random examples of the query's class. Nothing is refit when a dropdown moves.
+
+    Returns:
+        What ``ipywidgets.interact`` returns (the decorated function, with its widget).
+    """
+    from IPython.display import display
+    from ipywidgets import Dropdown, interact
+
+    methods = [m for m in dict.fromkeys(removed["method"]) if m != "random"]
+    ks = sorted(set(int(k) for k in removed["k"]))
+
+    def show(method: str, k: int) -> None:
+        line, table = removal_view(removed, text_val, text_train, cls_train, cls_val, tables, method, k)
+        print(line)
+        display(table)
+
+    return interact(show, method=Dropdown(options=methods, value=method if method in methods else methods[0]),
+                    k=Dropdown(options=ks, value=ks[0]))
+
+
 __all__ = ["checkpoint_diagnoses", "checkpoint_report", "detection_dashboard", "plot_detection_dashboard",
-           "relabel_explorer"]
+           "relabel_explorer", "removal_explorer", "removal_view"]

@@ -98,6 +98,15 @@ SCHEMAS: dict[str, Schema] = {
                  "relabel_differs": SHARE,
                  "relabel_acc_vm": SHARE, "relabel_acc_argmax": SHARE, "candidates_seconds": SECONDS,
                  "clean_seconds": SECONDS}),
+    # gen-lds: counterfactual tests of the text benchmarks ("lds" rows have k = 0; "removal" rows one per k)
+    "generation_lds.csv": Schema(
+        key=("task", "variant", "seed", "method", "measure", "k"), required=("value", "low", "high"),
+        columns={"task": Col("str", values=("sentence", "math")), "variant": VARIANT, "seed": COUNT, "method": METHOD,
+                 "measure": Col("str", values=("lds", "removal")), "k": COUNT, "value": FLOAT, "low": FLOAT,
+                 "high": FLOAT, "auc": SHARE, "recall": SHARE, "n_subsets": COUNT, "n_queries": COUNT,
+                 "alpha": SHARE, "increase": FLOAT, "random_increase": FLOAT, "same_class": SHARE,
+                 "loss_before": FLOAT, "mode": MODE, "grad_loss": Col("str", values=("prompt", "answer", "full")),
+                 "seconds": SECONDS, **{f"vs_{r}{e}": FLOAT for r in ("tracin", "datainf") for e in ("", "_low", "_high")}}),
     # ifkit bench (a failed measurement keeps its row with empty timings, retried on the next run)
     "bench.csv": Schema(
         key=("part", "model", "method", "n_train"),
