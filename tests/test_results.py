@@ -116,7 +116,7 @@ def _control_bytes(lines):
 
 
 DAMAGE = {  # name: (make, what the warning says about the row)
-    "row cut after the required columns": (_cut_after_required, "has 9 fields where the header has 17"),
+    "row cut after the required columns": (_cut_after_required, "has 9 fields where the header has 18"),
     "number cut mid-digits": (_cut_mid_digits, "the file ends inside this line"),
     "garbled method": (_garbled_key, "method: 'gradbot' is not a valid value"),
     "garbled seed": (_garbled_seed, "seed: 'O' is not a number"),
