@@ -57,3 +57,32 @@ def test_results_md_section_is_generated_from_the_committed_csv():
     assert section == expected, "RESULTS.md is stale: run `python -m ifkit.experiments.evidence`"
     best, margin, _ = E.winner(pd.read_csv(ROOT / "results" / "detection.csv"))
     assert f"**{best}" in section and f"{abs(margin):.3f}" in section
+
+
+def test_readme_evidence_sentences_match_the_csv():
+    """README's 'Which score, by evidence' paragraph: every number recomputed from results/detection.csv."""
+    import re
+
+    df = pd.read_csv(ROOT / "results" / "detection.csv")
+    text = " ".join((ROOT / "README.md").read_text().split())
+    best, margin, _ = E.winner(df)
+    o = E.overall(E.paired(df))
+
+    def ov(rival):
+        return (f"{o.loc[rival, 'diff']:+.3f}", str(int(o.loc[rival, "ahead"])), str(int(o.loc[rival, "seeds"])))
+
+    claims = {
+        r"Over all (\d+) settings the score with the best worst-case margin is \*\*(\S+)\*\*":
+            (str(len(E.mean_table(df, E.CANDIDATES))), best),
+        r"(ahead of every other score in every setting by at least|trails the best score by at most) ([\d.]+) AUC":
+            ("ahead of every other score in every setting by at least" if margin > 0 else
+             "trails the best score by at most", f"{abs(margin):.3f}"),
+        r"ahead of VM at the same checkpoint \(`ifkit.clean`'s score\) by ([+-][\d.]+) on average, on (\d+) of (\d+)":
+            ov("vm-best-val"),
+        r"of cleanlab given S_val by ([+-][\d.]+) on average, on (\d+) of (\d+)": ov("cleanlab-sval"),
+        r"of the S_val-only model by ([+-][\d.]+) on average, on (\d+) of (\d+)": ov("loss-sval"),
+    }
+    for pattern, expected in claims.items():
+        match = re.search(pattern, text)
+        assert match, f"README lost the sentence {pattern!r} (reworded? update this test)"
+        assert match.groups() == expected, f"README: {match.group(0)!r} should read {expected}"

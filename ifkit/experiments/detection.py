@@ -127,7 +127,7 @@ MORE = (
     Config("digits", n_train=1000, n_val=200, n_test=None, image_size=8, hidden=(64,), epochs=150, lr=1e-2, **_MORE),
     Config("mixture", n_train=1000, n_val=200, n_test=1000, image_size=8, hidden=(64,), epochs=150, lr=1e-2, **_MORE),
     Config("digits", n_train=1000, n_val=200, n_test=None, image_size=8, epochs=30, lr=3e-3, width=16, **_CNN),
-    Config("fashion", n_train=2000, n_val=200, n_test=1000, image_size=28, epochs=6, lr=3e-3, **_CNN),
+    Config("fashion", n_train=1000, n_val=200, n_test=1000, image_size=28, epochs=6, lr=3e-3, **_CNN),
 )
 
 
