@@ -325,7 +325,7 @@ def bound_markdown(df: pd.DataFrame) -> str:
     lines = [BOUND_BEGIN, "", "| setting | seeds | flag precision | relabel accuracy | clean-model bound | accuracy - bound "
              "(worst seed) | = theta~'s argmax | retrained / noisy test acc |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (dataset, model, noise, rate), r in t.iterrows():
-        lines.append(f"| {dataset} {model} {noise} {rate:.0%} | {r.seeds} | {r.precision:.3f} | {r.relabel_acc:.3f} | "
+        lines.append(f"| {dataset} {model} {noise} {rate:.0%} | {int(r.seeds)} | {r.precision:.3f} | {r.relabel_acc:.3f} | "
                      f"{r.clean_bound:.3f} | {r.gap:+.3f} ({r.worst_gap:+.3f}) | {r.agree_pipeline_theta_tilde:.3f} | "
                      f"{r.retrain_test_acc:.3f} / {r.noisy_test_acc:.3f} |")
     return "\n".join([*lines, "", BOUND_END]) + "\n"
