@@ -61,12 +61,13 @@ def test_symmetric_uses_every_other_class(labels):
         assert targets == set(range(10)) - {c}  # 100 draws over 9 classes: all appear
 
 
-@pytest.mark.parametrize("pairs", ["fashion", "digits", None])
+@pytest.mark.parametrize("pairs", ["fashion", "digits", "mixture", None])
 def test_asymmetric_goes_to_partner(pairs, labels):
     noisy = data.asymmetric_noise(labels, 0.4, 10, seed=0, pairs=pairs)
     target = {
         "fashion": data.FASHION_PAIRS,
         "digits": data.DIGITS_PAIRS,
+        "mixture": data.MIXTURE_PAIRS,
         None: {c: (c + 1) % 10 for c in range(10)},
     }[pairs]
     f = noisy.flipped
@@ -74,7 +75,7 @@ def test_asymmetric_goes_to_partner(pairs, labels):
     assert torch.equal(noisy.y_noisy[f], expected)
 
 
-@pytest.mark.parametrize("table", [data.FASHION_PAIRS, data.DIGITS_PAIRS])
+@pytest.mark.parametrize("table", [data.FASHION_PAIRS, data.DIGITS_PAIRS, data.MIXTURE_PAIRS])
 def test_partner_maps_are_complete(table):
     assert sorted(table) == list(range(10))
     assert all(table[c] != c and 0 <= table[c] < 10 for c in table)
@@ -264,3 +265,26 @@ def test_hard_split_at_rate_zero_is_clean():
         "digits", 100, 20, 20, noise="hard", rate=0.0, probs_fn=lambda X, y: torch.rand(len(y), 10)
     )
     assert not s.flipped.any() and torch.equal(s.y_train, s.y_train_clean)
+
+
+def test_mixture_is_one_fixed_pool_with_confusable_neighbours():
+    X, y = data.load_mixture()
+    assert X.shape == (6000, 1, 8, 8) and X.dtype == torch.float32 and 0 < float(X.min()) and float(X.max()) < 1
+    assert torch.bincount(y).tolist() == [600] * 10
+    again, _ = data.load_mixture()
+    assert torch.equal(X, again)  # generated from its own seed: the same dataset every call
+    # class means: each class is nearer its MIXTURE_PAIRS partner than the average other class
+    means = torch.stack([X[y == c].flatten(1).mean(0) for c in range(10)])  # (10, 64)
+    dist = torch.cdist(means, means)  # (10, 10)
+    for c, partner in data.MIXTURE_PAIRS.items():
+        assert dist[c, partner] < dist[c][torch.arange(10) != c].mean(), c
+
+
+def test_mixture_split_is_balanced_disjoint_and_noisy():
+    s = data.make_split("mixture", n_train=500, n_val=100, n_test=200, noise="asymmetric", rate=0.3, seed=2)
+    assert s.X_train.shape == (500, 1, 8, 8) and s.classes == data.MIXTURE_CLASSES and int(s.flipped.sum()) == 150
+    assert torch.bincount(s.y_train_clean).tolist() == [50] * 10 and torch.bincount(s.y_test).tolist() == [20] * 10
+    partner = torch.tensor([data.MIXTURE_PAIRS[c] for c in range(10)])
+    assert torch.equal(s.y_train[s.flipped], partner[s.y_train_clean[s.flipped]])
+    rows = lambda X: {tuple(r) for r in X.flatten(1).tolist()}  # noqa: E731 - continuous pixels: no duplicates
+    assert not rows(s.X_train) & rows(s.X_val) and not rows(s.X_train) & rows(s.X_test)

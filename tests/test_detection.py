@@ -139,3 +139,33 @@ def test_an_interrupted_run_keeps_finished_rows_and_resumes(tmp_path, monkeypatc
     calls.clear()
     df = D.measure(TINY, [0], path, methods=("loss", "graddot"))
     assert calls == ["graddot"] and sorted(df.method) == ["graddot", "loss"]
+
+
+def test_pipeline_rows_are_ifkit_clean_scores_bit_for_bit(setting):
+    """vm-best-val / fvm-best-val are what ifkit.clean ranks by (computed without its trust report, for speed)."""
+    import ifkit
+
+    for method in D.PIPELINE:
+        done = ifkit.clean(setting.run.model, setting.train, setting.val, method.split("-")[0],
+                           checkpoints=setting.run.checkpoints, seed=0, k=0, relabel=False)
+        assert torch.equal(D.score_method(method, setting, 0, {}), done.scores), method
+
+
+def test_the_settings_beyond_fashion_cover_two_datasets_and_cnns():
+    kinds = {(c.dataset, c.model) for c in D.MORE}
+    assert {("digits", "mlp"), ("mixture", "mlp"), ("digits", "cnn"), ("fashion", "cnn")} <= kinds
+    for c in D.MORE:
+        assert {n for n, _ in c.settings} == {"symmetric", "asymmetric"}, c
+        assert set(D.CNN_COMPARED) <= set(c.methods) and set(c.methods) <= set(D.INFLUENCE + D.REFERENCE)
+    fashion_cnn = next(c for c in D.MORE if (c.dataset, c.model) == ("fashion", "cnn"))
+    assert fashion_cnn.image_size == 28 and fashion_cnn.n_train >= 1000
+
+
+def test_a_cnn_setting_scores_and_writes_its_model(tmp_path):
+    cfg = replace(next(c for c in D.MORE if (c.dataset, c.model) == ("digits", "cnn")), n_train=200, n_val=60,
+                  epochs=4, n_checkpoints=2, cv_folds=2, settings=(("asymmetric", 0.3),), progress=False)
+    methods = ("loss", "cleanlab", "cleanlab-sval", "loss-sval", "loss-best-val@theta~")
+    df = D.measure(cfg, [0], tmp_path / "detection.csv", methods=methods)
+    assert set(df.model) == {"cnn"} and sorted(df.method) == sorted(methods) and df.auc.between(0, 1).all()
+    s = D.prepare(cfg, "asymmetric", 0.3, seed=0)
+    assert type(s.run.model).__name__ == "SmallCNN"

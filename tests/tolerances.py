@@ -158,6 +158,13 @@ DETECTION_AUC = {
     "cleanlab": ("loss", 0.07),  # 0.9787, +0.101
     "loss@theta~": ("loss", 0.06),  # 0.9692, +0.092
     "gradnorm@theta~": ("loss", 0.06),  # 0.9690, +0.091
+    "cleanlab-sval": ("loss", 0.07),  # 0.9865, +0.109: S_val folded into every fold
+    "loss-sval": ("loss", 0.07),  # 0.9811, +0.103: a model trained on S_val alone
+    "loss-best-val": ("loss", 0.05),  # 0.9540, +0.076: the checkpoint ifkit.clean picks
+    "gradnorm-best-val": ("loss", 0.05),  # 0.9512, +0.073
+    "loss-best-val@theta~": ("loss", 0.07),  # 0.9820, +0.104: and its theta~
+    "gradnorm-best-val@theta~": ("loss", 0.07),  # 0.9817, +0.104
+    "ifkit-clean": ("loss", 0.07),  # 0.9817, +0.104: ifkit.clean with its defaults
 }
 # float64 per-sample gradients of conv layers by unfolding (one batched backward, then sum_t e_it x_it^T) vs a loop
 # of autograd calls, and Jacobian / Gauss-Newton products from those factors vs torch.func's: the same sums in

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .synthetic import MIXTURE_PAIRS
+
 # Asymmetric noise: every class is flipped to ONE confusable partner (a map, not always a pairing).
 # Fashion-MNIST: the confusions a small CNN makes most often -- tops among themselves, footwear among
 # themselves. Trouser has no close look-alike; Dress is the nearest long garment. Bag is most often
@@ -102,7 +104,7 @@ def _resolve_pairs(pairs: Mapping[int, int] | Sequence[int] | str | None, n_clas
         # Generic default: "pair flipping" c -> c+1 (Han et al. 2018, Co-teaching).
         target = np.roll(np.arange(n_classes), -1)
     elif isinstance(pairs, str):
-        named = {"fashion": FASHION_PAIRS, "digits": DIGITS_PAIRS}
+        named = {"fashion": FASHION_PAIRS, "digits": DIGITS_PAIRS, "mixture": MIXTURE_PAIRS}
         if pairs not in named:
             raise ValueError(
                 f"unknown pairs {pairs!r}; use one of {sorted(named)} or a dict {{class: partner}}"
@@ -137,7 +139,7 @@ def asymmetric_noise(
         n_classes: number of classes C.
         seed: seed of the numpy Generator.
         pairs: the class -> partner map: a dict, a length-C sequence, "fashion" (``FASHION_PAIRS``),
-            "digits" (``DIGITS_PAIRS``), or None for the cyclic map c -> (c + 1) mod C.
+            "digits" (``DIGITS_PAIRS``), "mixture" (``MIXTURE_PAIRS``), or None for the cyclic map c -> (c + 1) mod C.
 
     Returns:
         Noisy(y_noisy, flipped); every flipped label equals ``pairs[y]``.

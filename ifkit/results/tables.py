@@ -13,10 +13,12 @@ from .schema import Col, Schema
 
 # ifkit.METHODS (tests/test_results.py checks the two agree) and the experiments' own baselines and references
 METHOD_NAMES = ("loss", "graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "self-if", "gex",
-                "ekfac", "vm", "fvm", "cleanlab", "gradnorm", "refit", "pred", "noisy", "remove", "clean")
+                "ekfac", "vm", "fvm", "cleanlab", "gradnorm", "refit", "pred", "noisy", "remove", "clean",
+                "ifkit-clean")
 # a method, then what changes how it is run (-early: an early checkpoint; -best-val: the checkpoint of lowest
-# validation loss, ifkit.clean; -sam: SAM as the flat optimiser), then @theta~: measured at VM's (or FVM's) theta~
-METHOD_PATTERN = rf"(?:{'|'.join(METHOD_NAMES)})(?:-early|-best-val|-sam)?(?:@theta~|@fvm-theta~)?"
+# validation loss, ifkit.clean; -sam: SAM as the flat optimiser; -sval: given the clean validation set S_val as
+# training data), then @theta~: measured at VM's (or FVM's) theta~ (fine-tuned from that checkpoint)
+METHOD_PATTERN = rf"(?:{'|'.join(METHOD_NAMES)})(?:-early|-best-val|-sam|-sval)?(?:@theta~|@fvm-theta~)?"
 STYLES = ("plain", "framed", "dotted", "gridded", "stamped", "hatched", "speckle", "inverted", "outlined", "blurred",
           "striped", "checker", "flipped")
 
@@ -25,7 +27,8 @@ SHARE = Col("float", lo=0.0, hi=1.0)  # AUCs, accuracies, fractions
 COUNT = Col("int", lo=0)
 SECONDS = Col("float", lo=0.0)
 METHOD = Col("str", pattern=METHOD_PATTERN)
-DATASET = Col("str", values=("digits", "fashion"))
+DATASET = Col("str", values=("digits", "fashion", "mixture"))
+MODEL = Col("str", values=("mlp", "cnn"))  # the architecture of a detection / relabel setting
 NOISE = Col("str", values=("none", "symmetric", "asymmetric", "hard"))
 MODE = Col("str", pattern=r"[a-z][a-z0-9_-]*")  # "fast", "full"; tests write their own label
 VARIANT = Col("str", values=("protocol", "harder"))
@@ -36,8 +39,9 @@ _DETECTION = {"auc": SHARE, "ap": SHARE, "recall_at_10pct": SHARE, "seconds": SE
 
 SCHEMAS: dict[str, Schema] = {
     "detection.csv": Schema(
-        key=("dataset", "noise", "rate", "seed", "method", "n_val"), required=("auc", "ap", "recall_at_10pct"),
-        columns={**_SETTING, "method": METHOD, "n_val": COUNT, **_DETECTION, "n_train": COUNT, "train_acc": SHARE,
+        key=("dataset", "model", "noise", "rate", "seed", "method", "n_val"),
+        required=("auc", "ap", "recall_at_10pct"),
+        columns={**_SETTING, "model": MODEL, "method": METHOD, "n_val": COUNT, **_DETECTION, "n_train": COUNT, "train_acc": SHARE,
                  "val_acc": SHARE, "test_acc": SHARE, "early_epoch": COUNT, "early_test_acc": SHARE}),
     "detection_dynamics.csv": Schema(
         key=("dataset", "noise", "rate", "seed", "kind", "step", "method"), required=("auc",),
@@ -45,10 +49,10 @@ SCHEMAS: dict[str, Schema] = {
                  "auc": SHARE, "val_acc": SHARE, "fit_flipped": SHARE, "clean_std": FLOAT,
                  "clean_abs_median": FLOAT, "noisy_abs_median": FLOAT}),
     "relabel.csv": Schema(
-        key=("dataset", "noise", "rate", "seed", "method"), required=("retrain_test_acc",),
-        columns={**_SETTING, "method": METHOD, "flagged_by": METHOD, "k": COUNT, "precision": SHARE,
+        key=("dataset", "model", "noise", "rate", "seed", "method"), required=("retrain_test_acc",),
+        columns={**_SETTING, "model": MODEL, "method": METHOD, "flagged_by": METHOD, "k": COUNT, "precision": SHARE,
                  "relabel_acc": SHARE, "relabel_acc_flagged": SHARE, "agree_theta_tilde": SHARE,
-                 "agree_fvm_theta_tilde": SHARE, "changed": SHARE, "seconds": SECONDS, "retrain_test_acc": SHARE,
+                 "agree_fvm_theta_tilde": SHARE, "agree_pipeline_theta_tilde": SHARE, "changed": SHARE, "seconds": SECONDS, "retrain_test_acc": SHARE,
                  "clean_bound": FLOAT, "n_train": COUNT}),
     "ablation.csv": Schema(
         key=("dataset", "noise", "rate", "seed", "factor", "value", "method"), required=("auc",),

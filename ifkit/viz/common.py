@@ -86,11 +86,13 @@ def note_figure(title: str, note: str) -> Figure:
 
 
 def one_run(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of one run: Fashion-MNIST when present (a --fast digits run may share the file), then the most
-    common validation size (ablations may add others)."""
+    """The rows of one run: Fashion-MNIST when present (a --fast digits run may share the file), with the MLP
+    when there are several models, then the most common validation size (ablations may add others)."""
     if "dataset" in df and df["dataset"].nunique() > 1:
         datasets = set(df["dataset"])
         df = df[df["dataset"] == ("fashion" if "fashion" in datasets else df["dataset"].value_counts().idxmax())]
+    if "model" in df and df["model"].nunique() > 1:
+        df = df[df["model"] == ("mlp" if "mlp" in set(df["model"]) else df["model"].value_counts().idxmax())]
     if "n_val" in df and df["n_val"].nunique() > 1:
         df = df[df["n_val"] == df["n_val"].value_counts().idxmax()]
     return df
