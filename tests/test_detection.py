@@ -151,6 +151,19 @@ def test_pipeline_rows_are_ifkit_clean_scores_bit_for_bit(setting):
         assert torch.equal(D.score_method(method, setting, 0, {}), done.scores), method
 
 
+def test_ifkit_clean_default_is_the_loss_at_theta_tilde_row_bit_for_bit(setting):
+    """ifkit.clean's default score (the loss at theta~ from the lowest-S_val-loss checkpoint) is the
+    loss-best-val@theta~ row of the table, and ifkit-clean-vm is the call with score="vm"."""
+    import ifkit
+    from ifkit.experiments.baselines import fair_score
+
+    done = ifkit.clean(setting.run.model, setting.train, setting.val, checkpoints=setting.run.checkpoints, seed=0,
+                       k=0, relabel=False)
+    assert torch.equal(fair_score("loss-best-val@theta~", setting, None, 0, {}), done.scores)
+    assert torch.equal(fair_score("ifkit-clean-vm", setting, None, 0, {}),
+                       D.score_method("vm-best-val", setting, 0, {}))
+
+
 def test_the_settings_beyond_fashion_cover_two_datasets_and_cnns():
     kinds = {(c.dataset, c.model) for c in D.MORE}
     assert {("digits", "mlp"), ("mixture", "mlp"), ("digits", "cnn"), ("fashion", "cnn")} <= kinds

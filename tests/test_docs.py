@@ -22,7 +22,9 @@ ROWS = {
     "controls at theta~: loss / gradient norm": ["loss@theta~", "gradnorm@theta~"],
     "references: loss of the early-stopped model": ["loss-early"], "cleanlab": ["cleanlab"],
     "VM computed from the early-stopped model": ["vm-early"],
-    "ifkit.clean": ["vm-best-val"], "ifkit.clean / with FVM": ["vm-best-val", "fvm-best-val"],
+    "ifkit.clean": ["loss-best-val@theta~"], "VM at the lowest-S_val-loss checkpoint": ["vm-best-val"],
+    "ifkit.clean / with FVM": ["vm-best-val", "fvm-best-val"],
+    "VM / FVM at the lowest-S_val-loss checkpoint": ["vm-best-val", "fvm-best-val"],
 }
 
 

@@ -164,7 +164,7 @@ DETECTION_AUC = {
     "gradnorm-best-val": ("loss", 0.05),  # 0.9512, +0.073
     "loss-best-val@theta~": ("loss", 0.07),  # 0.9820, +0.104: and its theta~
     "gradnorm-best-val@theta~": ("loss", 0.07),  # 0.9817, +0.104
-    "ifkit-clean": ("loss", 0.07),  # 0.9817, +0.104: ifkit.clean with its defaults
+    "ifkit-clean-vm": ("loss", 0.07),  # 0.9817, +0.104: ifkit.clean(score="vm")
 }
 # float64 per-sample gradients of conv layers by unfolding (one batched backward, then sum_t e_it x_it^T) vs a loop
 # of autograd calls, and Jacobian / Gauss-Newton products from those factors vs torch.func's: the same sums in

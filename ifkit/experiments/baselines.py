@@ -13,9 +13,10 @@ comparison. Beside cleanlab as it is usually run, the detection table therefore 
   at its theta~ (``...@theta~``: VM's flat fine-tuning on S_val from that checkpoint, ``VM_DEFAULTS``) -- the
   cheap scores beside VM at the same point (docs/PAPER.md, Eq. 15: VM is the loss change of z under
   theta~'s step, which the loss at theta~ approximates to first order);
-* ``ifkit-clean``: ``ifkit.clean(model, train, val, checkpoints=..., seed=seed)`` with every other option at
-  its default (``relabel=False``: the row times detection only) -- the kit's recommended pipeline as a user calls
-  it, whatever score its defaults use.
+* ``ifkit-clean-vm``: ``ifkit.clean(model, train, val, checkpoints=..., seed=seed, score="vm")``, every other
+  option at its default (``relabel=False``: the row times detection only) -- the pipeline as a user calls it with
+  the paper's score, trust report included. Its default score (the loss at theta~, chosen by this table) is the
+  ``loss-best-val@theta~`` row, bit for bit (tests/test_detection.py).
 
 Every score: higher = more likely mislabelled, one value per training point.
 """
@@ -35,7 +36,7 @@ from ifkit.optim.flat_finetune import flat_finetune
 from ifkit.optim.train import best_val_checkpoint, checkpoint_state, train
 
 FAIR = ("cleanlab-sval", "loss-sval", "loss-best-val", "gradnorm-best-val", "loss-best-val@theta~",
-        "gradnorm-best-val@theta~", "ifkit-clean")
+        "gradnorm-best-val@theta~", "ifkit-clean-vm")
 
 
 def cleanlab_scores(s, build, seed: int, with_val: bool = False) -> Tensor:
@@ -88,8 +89,9 @@ def fair_score(method: str, s, build, seed: int, work: dict) -> Tensor:
         return cleanlab_scores(s, build, seed, with_val=True)
     if method == "loss-sval":
         return sval_only_loss(s, build, seed)
-    if method == "ifkit-clean":
-        return ifkit.clean(s.run.model, tr, va, checkpoints=s.run.checkpoints, seed=seed, relabel=False).scores
+    if method == "ifkit-clean-vm":  # the call, trust report included, ranking by the paper's score
+        return ifkit.clean(s.run.model, tr, va, checkpoints=s.run.checkpoints, seed=seed, relabel=False,
+                           score="vm").scores
     if "best" not in work:
         work["best"] = chosen_checkpoint(s)
     model = work["best"]

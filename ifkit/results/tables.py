@@ -14,7 +14,7 @@ from .schema import Col, Schema
 # ifkit.METHODS (tests/test_results.py checks the two agree) and the experiments' own baselines and references
 METHOD_NAMES = ("loss", "graddot", "gradcos", "tracin", "if-exact", "if-cg", "if-lissa", "datainf", "self-if", "gex",
                 "ekfac", "vm", "fvm", "cleanlab", "gradnorm", "refit", "pred", "noisy", "remove", "clean",
-                "ifkit-clean")
+                "ifkit-clean", "ifkit-clean-vm")
 # a method, then what changes how it is run (-early: an early checkpoint; -best-val: the checkpoint of lowest
 # validation loss, ifkit.clean; -sam: SAM as the flat optimiser; -sval: given the clean validation set S_val as
 # training data), then @theta~: measured at VM's (or FVM's) theta~ (fine-tuned from that checkpoint)
