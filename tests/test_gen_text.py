@@ -371,3 +371,24 @@ def test_plot_top_examples_lists_the_most_helpful_first():
         plot_top_examples(P, ["q"], ["a", "b", "c", "d"], [0, 1, 1, 0], [1], method="tracin")
     with pytest.raises(ValueError, match="out of range"):
         plot_top_examples(P["vm"], ["q"], ["a", "b", "c", "d"], [0, 1, 1, 0], [1], query=3)
+
+
+def test_vm_sensitivity_rows_and_the_summed_setting(tmp_path):
+    """gen-text-vm writes one row per setting (schema-checked), resumes, and its summed VM is the library's
+    checkpoint="sum": sum_c lr_c * VM started at checkpoint c."""
+    from ifkit.experiments import gen_text_vm as V
+
+    picked = ("vm", "vm on the queries", "vm from checkpoint 1", "vm summed over checkpoints",
+              "datainf summed over checkpoints")
+    df = V.measure(TINY, [0], tmp_path, progress=False, mode="test", settings=picked)
+    assert list(df["setting"]) == list(picked) and df["auc"].between(0, 1).all()
+    assert set(V.summary(df)["setting"]) == set(picked)
+    assert len(V.measure(TINY, [0], tmp_path, progress=False, mode="test", settings=picked)) == len(picked)
+    var = G.VARIANTS[V.VARIANT]
+    data = T.make_task("sentence", 0, TINY.per_class, TINY.n_val_per_class, prefix=var.prefix,
+                       n_flat_per_class=TINY.n_flat_per_class)
+    res = G.finetune(G.pretrained("sentence", TINY), data, TINY, seed=0)
+    summed = V.score("vm summed over checkpoints", res.model, data, TINY, res.checkpoints, ifkit.GradCache())
+    by_hand = sum(lr * G.pairwise("vm", res.model, data, TINY, res.checkpoints, checkpoint=state)
+                  for state, lr in res.checkpoints)
+    torch.testing.assert_close(summed, by_hand, **FLOAT32_SAME_SMALL)
