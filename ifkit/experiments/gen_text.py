@@ -390,8 +390,9 @@ def seed_list(seeds: int | Sequence[int]) -> list[int]:
     return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
 
 
-@register("gen-text", parts=TASKS, seconds=(541, 43), part_seconds={"sentence": 306, "math": 234},
-          note="one core; with --jobs 2 its two tasks run side by side: ~5 min", seed_lists=True)
+@register("gen-text", parts=TASKS, seconds=(1062, 60), part_seconds={"sentence": 642, "math": 420},
+          note="3 seeds, one core; with --jobs 2 its two tasks run side by side: ~11 min; estimated from the "
+               "measured parts (RESULTS.md)", seed_lists=True)
 def run(fast: bool, seeds: int | Sequence[int], out: Path, part: str | None = None) -> pd.DataFrame:
     """``ifkit reproduce gen-text``: write ``out/generation.csv`` (tasks sentence, math) and the examples file.
 
