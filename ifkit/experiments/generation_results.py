@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 from scipy import stats
 
 from ifkit.results import ResultsTable, write_atomic
