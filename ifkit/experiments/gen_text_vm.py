@@ -133,8 +133,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return g.loc[order].reset_index()
 
 
-@register("gen-text-vm", seconds=(150, 20), seed_lists=True,
-          note="VM/FVM sensitivity, harder sentence benchmark, seed 0 (list seeds for more); times estimated")
+@register("gen-text-vm", seconds=(150, 31), seed_lists=True,
+          note="VM/FVM sensitivity, harder sentence benchmark, seed 0 (list seeds for more); full time estimated")
 def run(fast: bool, seeds: int | Sequence[int], out: Path) -> pd.DataFrame:
     """``ifkit reproduce gen-text-vm``: write ``out/generation_text_vm.csv`` (a count: at most MAX_SEEDS seeds)."""
     cfg = G.FAST if fast else G.FULL
