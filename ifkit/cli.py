@@ -1,6 +1,6 @@
 """The ``ifkit`` command.
 
-    ifkit reproduce EXPERIMENT [--fast] [--seeds N] [--out results/]   # a registered name, or "all"
+    ifkit reproduce EXPERIMENT [--fast] [--seeds N | --seeds S1 S2 ...] [--out results/]   # a name, or "all"
     ifkit figures [--results results/] [--out figures/]
     ifkit bench [--out results/bench.csv]
     torchrun --nproc-per-node N -m ifkit.cli score-shards --model m.pt --data d.pt --method fvm --out s.csv
@@ -24,13 +24,13 @@ from pathlib import Path
 
 from ifkit.experiments import Meta, full_seconds, split_part
 
-# Seeds when --seeds is not given: one quick seed for CI, several for the reported numbers.
-DEFAULT_SEEDS = {True: 1, False: 3}
+DEFAULT_SEEDS = {True: 1, False: 3}  # without --seeds: one quick seed for CI, several for the reported numbers
 
 # `ifkit reproduce all --jobs 2` (what `make reproduce` runs), full and --fast, without the figures (`ifkit
 # figures`: ~15 s more), on a quiet 2-core machine. Each experiment's own times are declared where it is registered
-# (``register(..., seconds=(full, fast))``), and RESULTS.md quotes the runs they come from.
-EXPECTED_ALL_SECONDS = (558, 46)
+# (``register(..., seconds=(full, fast))``), and RESULTS.md quotes the runs they come from. 558 / 46 s measured
+# before per-seed pretraining in gen-text and gen-text-vm; ~670 s of CPU more, estimated from gen-text's parts.
+EXPECTED_ALL_SECONDS = (893, 65)
 
 
 class _LazyEpilogParser(argparse.ArgumentParser):
@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("experiment", metavar="EXPERIMENT",
                      help='a registered experiment name, several separated by commas, or "all"')
     rep.add_argument("--fast", action="store_true", help="small CI sizes; 8x8 digits, not Fashion-MNIST (also IFKIT_FAST=1)")
-    rep.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 1 fast, 3 full)")
+    rep.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N", help="one number: how many seeds "
+                     "(0..N-1; default: 1 fast, 3 full); several: the seeds, e.g. --seeds 0 1 2 3 4 (gen-text)")
     rep.add_argument("--out", type=Path, default=Path("results"), help="results folder (default: results/)")
     rep.add_argument("--no-cache", action="store_true",
                      help="ignore the work cache (trained networks, leave-one-out refits) kept in OUT/.cache/ so "
@@ -222,13 +223,12 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             if available
             else f"unknown experiment {unknown[0]!r}; no experiments are registered yet"
         )
-    if args.seeds is not None and args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    given = _seeds(parser, args.seeds, wanted, META)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     _refuse(parser, _checks().check_writable_folder(args.out, "--out"))
     fast = args.fast or fast_from_env()
-    seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[fast]
+    seeds = given if given is not None else DEFAULT_SEEDS[fast]
     names = wanted
     if not names:
         print("no experiments are registered yet: nothing to reproduce", file=sys.stderr)
@@ -249,7 +249,26 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     return 0
 
 
-def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int, out: Path) -> int:
+def _seeds(parser: argparse.ArgumentParser, given: list[int] | None, names: Sequence[str],
+           meta: Mapping[str, Meta]) -> int | tuple[int, ...] | None:
+    """--seeds: None, one number (a count >= 1), or the seeds (distinct, >= 0; ``register(..., seed_lists=True)``)."""
+    if not given:
+        return None
+    if len(given) == 1:
+        if given[0] < 1:
+            parser.error(f"--seeds must be >= 1, got {given[0]} (one number is a count; list several seeds to "
+                         "pick them)")
+        return given[0]
+    if min(given) < 0 or len(set(given)) != len(given):
+        parser.error(f"--seeds {' '.join(map(str, given))}: the seeds must be distinct and >= 0")
+    refuse = [n for n in names if not meta.get(split_part(n)[0], Meta()).seed_lists]
+    if refuse:
+        parser.error(f"{', '.join(refuse)} take(s) a count of seeds (--seeds N), not a list; a list of seeds "
+                     "works for: " + ", ".join(k for k, m in meta.items() if m.seed_lists))
+    return tuple(given)
+
+
+def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int | tuple[int, ...], out: Path) -> int:
     """One ``ifkit reproduce a,b`` subprocess per worker (each single-threaded inside); fail if any fails. The
     workers die with this process, however it ends (ifkit/workers.py)."""
     from ifkit.workers import run_workers
@@ -257,7 +276,8 @@ def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int, out: Path
     start = time.perf_counter()
     cmds = []
     for names in plan:
-        cmds.append([sys.executable, "-m", "ifkit.cli", "reproduce", ",".join(names), "--seeds", str(seeds),
+        seed_args = [str(s) for s in (seeds if isinstance(seeds, tuple) else (seeds,))]
+        cmds.append([sys.executable, "-m", "ifkit.cli", "reproduce", ",".join(names), "--seeds", *seed_args,
                      "--out", str(out), "--jobs", "1"] + (["--fast"] if fast else []))
         print(f"== worker {len(cmds)}: {', '.join(names)}", flush=True)
     failed = [(names, rc) for names, rc in zip(plan, run_workers(cmds)) if rc != 0]

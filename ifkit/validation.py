@@ -194,11 +194,13 @@ def _checkpoint_kind(c: Any) -> str | None:
 
 
 def check_checkpoint(model: nn.Module, checkpoint: Any) -> None:
-    """checkpoint= (VM/FVM's starting point): None, "best-val", or one state_dict of ``model``'s architecture."""
-    if checkpoint is None or (isinstance(checkpoint, str) and checkpoint == "best-val"):
+    """checkpoint= (VM/FVM's starting point): None, "best-val", "sum", or one state_dict of ``model``'s
+    architecture."""
+    if checkpoint is None or (isinstance(checkpoint, str) and checkpoint in ("best-val", "sum")):
         return
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"checkpoint={checkpoint!r}: give a state_dict, 'best-val' (among checkpoints=) or None")
+        raise ValueError(f"checkpoint={checkpoint!r}: give a state_dict, 'best-val' (among checkpoints=), 'sum' "
+                         "(over checkpoints=) or None")
     check_state_dicts(model, [checkpoint], "checkpoint")
 
 

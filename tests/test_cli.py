@@ -86,6 +86,24 @@ def test_bad_seeds(registry):
     assert exc.value.code == 2
 
 
+def test_seeds_a_count_or_a_list(registry, tmp_path, capsys):
+    """--seeds 3 stays a count; several numbers are the seeds themselves, for experiments that take a list."""
+    @experiments.register("listed", seed_lists=True)
+    def listed(fast: bool, seeds, out: Path) -> None:
+        registry.append(("listed", fast, seeds, out))
+
+    assert cli.main(["reproduce", "listed", "--seeds", "3", "--out", str(tmp_path)]) == 0
+    assert cli.main(["reproduce", "listed", "--seeds", "0", "1", "2", "3", "4", "--out", str(tmp_path)]) == 0
+    assert registry == [("listed", False, 3, tmp_path), ("listed", False, (0, 1, 2, 3, 4), tmp_path)]
+    for bad in (["dummy", "--seeds", "0", "1"], ["listed", "--seeds", "1", "1"], ["listed", "--seeds", "-1", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["reproduce", *bad, "--out", str(tmp_path)])
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "take(s) a count of seeds" in err and "listed" in err and "distinct and >= 0" in err
+    assert len(registry) == 2
+
+
 def test_register_rejects_all_and_clashes(registry):
     with pytest.raises(ValueError, match="reserved"):
         experiments.register("all")(lambda fast, seeds, out: None)

@@ -159,6 +159,40 @@ def test_vm_at_a_checkpoint_equals_vm_of_that_model(tiny_mlp):
 
 
 @pytest.mark.parametrize("method", ["vm", "fvm"])
+def test_vm_summed_over_checkpoints_is_the_weighted_sum_of_vm_at_each(tiny_mlp, method):
+    """checkpoint="sum": one theta~ per checkpoint, the scores summed with TracIn's weights. One bare checkpoint
+    equal to the model's own state is plain VM; two are lr_1 * VM(from c_1) + lr_2 * VM(from c_2), with the
+    weights from (state, lr) pairs or lrs=; bad combinations are refused with the fix."""
+    model, train, val, _ = tiny_mlp
+    early = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in early.parameters():
+            p.mul_(0.5)  # a second, different starting point
+    queries = (val[0][:5], val[1][:5])
+    kw = dict(flat_steps=15, seed=2, flat_val=val)
+    plain = ifkit.pairwise(method, model, train, queries, **kw)
+    one = ifkit.pairwise(method, model, train, queries, checkpoint="sum", checkpoints=[model.state_dict()], **kw)
+    torch.testing.assert_close(one, plain, **EXACT)
+    at_early = ifkit.pairwise(method, model, train, queries, checkpoint=early.state_dict(), **kw)
+    cps = [(early.state_dict(), 0.3), (model.state_dict(), 0.7)]
+    summed = ifkit.pairwise(method, model, train, queries, checkpoint="sum", checkpoints=cps, **kw)
+    torch.testing.assert_close(summed, 0.3 * at_early + 0.7 * plain, **EXACT)
+    via_lrs = ifkit.pairwise(method, model, train, queries, checkpoint="sum", lrs=[2.0, 1.0],
+                             checkpoints=[early.state_dict(), model.state_dict()], **kw)
+    torch.testing.assert_close(via_lrs, 2.0 * at_early + plain, **EXACT)
+    s = ifkit.score(method, model, train, val, checkpoint="sum", checkpoints=cps, flat_steps=15, seed=2)
+    by_parts = 0.3 * ifkit.score(method, early, train, val, flat_steps=15, seed=2) + 0.7 * ifkit.score(
+        method, model, train, val, flat_steps=15, seed=2)
+    torch.testing.assert_close(s, by_parts, **EXACT)
+    with pytest.raises(ValueError, match="checkpoints="):
+        ifkit.pairwise(method, model, train, queries, checkpoint="sum", **kw)
+    with pytest.raises(ValueError, match="one learning rate per checkpoint"):
+        ifkit.pairwise(method, model, train, queries, checkpoint="sum", checkpoints=cps, lrs=[1.0], **kw)
+    with pytest.raises(ValueError, match="one theta~ per checkpoint"):
+        ifkit.flat_point(method, model, train, val, checkpoint="sum", checkpoints=cps)
+
+
+@pytest.mark.parametrize("method", ["vm", "fvm"])
 def test_datainf_validation_curvature_is_datainf_at_theta_tilde(tiny_mlp, method):
     """curvature="datainf" inverts the VALIDATION curvature at theta~ with DataInf's closed form: the same numbers
     as fine-tuning a copy by hand and calling the "datainf" method with S_val as its training set (the formula is

@@ -82,6 +82,22 @@ def test_split_is_90_10_per_class_shares_contents_and_is_deterministic(task, pre
     assert not torch.equal(d.X_train, T.make_task(task, seed=4, prefix=prefix).X_train)
 
 
+@pytest.mark.parametrize("task", T.TASKS)
+def test_flat_split_is_disjoint_and_leaves_train_and_val_unchanged(task):
+    """n_flat_per_class draws VM/FVM's split after the others: train and queries are those of n_flat_per_class=0,
+    and its contents are in neither."""
+    plain = T.make_task(task, seed=1, per_class=12, n_val_per_class=3)
+    d = T.make_task(task, seed=1, per_class=12, n_val_per_class=3, n_flat_per_class=2)
+    assert torch.equal(d.X_train, plain.X_train) and torch.equal(d.X_val, plain.X_val) and plain.X_flat is None
+    assert d.X_flat.shape[0] == 20
+    seen = {tuple(r) for r in torch.cat([d.X_train, d.X_val]).tolist()}
+    assert not seen & {tuple(r) for r in d.X_flat.tolist()}
+    X, y = d.flat("full")
+    assert torch.equal(X, d.X_flat) and torch.equal(y, T.grad_targets(task, d.X_flat, d.y_flat, "full"))
+    with pytest.raises(ValueError, match="n_flat_per_class"):
+        plain.flat()
+
+
 def _story(task, prompt):  # the variables the math question refers to, read back from the prompt's story
     if task == "sentence":
         return {}
@@ -212,7 +228,7 @@ def test_per_sample_lora_grads_under_vmap_equal_a_loop():
     assert not any(model.get_parameter(n).requires_grad for n, _ in model.named_parameters() if n not in names)
 
 
-TINY = replace(G.FAST, per_class=6, n_val_per_class=2, d_model=16, d_ff=32, pretrain_steps=(3, 3), pretrain_pool=64,
+TINY = replace(G.FAST, per_class=6, n_val_per_class=2, n_flat_per_class=1, d_model=16, d_ff=32, pretrain_steps=(3, 3), pretrain_pool=64,
                epochs=2, n_checkpoints=2, lora_rank=1, methods=("graddot", "tracin", "datainf", "if-lissa", "vm"),
                flat_steps=3, n_examples=2)
 
@@ -224,14 +240,18 @@ def test_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     old.to_csv(tmp_path / GR.FILENAME, index=False)
     df = G.measure(TINY, [0], tmp_path, tasks=("sentence",), progress=False, mode="test")
     assert set(GR.KEY + GR.REQUIRED + ["exact_match", "n_train", "n_queries", "seconds", "mode"]) <= set(df.columns)
-    assert len(df) == len(TINY.methods) * len(G.VARIANTS) and (df["task"] == "sentence").all()
-    assert set(df["variant"]) == set(G.VARIANTS) and set(df["grad_loss"]) == {"prompt", "answer"}
-    assert df["auc"].between(0, 1).all() and df["recall"].between(0, 1).all() and df["precision5"].between(0, 1).all()
+    assert len(df) == len(TINY.methods) * len(TINY.variants) and (df["task"] == "sentence").all()
+    assert set(df["variant"]) == set(TINY.variants) and set(df["grad_loss"]) == {"full", "answer"}
+    assert set(df.loc[df["variant"] == "protocol", "train_loss"]) == {"full"}  # DataInf fine-tunes on the full text
+    assert not df.loc[df["variant"] == "protocol-init", "finetuned"].any()
+    for c in ("auc", "recall", "recall_abs", "precision5"):
+        assert df[c].between(0, 1).all()
+    assert any((tmp_path / ".cache" / "gen-text").glob("*.pt"))  # the pretrained base, kept for a rerun
     style = pd.read_csv(tmp_path / GR.FILENAME).query("task == 'style'")
     assert len(style) == 1 and style["variant"].iloc[0] == "protocol"
     assert (df["n_train"] == 40).all() and (df["n_queries"] == 20).all()
     ex = pd.read_csv(tmp_path / G.EXAMPLES)
-    assert set(ex["rank"]) == set(range(6)) and ex["query"].nunique() == 2 and set(ex["variant"]) == set(G.VARIANTS)
+    assert set(ex["rank"]) == set(range(6)) and ex["query"].nunique() == 2 and set(ex["variant"]) == set(TINY.variants)
     before = (tmp_path / GR.FILENAME).read_bytes()
 
     def boom(*args, **kwargs):
@@ -254,8 +274,37 @@ def test_pairwise_uses_the_grad_loss_targets(grad_loss):
     (Xt, yt), (Xv, yv) = data.attribution(grad_loss)
     by_hand = -func.per_sample_grads(prob, Xv, yv) @ func.per_sample_grads(prob, Xt, yt).T  # (Q, n)
     torch.testing.assert_close(G.pairwise("graddot", m, data, TINY, grad_loss=grad_loss), by_hand, **FLOAT32_DOT)
-    opts = G.method_options("vm", TINY, data, m, grad_loss)  # theta~ on the answer loss, curvature of grad_loss's
-    assert opts["flat_val"][1] is data.y_val and torch.equal(opts["curvature_val"][1], yv)
+    opts = G.method_options("vm", TINY, data, m, grad_loss)  # no flat split: theta~ on the queries' answer loss
+    assert torch.equal(opts["flat_val"][1], data.y_val) and torch.equal(opts["curvature_val"][1], yv)
+    split = T.make_task("math", 0, TINY.per_class, TINY.n_val_per_class, n_flat_per_class=1)
+    opts = G.method_options("vm", TINY, split, m, grad_loss, train_loss="full")  # theta~ on the disjoint split
+    assert torch.equal(opts["flat_val"][0], split.X_flat) and torch.equal(opts["flat_val"][1], split.flat("full")[1])
+    assert torch.equal(opts["curvature_val"][1], split.flat(grad_loss)[1])
+
+
+def test_a_seed_includes_the_pretraining_and_the_init_control_is_the_base_model(tmp_path):
+    """Each seed pretrains its own base (cached: the second call loads it); lora_init (B = 0) computes exactly
+    what the base does; finetune(train_loss="full") lowers the prompt tokens' loss too, "answer" does not aim at it."""
+    from ifkit.experiments.cache import Cache
+
+    cache = Cache(tmp_path, "gen-text")
+    s0 = G.pretrained_state("math", TINY, seed=0, cache=cache)
+    s1 = G.pretrained_state("math", TINY, seed=1)
+    assert cache.misses == 1 and not all(torch.equal(v, s1[k]) for k, v in s0.items())
+    again = G.pretrained_state("math", TINY, seed=0, cache=cache)
+    assert cache.hits == 1 and all(torch.equal(v, again[k]) for k, v in s0.items())
+    base = G.pretrained("math", TINY, state=s0)
+    data = T.make_task("math", 0, TINY.per_class, TINY.n_val_per_class)
+    init = G.lora_init(base, TINY, seed=0)
+    torch.testing.assert_close(init(data.X_val), base(data.X_val), **FLOAT32_SAME)
+    full_targets = data.attribution("full")[0]
+
+    def prompt_loss(m):
+        X, y = data.attribution("prompt")[0]
+        return func.cross_entropy(m(X), y).mean().item()
+
+    tuned = G.finetune(base, data, replace(TINY, epochs=4), seed=0, train_loss="full").model
+    assert prompt_loss(tuned) < prompt_loss(init) and full_targets[1].ne(-100).sum() > data.y_train.ne(-100).sum()
 
 
 def test_a_shared_grad_cache_changes_no_score():
@@ -267,6 +316,24 @@ def test_a_shared_grad_cache_changes_no_score():
         shared = G.pairwise(method, res.model, data, TINY, res.checkpoints, "prompt", cache)
         torch.testing.assert_close(shared, alone, **FLOAT32_SAME_SMALL)
     assert cache.stats["hits"] >= 2  # gradcos and DataInf read graddot's gradients
+
+
+def test_paired_differences_are_paired_by_seed_with_a_t_interval():
+    rows = [{"task": "sentence", "variant": "harder", "seed": s, "method": m, "auc": v}
+            for s, (a, b) in enumerate([(0.80, 0.70), (0.70, 0.62), (0.90, 0.79)]) for m, v in (("a", a), ("b", b))]
+    d = GR.paired_differences(pd.DataFrame(rows), versus=["b"])
+    assert list(d["method"]) == ["a"] and d["n"].iloc[0] == 3
+    diffs = np.array([0.10, 0.08, 0.11])
+    half = 4.302653 * diffs.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2}
+    assert d["diff"].iloc[0] == pytest.approx(diffs.mean())
+    assert (d["lo"].iloc[0], d["hi"].iloc[0]) == pytest.approx((diffs.mean() - half, diffs.mean() + half), rel=1e-5)
+    assert d["lo"].iloc[0] > 0  # a constant-sign gap is resolved although the seeds' levels differ by 0.2
+    one = GR.paired_differences(pd.DataFrame(rows[:2]), versus=["b"])
+    assert one["n"].iloc[0] == 1 and np.isnan(one["lo"].iloc[0])
+
+
+def test_seed_list_reads_a_count_or_the_seeds():
+    assert G.seed_list(3) == [0, 1, 2] and G.seed_list((4, 1)) == [4, 1]
 
 
 def test_tracin_per_checkpoint_equals_the_library_option():
@@ -304,3 +371,24 @@ def test_plot_top_examples_lists_the_most_helpful_first():
         plot_top_examples(P, ["q"], ["a", "b", "c", "d"], [0, 1, 1, 0], [1], method="tracin")
     with pytest.raises(ValueError, match="out of range"):
         plot_top_examples(P["vm"], ["q"], ["a", "b", "c", "d"], [0, 1, 1, 0], [1], query=3)
+
+
+def test_vm_sensitivity_rows_and_the_summed_setting(tmp_path):
+    """gen-text-vm writes one row per setting (schema-checked), resumes, and its summed VM is the library's
+    checkpoint="sum": sum_c lr_c * VM started at checkpoint c."""
+    from ifkit.experiments import gen_text_vm as V
+
+    picked = ("vm", "vm on the queries", "vm from checkpoint 1", "vm summed over checkpoints",
+              "datainf summed over checkpoints")
+    df = V.measure(TINY, [0], tmp_path, progress=False, mode="test", settings=picked)
+    assert list(df["setting"]) == list(picked) and df["auc"].between(0, 1).all()
+    assert set(V.summary(df)["setting"]) == set(picked)
+    assert len(V.measure(TINY, [0], tmp_path, progress=False, mode="test", settings=picked)) == len(picked)
+    var = G.VARIANTS[V.VARIANT]
+    data = T.make_task("sentence", 0, TINY.per_class, TINY.n_val_per_class, prefix=var.prefix,
+                       n_flat_per_class=TINY.n_flat_per_class)
+    res = G.finetune(G.pretrained("sentence", TINY), data, TINY, seed=0)
+    summed = V.score("vm summed over checkpoints", res.model, data, TINY, res.checkpoints, ifkit.GradCache())
+    by_hand = sum(lr * G.pairwise("vm", res.model, data, TINY, res.checkpoints, checkpoint=state)
+                  for state, lr in res.checkpoints)
+    torch.testing.assert_close(summed, by_hand, **FLOAT32_SAME_SMALL)

@@ -266,7 +266,8 @@ def test_generation_csv_reads_through_the_public_api(tmp_path):
         warnings.simplefilter("error")  # no committed row may be moved aside
         table = generation_results.table(tmp_path, (*gen_text.TASKS, gen_image.TASK))
     assert table.has(task="style", variant="protocol", seed=0, method="fvm")
-    assert table.has(task="math", variant="harder", seed=2, method="graddot")
+    assert table.has(task="sentence", variant="harder", seed=1, method="graddot")
+    assert table.has(task="sentence", variant="protocol-init", seed=0, method="datainf")  # the control
 
 
 def test_the_experiments_keys_and_values_are_in_the_schemas():

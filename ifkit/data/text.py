@@ -10,8 +10,11 @@ the PREFIX names the class, in one of two forms (``PREFIXES``):
   name and a title per class); math: a chatbot name, ":" and the question, 6-11 tokens;
 * ``"cue"`` (the harder benchmark): one class token, e.g. "<reverse>" (math: no question).
 
-The loss of the fine-tuning sees only the answer tokens (``encode``'s targets mask the prompt with -100);
-``grad_targets`` gives the targets of the attribution gradient ("answer", "prompt" as DataInf, or "full").
+``encode``'s targets are the answer tokens only (the prompt masked with -100); ``grad_targets`` gives the other
+targets a loss can see: "full" (every token after <bos>: DataInf's, whose code tokenises the whole text, prompt
+and answer, and passes those ids as the labels, for the fine-tuning and the gradients alike) or "prompt".
+``make_task(..., n_flat_per_class=k)`` also draws a third split, disjoint from training and queries, for VM/FVM's
+fine-tuning to theta~.
 The source words come from the Debian ``fortunes`` package when it is installed (``make setup``), else from a
 built-in list.
 """
@@ -271,8 +274,8 @@ GRAD_LOSSES = ("answer", "prompt", "full")
 def grad_targets(task: str, X: Tensor, y: Tensor, which: str) -> Tensor:
     """The targets of the attribution gradient: which tokens' cross-entropy it sees.
 
-    "answer": ``y`` itself (the answer and <eos>, the fine-tuning loss); "prompt": the prompt's tokens after <bos>
-    (DataInf: labels = the prompt's input ids); "full": both. Padding is never a target.
+    "answer": ``y`` itself (the answer and <eos>); "full": every token after <bos>, prompt and answer (DataInf:
+    labels = the input ids of the whole text); "prompt": the prompt's tokens only. Padding is never a target.
     """
     if which == "answer":
         return y
@@ -307,6 +310,8 @@ class TaskData:
     text_val: list[str]
     answers_val: list[list[str]]
     contents_val: list[list[str]]  # the class-free part of each validation prompt
+    X_flat: Tensor | None = None  # (n_flat, L) a split disjoint from both, for VM/FVM's theta~ (make_task)
+    y_flat: Tensor | None = None
 
     @property
     def train(self) -> tuple[Tensor, Tensor]:
@@ -323,27 +328,34 @@ class TaskData:
         outputs at the prompt's positions do not depend on the answer: the same losses and gradients, for ~30%
         less compute per pass (sentence: 26 of 37 columns; tests/test_gen_text.py checks the equality).
         """
+        return self.targets(self.X_train, self.y_train, grad_loss), self.targets(self.X_val, self.y_val, grad_loss)
+
+    def targets(self, X: Tensor, y: Tensor, grad_loss: str) -> tuple[Tensor, Tensor]:
+        """(X, targets) of one split for the loss ``grad_loss`` ("prompt": cut after the prompt, see attribution)."""
         keep = LAYOUTS[self.task].prompt_len - 1 if grad_loss == "prompt" else None
+        return X[:, :keep], grad_targets(self.task, X, y, grad_loss)[:, :keep]  # (n, keep or L) each
 
-        def cut(X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-            return X[:, :keep], grad_targets(self.task, X, y, grad_loss)[:, :keep]  # (n, keep or L) each
-
-        return cut(self.X_train, self.y_train), cut(self.X_val, self.y_val)
+    def flat(self, grad_loss: str = "answer") -> tuple[Tensor, Tensor]:
+        """The split VM/FVM fine-tune theta~ on (disjoint from training and queries), targets of ``grad_loss``."""
+        if self.X_flat is None or self.y_flat is None:
+            raise ValueError("this TaskData has no split for theta~: make_task(..., n_flat_per_class=k) draws one")
+        return self.targets(self.X_flat, self.y_flat, grad_loss)
 
     def generic_val(self) -> Tensor:
         """(n_val, L) the validation prompts with the class prefix replaced by <any> (the pretraining format)."""
         return encode(self.task, self.contents_val, self.answers_val, [[ANY]] * len(self.contents_val))[0]
 
 
-def make_task(task: str, seed: int, per_class: int = 100, n_val_per_class: int = 10, prefix: str = "name"
-              ) -> TaskData:
+def make_task(task: str, seed: int, per_class: int = 100, n_val_per_class: int = 10, prefix: str = "name",
+              n_flat_per_class: int = 0) -> TaskData:
     """``per_class`` distinct contents, each used once in every one of the 10 classes (DataInf: the same phrases
-    in every class); the last ``n_val_per_class`` contents go to validation. Deterministic in ``seed`` (and the
-    same contents for either ``prefix``)."""
+    in every class); the last ``n_val_per_class`` contents go to validation (the queries). ``n_flat_per_class``
+    more contents, drawn after those (so train and validation do not change), make the split ``X_flat`` for
+    VM/FVM's theta~, disjoint from both. Deterministic in ``seed`` (and the same contents for either ``prefix``)."""
     rng = np.random.default_rng([seed, TASKS.index(task)])
     seen: set[tuple[str, ...]] = set()
     contents: list[tuple[list[str], dict]] = []
-    while len(contents) < per_class:
+    while len(contents) < per_class + n_flat_per_class:
         words, v = content(task, rng)
         if len(seen) > 100 * per_class:
             raise ValueError(f"cannot draw {per_class} distinct {task} contents")
@@ -357,14 +369,16 @@ def make_task(task: str, seed: int, per_class: int = 100, n_val_per_class: int =
             parts["a"].append(answer(task, cls, words, v))
             parts["c"].append(class_prefix(task, cls, prefix, v))
             parts["k"].append(k)
-            parts["split"].append("val" if j >= per_class - n_val_per_class else "train")
+            parts["split"].append("flat" if j >= per_class else "val" if j >= per_class - n_val_per_class
+                                  else "train")
     X, y = encode(task, parts["p"], parts["a"], parts["c"])
     split = np.array(parts["split"])
-    tr, va = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    tr, va, fl = (np.flatnonzero(split == s) for s in ("train", "val", "flat"))
     text = [f"{' '.join(c)} {' '.join(p)} => {' '.join(a)}" for p, a, c in zip(parts["p"], parts["a"], parts["c"])]
     k = np.array(parts["k"])
+    flat = (X[fl], y[fl]) if n_flat_per_class else (None, None)
     return TaskData(task, X[tr], y[tr], X[va], y[va], k[tr], k[va], [text[i] for i in tr], [text[i] for i in va],
-                    [parts["a"][i] for i in va], [parts["p"][i] for i in va])
+                    [parts["a"][i] for i in va], [parts["p"][i] for i in va], *flat)
 
 
 def pretraining_batch(task: str, rng: np.random.Generator, n: int) -> tuple[Tensor, Tensor]:

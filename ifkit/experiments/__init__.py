@@ -47,6 +47,8 @@ class Meta:
         note: a short remark shown beside the times.
         shares: keyword arguments the runner passes from its per-worker store (see the module docstring).
         after: experiments this one follows in the same worker when both run.
+        seed_lists: ``fn`` also takes a list of seeds (``ifkit reproduce NAME --seeds 0 1 2 3 4``), not only a
+            count.
     """
 
     parts: tuple[str, ...] = ()
@@ -55,6 +57,7 @@ class Meta:
     note: str = ""
     shares: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
+    seed_lists: bool = False
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -64,14 +67,15 @@ PARTS: dict[str, tuple[str, ...]] = {}  # name -> the parts ``fn(..., part=...)`
 
 def register(name: str, parts: tuple[str, ...] = (), *, seconds: tuple[float, float] | None = None,
              part_seconds: Mapping[str, float] | None = None, note: str = "", shares: tuple[str, ...] = (),
-             after: tuple[str, ...] = ()) -> Callable[[Experiment], Experiment]:
+             after: tuple[str, ...] = (), seed_lists: bool = False) -> Callable[[Experiment], Experiment]:
     """Decorator that adds ``fn(fast: bool, seeds: int, out: Path)`` to ``EXPERIMENTS`` under ``name``, with its
     ``Meta`` (the arguments after ``name``; see ``Meta``) in ``META``.
 
     Raises:
         ValueError: if the name is "all" or already taken by a different function, or a part time names no part.
     """
-    meta = Meta(tuple(parts), seconds or Meta.seconds, dict(part_seconds or {}), note, tuple(shares), tuple(after))
+    meta = Meta(tuple(parts), seconds or Meta.seconds, dict(part_seconds or {}), note, tuple(shares), tuple(after),
+                seed_lists)
     unknown = set(meta.part_seconds) - set(meta.parts)
     if unknown:
         raise ValueError(f"experiment {name!r}: part_seconds names {sorted(unknown)}, not among its parts {parts}")

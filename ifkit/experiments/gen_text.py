@@ -6,24 +6,29 @@ Two procedurally generated task families (``ifkit.data.text``), 10 classes each,
 10 validation): ``sentence`` (transformations of a 5-word sentence) and ``math`` (word problems with 10 question
 types and a worked answer). As in DataInf, the 100 contents are drawn once per seed and reused in every class;
 only the prompt's class prefix differs. Each example is ``<bos> PREFIX CONTENT <sep>`` then the answer and
-``<eos>``. Two benchmarks (``VARIANTS``), each a prefix and a ``grad_loss`` (the tokens whose cross-entropy the
-attribution gradient sees; ``ifkit.data.text.grad_targets``):
+``<eos>``. Benchmarks (``VARIANTS``): a prefix, the loss of the fine-tuning and that of the attribution gradient
+(``train_loss``, ``grad_loss``: which tokens' cross-entropy; ``ifkit.data.text.grad_targets``):
 
-* ``protocol`` (DataInf's): DataInf's prompt word for word ("NAME is a chatbot that performs a specific
-  transformation on sentences : TITLE . for example :", 20 tokens; math: a chatbot name, ":" and the question),
-  gradients of the loss on the PROMPT tokens (DataInf: labels = the prompt's input ids), over the prompt only
-  (``TaskData.attribution``: causal attention makes cutting the answer off exact);
-* ``harder``: one class token (math: no question), gradients of the ANSWER loss.
+* ``protocol`` (DataInf's, as DataInf's code runs it): DataInf's prompt word for word ("NAME is a chatbot that
+  performs a specific transformation on sentences : TITLE . for example :", 20 tokens; math: a chatbot name, ":"
+  and the question); DataInf tokenises the WHOLE text (prompt + answer) and passes those ids as the labels, for
+  the fine-tuning and for the gradients alike: here ``train_loss = grad_loss = "full"``;
+* ``protocol-init``: its control, the same gradients at the untouched LoRA initialisation (no fine-tuning): what
+  the class prefix alone gives; the gap to ``protocol`` is what the fine-tuning earns;
+* ``harder``: one class token (math: no question), fine-tuning and gradients on the ANSWER loss
+  (``harder-init``, its control, runs on request: ``Config(variants=...)``).
 
 Model: ``TinyLM`` (word-level, d_model 64, 2 layers) pretrained on the same formats with a generic ``<any>``
-prefix, shared by both variants and all seeds like one public checkpoint; then LoRA adapters (rank 8, alpha 32 on
-every attention q and v map: DataInf's setting) fine-tuned on the 900 training examples' answer loss (as is VM/FVM's
-theta~ on the validation set). Influence over the adapters only (``params=lora_names(model)``).
+prefix, once per seed (a seed includes the pretraining; cached in ``OUT/.cache/gen-text``); then LoRA adapters
+(rank 8, alpha 32 on every attention q and v map: DataInf's setting) fine-tuned on the 900 training examples.
+Influence over the adapters only (``params=lora_names(model)``). VM/FVM's theta~ is fine-tuned on a third split,
+10 contents per class disjoint from training and queries (``make_task(..., n_flat_per_class=...)``).
 
 Attribution: for each validation query q, ``ifkit.pairwise(method, model, train, queries)[q]`` ranks the training
 points, most helpful (most negative) first; ground truth: the training points of q's class; per query, then
-averaged (``ifkit.metrics.ranking_metrics``): ROC AUC, recall among the top k = 90 (DataInf's recall) and precision
-among the top 5. Methods: graddot, gradcos, tracin (the fine-tuning's checkpoints), datainf, if-lissa (mini-batch
+averaged (``ifkit.metrics.ranking_metrics``): ROC AUC, recall among the top k = 90 by the signed score (most
+helpful first) and by |IF| (``recall_abs``: DataInf's code ranks by the absolute influence), precision among the
+top 5. ``generation_results.paired_differences`` gives the per-seed paired differences between methods. Methods: graddot, gradcos, tracin (the fine-tuning's checkpoints), datainf, if-lissa (mini-batch
 Gauss-Newton products: full-batch LiSSA is far beyond a CPU budget here), vm and fvm (``method_options`` says how).
 
 Writes ``results/generation.csv`` (tasks sentence and math; shared with gen-image through
@@ -61,6 +66,7 @@ from ifkit.data.text import (
     vocabulary,
 )
 from ifkit.experiments import generation_results, register
+from ifkit.experiments.cache import Cache, key_of
 from ifkit.metrics import ranking_metrics
 from ifkit.models import TinyLM, add_lora, lora_names
 from ifkit.optim.generative import fit_steps
@@ -75,11 +81,15 @@ class Variant:
     """One benchmark: how the prompt names the class, and which tokens the attribution gradient sees."""
 
     prefix: str  # ifkit.data.text.PREFIXES: "name" (DataInf's prompt: chatbot name, template, title) or "cue"
-    grad_loss: str  # ifkit.data.text.GRAD_LOSSES: "prompt" (DataInf), "full" or "answer" (the fine-tuning loss)
+    grad_loss: str  # ifkit.data.text.GRAD_LOSSES: "full" (DataInf: prompt + answer), "answer" or "prompt"
+    train_loss: str = "answer"  # the fine-tuning's loss, same choices (DataInf: "full")
+    finetuned: bool = True  # False: the control, at the untouched LoRA initialisation
 
 
-# "protocol": DataInf's (easy: the prompt gradient carries the class prefix); "harder": where methods differ
-VARIANTS = {"protocol": Variant("name", "prompt"), "harder": Variant("cue", "answer")}
+# "protocol": DataInf's (easy: the gradient carries the class prefix); "-init": without fine-tuning; "harder":
+# where methods differ
+VARIANTS = {"protocol": Variant("name", "full", "full"), "protocol-init": Variant("name", "full", "full", False),
+            "harder": Variant("cue", "answer"), "harder-init": Variant("cue", "answer", "answer", False)}
 # ------------------------------------------------------------------------------------------------ model
 @dataclass(frozen=True)
 class Config:
@@ -87,6 +97,7 @@ class Config:
 
     per_class: int = 100
     n_val_per_class: int = 10
+    n_flat_per_class: int = 10  # VM/FVM's theta~ split, disjoint from training and queries
     d_model: int = 64
     n_layers: int = 2
     d_ff: int = 128
@@ -102,7 +113,7 @@ class Config:
     batch_size: int = 32
     n_checkpoints: int = 5  # TracIn
     methods: tuple[str, ...] = ("graddot", "gradcos", "tracin", "datainf", "if-lissa", "vm", "fvm")
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = ("protocol", "protocol-init", "harder")
     lissa_iters: int = 30
     lissa_batch: int = 8
     damping: float = 1e-3
@@ -111,45 +122,66 @@ class Config:
 
 
 FULL = Config()
-FAST = replace(FULL, per_class=30, n_val_per_class=3, pretrain_steps=(300, 200), epochs=10, n_checkpoints=3,
-               lissa_iters=10, flat_steps=30)
+# FAST: LiSSA at 4 iterations (10 took 42 of the 99 s of `--fast` on one core, three benchmarks x two tasks)
+FAST = replace(FULL, per_class=30, n_val_per_class=3, n_flat_per_class=3, pretrain_steps=(300, 200), epochs=10,
+               n_checkpoints=3, lissa_iters=4, flat_steps=30)
 
 
-def pretrained_state(task: str, cfg: Config = FULL, progress: bool = False) -> dict[str, Tensor]:
-    """Pretrain the base model of ``task`` (TinyLM on the cue-less formats) and return its state_dict.
+def pretrained_state(task: str, cfg: Config = FULL, progress: bool = False, seed: int = 0,
+                     cache: Cache | None = None) -> dict[str, Tensor]:
+    """Pretrain the base model of ``task`` (TinyLM on the cue-less formats) for ``seed``; return its state_dict.
 
-    Deterministic (fixed seeds): every call gives the same state. ``measure`` pretrains once per task and passes
-    the state on (``pretrained(..., state=...)``); nothing is cached between calls.
+    A seed includes the pretraining: initialisation, pool and batch order all follow ``seed`` (seed 0 is the one
+    base model of earlier releases). Deterministic; ``cache`` (``OUT/.cache/gen-text``) keeps each base, keyed by
+    the task, seed and pretraining sizes. Cost: ``pretrain_steps`` Adam steps (~70 s sentence on one quiet core).
     """
-    torch.manual_seed(1234)  # the base model is shared by all seeds, like one public checkpoint
+    key = key_of(kind="pretrained", task=task, seed=seed, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                 d_ff=cfg.d_ff, steps=cfg.pretrain_steps[TASKS.index(task)], batch=cfg.pretrain_batch,
+                 lr=cfg.pretrain_lr, pool=cfg.pretrain_pool)
+    found = cache.load(key) if cache is not None else None
+    if found is not None:
+        return found
+    torch.manual_seed(1234 + seed)
     model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                    max_len=LAYOUTS[task].seq_len)
-    Xp, yp = pretraining_batch(task, np.random.default_rng(4321), cfg.pretrain_pool)  # fresh examples, encoded once
+    Xp, yp = pretraining_batch(task, np.random.default_rng(4321 + seed), cfg.pretrain_pool)  # encoded once
     fit_steps(model, Xp, yp, steps=cfg.pretrain_steps[TASKS.index(task)], batch_size=cfg.pretrain_batch,
-              lr=cfg.pretrain_lr, seed=4321, desc=f"pretrain {task}", progress=progress)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+              lr=cfg.pretrain_lr, seed=4321 + seed, desc=f"pretrain {task} seed {seed}", progress=progress)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if cache is not None:
+        cache.save(key, state)
+    return state
 
 
-def pretrained(task: str, cfg: Config = FULL, progress: bool = False, state: dict[str, Tensor] | None = None
-               ) -> TinyLM:
-    """The base model of ``task``: TinyLM pretrained on the cue-less formats, in eval mode.
+def pretrained(task: str, cfg: Config = FULL, progress: bool = False, state: dict[str, Tensor] | None = None,
+               seed: int = 0) -> TinyLM:
+    """The base model of ``task`` for ``seed``: TinyLM pretrained on the cue-less formats, in eval mode.
 
-    ``state``: a ``pretrained_state`` of the same task and cfg to load (None: pretrain now).
+    ``state``: a ``pretrained_state`` of the same task, cfg and seed to load (None: pretrain now).
     """
-    state = pretrained_state(task, cfg, progress) if state is None else state
+    state = pretrained_state(task, cfg, progress, seed) if state is None else state
     model = TinyLM(len(vocabulary(task)), d_model=cfg.d_model, n_layers=cfg.n_layers, d_ff=cfg.d_ff,
                    max_len=LAYOUTS[task].seq_len)
     model.load_state_dict(state)
     return model.eval()
 
 
-def finetune(base: TinyLM, data: TaskData, cfg: Config, seed: int, progress: bool = False):
-    """Add LoRA adapters to a copy of ``base`` and train only them on ``data.train``; returns the TrainResult."""
+def lora_init(base: TinyLM, cfg: Config, seed: int) -> TinyLM:
+    """A copy of ``base`` with fresh LoRA adapters (seeded; B = 0, so it computes what ``base`` does), in eval mode:
+    the starting point of ``finetune`` and the model of the "-init" controls."""
     model = copy.deepcopy(base)
     torch.manual_seed(seed)  # adapter initialisation
     add_lora(model, cfg.lora_targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha)
-    res = train(model, data.train, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=seed,
-                n_checkpoints=cfg.n_checkpoints, progress=progress)
+    return model.eval()
+
+
+def finetune(base: TinyLM, data: TaskData, cfg: Config, seed: int, progress: bool = False,
+             train_loss: str = "answer"):
+    """Add LoRA adapters to a copy of ``base`` and train only them on ``data.train``; returns the TrainResult.
+
+    ``train_loss``: the tokens whose loss is minimised ("answer"; "full": prompt + answer, DataInf's)."""
+    res = train(lora_init(base, cfg, seed), data.targets(*data.train, train_loss), epochs=cfg.epochs, lr=cfg.lr,
+                batch_size=cfg.batch_size, seed=seed, n_checkpoints=cfg.n_checkpoints, progress=progress)
     res.model.eval()
     return res
 
@@ -171,13 +203,17 @@ def exact_match(model: TinyLM, data: TaskData, generic: bool = False) -> np.ndar
 
 
 def method_options(method: str, cfg: Config, data: TaskData, model, grad_loss: str = "answer",
-                   cache: ifkit.GradCache | None = None) -> dict:
+                   cache: ifkit.GradCache | None = None, train_loss: str = "answer") -> dict:
     """The options of ``ifkit.pairwise`` for ``method`` in this experiment (TracIn: see ``pairwise``).
 
-    ``cache``: a GradCache shared by the methods scored at the same model (else one per call)."""
+    ``cache``: a GradCache shared by the methods scored at the same model (else one per call). VM/FVM: theta~ is
+    fine-tuned on ``data.flat(train_loss)`` (the split disjoint from training and queries; without one, on the
+    queries themselves, as before that split existed)."""
     # cache_grads: the (n_train, p) LoRA gradients (900 x 4,096 floats) fit easily, and one vmap pass is ~20x
     # faster here than forward-mode dots with 100 query tangents (measured: graddot 3 s against 68 s)
-    opts: dict = {"params": lora_names(model), "cache_grads": True if cache is None else cache}
+    # budget_s=None: the experiment's costs are declared and measured (register); the library's refusal of long
+    # calls is for interactive use, and its estimate scales with the machine's load
+    opts: dict = {"params": lora_names(model), "cache_grads": True if cache is None else cache, "budget_s": None}
     if method == "if-lissa":
         opts.update(damping=cfg.damping, iters=cfg.lissa_iters, lissa_batch=cfg.lissa_batch,
                     scale=_lissa_scale(model, data, cfg, grad_loss))
@@ -185,12 +221,11 @@ def method_options(method: str, cfg: Config, data: TaskData, model, grad_loss: s
         # DataInf's closed form of the VALIDATION curvature at theta~ (ifkit/curvature/val_inverse.py): the exact
         # Gauss-Newton over 100 sequences needs one product per LoRA parameter, measured at 240 s for a rank-1
         # (512-parameter) adapter here -- beyond the budget. Kwon et al.'s damping, as for "datainf". theta~ is
-        # fine-tuned on the validation set's ANSWER loss (the model's own objective) whatever grad_loss is; the
-        # curvature is that of the loss the gradients are of (grad_loss), as DataInf's is. Measured (protocol,
-        # sentence, FAST sizes, seed 0): the answer loss's curvature left VM at AUC 0.89, below graddot's 0.95;
-        # the prompt loss's gave 1.00 (DataInf 1.00).
-        opts.update(flat_val=data.val, flat_steps=cfg.flat_steps, curvature="datainf",
-                    curvature_val=data.attribution(grad_loss)[1])
+        # fine-tuned on the model's own objective (train_loss); the curvature is that of the loss the gradients
+        # are of (grad_loss), as DataInf's is.
+        split = data.flat if data.X_flat is not None else (lambda g: data.attribution(g)[1])
+        opts.update(flat_val=split(train_loss), flat_steps=cfg.flat_steps, curvature="datainf",
+                    curvature_val=split(grad_loss))
     elif method == "if-cg":
         opts.update(damping=cfg.damping)
     return opts
@@ -215,7 +250,7 @@ def _lissa_scale(model, data: TaskData, cfg: Config, grad_loss: str) -> float:
 
 
 def pairwise(method: str, model, data: TaskData, cfg: Config, checkpoints=(), grad_loss: str = "answer",
-             cache: ifkit.GradCache | None = None) -> Tensor:
+             cache: ifkit.GradCache | None = None, train_loss: str = "answer", **options) -> Tensor:
     """(n_queries, n_train) ``ifkit.pairwise`` of ``method`` over the LoRA parameters, queries = validation set.
 
     ``grad_loss`` picks the tokens whose loss the attribution gradients see (``ifkit.data.text.grad_targets``):
@@ -223,19 +258,22 @@ def pairwise(method: str, model, data: TaskData, cfg: Config, checkpoints=(), gr
     ``cache``: an ``ifkit.GradCache`` shared across calls at the same model (graddot, gradcos, DataInf, LiSSA's
     last pass and TracIn's last checkpoint read the same training gradients).
 
+    ``options``: more ``ifkit.pairwise`` options, over this experiment's (e.g. VM's ``checkpoint="sum"``).
+
     TracIn is sum_c lr_c * pairwise("tracin", model at checkpoint c): exactly what ``checkpoints=`` computes,
-    but one call per checkpoint lets each use the cached per-sample gradients (tested equal).
+    but one call per checkpoint lets each use the cached per-sample gradients (tested equal). Without
+    checkpoints (the "-init" controls) it is the gradient dot product at the model.
     """
     train_g, val_g = data.attribution(grad_loss)
     if method != "tracin" or not checkpoints:
         return ifkit.pairwise(method, model, train_g, val_g,
-                              **method_options(method, cfg, data, model, grad_loss, cache))
+                              **{**method_options(method, cfg, data, model, grad_loss, cache, train_loss), **options})
     total = torch.zeros(len(data.X_val), len(data.X_train))
     at = copy.deepcopy(model)
     for state, lr in checkpoints:
         at.load_state_dict(state)
         total += lr * ifkit.pairwise("tracin", at, train_g, val_g,
-                                     **method_options(method, cfg, data, at, grad_loss, cache))
+                                     **method_options(method, cfg, data, at, grad_loss, cache, train_loss))
     return total
 
 
@@ -257,46 +295,61 @@ def measure(cfg: Config, seeds: Iterable[int], out: str | Path, tasks: Sequence[
 def _measure(cfg: Config, seeds: list[int], out: Path, tasks: Sequence[str], progress: bool, mode: str
              ) -> pd.DataFrame:
     table = generation_results.table(out, TASKS)
-    base_states: dict[str, dict[str, Tensor]] = {}  # the pretrained base model of each task
+    cache = Cache(out, "gen-text")  # the pretrained base of each (task, seed)
     ex_table = ResultsTable(out / EXAMPLES, ["task", "variant", "seed", "query", "method", "rank"], required=["text"])
     for task in tasks:
-        for vname in cfg.variants:
-            var = VARIANTS[vname]
-            for seed in seeds:
+        for seed in seeds:
+            base = None  # pretrained once per (task, seed), and only when something is left to measure
+            for vname in cfg.variants:
                 todo = [m for m in cfg.methods if not generation_results.done(
                     table, mode, task=task, variant=vname, seed=seed, method=m)]
                 if not todo:
                     continue
                 t0 = time.perf_counter()
-                data = make_task(task, seed, cfg.per_class, cfg.n_val_per_class, prefix=var.prefix)
-                if task not in base_states:  # once per task, and only when something is left to measure
-                    base_states[task] = pretrained_state(task, cfg, progress)
-                base = pretrained(task, cfg, state=base_states[task])
-                em_base = float(exact_match(base, data, generic=True).mean())
-                res = finetune(base, data, cfg, seed, progress)
-                model = res.model
-                em = exact_match(model, data)
-                setup_s = time.perf_counter() - t0
-                base_row = {"task": task, "variant": vname, "seed": seed, "mode": mode, "prefix": var.prefix,
-                            "grad_loss": var.grad_loss, "exact_match": float(em.mean()), "exact_match_base": em_base,
-                            "n_train": len(data.X_train), "n_queries": len(data.X_val),
-                            "n_lora_params": sum(model.get_parameter(n).numel() for n in lora_names(model)),
-                            "setup_seconds": setup_s, "words": source_words(N_WORDS)[1] if task == "sentence" else "-"}
-                q_show = _example_queries(data, cfg.n_examples)
-                cache = ifkit.GradCache()  # the training gradients at this model, computed once for all methods
-                bar = tqdm(todo, desc=f"gen-text {task} {vname} seed {seed}", disable=not progress, leave=False)
-                for method in bar:
-                    bar.set_postfix_str(method)
-                    t1 = time.perf_counter()
-                    P = pairwise(method, model, data, cfg, res.checkpoints, var.grad_loss, cache)  # (Q, n)
-                    auc, recall, prec5 = ranking_metrics(P, data.cls_train, data.cls_val)
-                    ex_table.add(_example_rows(task, vname, seed, method, data, P, q_show))
-                    table.add([{**base_row, "method": method, "auc": auc, "recall": recall, "precision5": prec5,
-                                "seconds": time.perf_counter() - t1}])
+                if base is None:
+                    base = pretrained(task, cfg, state=pretrained_state(task, cfg, progress, seed, cache))
+                rows = _measure_variant(cfg, task, vname, seed, todo, base, mode, progress, t0)
+                for row, examples in rows:
+                    ex_table.add(examples)
+                    table.add([row])
     df = table.frame
     if df.empty:
         return df
     return df[df["task"].isin(tasks) & df["seed"].isin(seeds)].reset_index(drop=True)
+
+
+def _measure_variant(cfg: Config, task: str, vname: str, seed: int, todo: list[str], base: TinyLM, mode: str,
+                     progress: bool, t0: float):
+    """Yield (row, example rows) for each method of ``todo`` on one (task, variant, seed)."""
+    var = VARIANTS[vname]
+    data = make_task(task, seed, cfg.per_class, cfg.n_val_per_class, prefix=var.prefix,
+                     n_flat_per_class=cfg.n_flat_per_class)
+    em_base = float(exact_match(base, data, generic=True).mean())
+    if var.finetuned:
+        res = finetune(base, data, cfg, seed, progress, var.train_loss)
+        model, checkpoints = res.model, res.checkpoints
+    else:
+        model, checkpoints = lora_init(base, cfg, seed), []
+    em = exact_match(model, data)
+    base_row = {"task": task, "variant": vname, "seed": seed, "mode": mode, "prefix": var.prefix,
+                "grad_loss": var.grad_loss, "train_loss": var.train_loss, "finetuned": var.finetuned,
+                "exact_match": float(em.mean()), "exact_match_base": em_base,
+                "n_train": len(data.X_train), "n_queries": len(data.X_val),
+                "n_lora_params": sum(model.get_parameter(n).numel() for n in lora_names(model)),
+                "setup_seconds": time.perf_counter() - t0,
+                "words": source_words(N_WORDS)[1] if task == "sentence" else "-"}
+    q_show = _example_queries(data, cfg.n_examples)
+    cache = ifkit.GradCache()  # the training gradients at this model, computed once for all methods
+    bar = tqdm(todo, desc=f"gen-text {task} {vname} seed {seed}", disable=not progress, leave=False)
+    for method in bar:
+        bar.set_postfix_str(method)
+        t1 = time.perf_counter()
+        P = pairwise(method, model, data, cfg, checkpoints, var.grad_loss, cache, var.train_loss)  # (Q, n)
+        auc, recall, prec5 = ranking_metrics(P, data.cls_train, data.cls_val)
+        recall_abs = ranking_metrics(-P.abs(), data.cls_train, data.cls_val)[1]  # ranked by |IF| (DataInf's code)
+        row = {**base_row, "method": method, "auc": auc, "recall": recall, "recall_abs": recall_abs,
+               "precision5": prec5, "seconds": time.perf_counter() - t1}
+        yield row, _example_rows(task, vname, seed, method, data, P, q_show)
 
 
 def _example_queries(data: TaskData, n: int) -> list[int]:
@@ -321,30 +374,42 @@ def _example_rows(task, variant, seed, method, data: TaskData, P: Tensor, querie
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and std over seeds) of AUC, recall and precision@5 per task, variant and method, in percent."""
+    """Mean (and std over seeds) of AUC, recall (signed and |IF|) and precision@5 per task, variant and method, in
+    percent."""
+    if "recall_abs" not in df.columns:  # rows from before the |IF| recall
+        df = df.assign(recall_abs=float("nan"))
     g = df.groupby(["task", "variant", "method"], sort=False)
     out = g.agg(auc=("auc", "mean"), auc_sd=("auc", "std"), recall=("recall", "mean"),
-                recall_sd=("recall", "std"), precision5=("precision5", "mean"), precision5_sd=("precision5", "std"),
-                exact_match=("exact_match", "mean"), seconds=("seconds", "mean"), seeds=("seed", "nunique"))
-    for c in ("auc", "auc_sd", "recall", "recall_sd", "precision5", "precision5_sd", "exact_match"):
+                recall_sd=("recall", "std"), recall_abs=("recall_abs", "mean"), precision5=("precision5", "mean"),
+                precision5_sd=("precision5", "std"), exact_match=("exact_match", "mean"),
+                seconds=("seconds", "mean"), seeds=("seed", "nunique"))
+    for c in ("auc", "auc_sd", "recall", "recall_sd", "recall_abs", "precision5", "precision5_sd", "exact_match"):
         out[c] = 100 * out[c]
     return out.reset_index()
 
 
-@register("gen-text", parts=TASKS, seconds=(541, 43), part_seconds={"sentence": 306, "math": 234},
-          note="one core; with --jobs 2 its two tasks run side by side: ~5 min")
-def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFrame:
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """``ifkit reproduce --seeds``: a count N (seeds 0..N-1) or the seeds themselves."""
+    return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+
+
+@register("gen-text", parts=TASKS, seconds=(1062, 61), part_seconds={"sentence": 642, "math": 420},
+          note="3 seeds, one core; with --jobs 2 its two tasks run side by side: ~11 min (full: estimated from the "
+               "measured parts, RESULTS.md; --fast measured with --jobs 2)", seed_lists=True)
+def run(fast: bool, seeds: int | Sequence[int], out: Path, part: str | None = None) -> pd.DataFrame:
     """``ifkit reproduce gen-text``: write ``out/generation.csv`` (tasks sentence, math) and the examples file.
 
-    ``part``: one task only (``ifkit reproduce gen-text:math``; ``--jobs 2`` runs the two tasks side by side)."""
+    ``seeds``: a count or a list (``--seeds 0 1 2 3 4``). ``part``: one task only (``ifkit reproduce
+    gen-text:math``; ``--jobs 2`` runs the two tasks side by side)."""
     cfg = FAST if fast else FULL
-    df = measure(cfg, range(seeds), out, tasks=(part,) if part else TASKS)
-    with pd.option_context("display.width", 140):
+    seeds = seed_list(seeds)
+    df = measure(cfg, seeds, out, tasks=(part,) if part else TASKS)
+    with pd.option_context("display.width", 160):
         print(f"Influential-data identification, text ({'fast' if fast else 'full'}, seeds={seeds}): AUC and "
-              "recall@90 in % (mean over queries, then seeds)")
+              "recall@90 (signed, |IF|) in % (mean over queries, then seeds)")
         print(summary(df).to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     return df
 
 
-__all__ = ["FAST", "FULL", "VARIANTS", "Config", "TaskData", "Variant", "classes", "encode", "exact_match", "finetune", "make_task",
-           "measure", "pretrained", "pretrained_state", "ranking_metrics", "run", "source_words", "summary", "vocabulary"]
+__all__ = ["FAST", "FULL", "VARIANTS", "Config", "TaskData", "Variant", "classes", "encode", "exact_match", "finetune", "lora_init", "make_task",
+           "measure", "pretrained", "pretrained_state", "ranking_metrics", "run", "seed_list", "source_words", "summary", "vocabulary"]

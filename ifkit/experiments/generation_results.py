@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 
 from ifkit.results import ResultsTable, write_atomic
 
@@ -80,4 +81,31 @@ def done(table: ResultsTable, mode: str, **key: Any) -> bool:
     return str(f.loc[sel, "mode"].iloc[0]) == mode
 
 
-__all__ = ["FILENAME", "KEY", "REQUIRED", "done", "migrate", "table"]
+def paired_differences(df: pd.DataFrame, metric: str = "auc", versus: Collection[str] | None = None,
+                       level: float = 0.95) -> pd.DataFrame:
+    """Per (task, variant), each method against each of ``versus`` (default: every method), paired by seed.
+
+    For the n seeds both have, d_s = metric(method, s) - metric(other, s) and
+
+        diff = mean_s d_s,   interval = diff -+ t_{(1 + level)/2, n-1} * sd(d_s) / sqrt(n)
+
+    (Student's t over seeds: the seed, which draws the pretraining, the data and the fine-tuning, is the unit;
+    pairing removes what a seed does to both methods alike). An interval that excludes 0 says the gap holds
+    across seeds. Rows with n < 2 get NaN bounds. Returns task, variant, method, versus, metric, diff, lo, hi, n.
+    """
+    rows = []
+    for (task, variant), g in df.groupby(["task", "variant"], sort=False):
+        wide = g.pivot_table(index="seed", columns="method", values=metric, aggfunc="mean")
+        for a in wide.columns:
+            for b in (versus if versus is not None else wide.columns):
+                if b == a or b not in wide.columns:
+                    continue
+                d = (wide[a] - wide[b]).dropna()
+                n = len(d)
+                half = (stats.t.ppf((1 + level) / 2, n - 1) * d.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
+                rows.append({"task": task, "variant": variant, "method": a, "versus": b, "metric": metric,
+                             "diff": d.mean(), "lo": d.mean() - half, "hi": d.mean() + half, "n": n})
+    return pd.DataFrame(rows, columns=["task", "variant", "method", "versus", "metric", "diff", "lo", "hi", "n"])
+
+
+__all__ = ["FILENAME", "KEY", "REQUIRED", "done", "migrate", "paired_differences", "table"]

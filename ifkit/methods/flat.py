@@ -26,13 +26,22 @@ Where to start the fine-tuning (``checkpoint=``): a network trained until it mem
 VM/FVM a theta* far from any validation minimum; started from the early-stopped checkpoint instead, VM beat
 cleanlab on all 4 Fashion-MNIST settings (RESULTS.md; ``ifkit.clean``). ``checkpoint=state_dict`` starts there,
 ``checkpoint="best-val"`` picks the lowest-S_val-loss state among ``checkpoints=``.
+
+Summed over checkpoints (``checkpoint="sum"``: docs/PAPER.md, Eq. 14 at each checkpoint, TracIn's weights): one theta~_c per saved
+training checkpoint c, each fine-tuned from c, and the scores summed with TracIn's learning-rate weights,
+
+    pairwise_sum[q, i] = sum_c lr_c * ( -g~_q(c)^T (H~_val(c) + damping I)^-1 g~_i(c) ),
+
+lr_c from ``(state_dict, lr)`` pairs or ``lrs=`` (1.0 for a bare state_dict). With one bare checkpoint it is
+VM started there (tested). Cost: C times one VM call. On the generation benchmark (RESULTS.md) this, not the
+flatness of theta~, is what lifted VM's class AUC.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import pandas as pd
@@ -48,6 +57,7 @@ from ..optim.train import best_val_checkpoint, checkpoint_state
 
 # the fine-tuning options for which an explicit None means the method's default (as the api has always read them)
 FINETUNE = ("flat_optimizer", "flat_steps", "flat_lr", "rho", "sigma")
+CHECKPOINT_CHOICES = ("best-val", "sum")  # the named values of checkpoint= (else None or a state_dict)
 
 
 @dataclass(frozen=True)
@@ -64,9 +74,11 @@ class FlatOptions(CurvatureOptions):
         flat_optimizer: "sgd" (VM), "lpf" (FVM's default: LPF-SGD) or "sam"; "adam" also runs.
         flat_steps, flat_lr: full-batch steps on S_val and their learning rate.
         rho: SAM radius (also the radius of the logged sharpness); sigma: LPF-SGD noise scale.
-        checkpoint: where the fine-tuning starts: None (the model given), a state_dict, or "best-val" (of
-            ``checkpoints``, the lowest mean S_val loss).
-        checkpoints: the states "best-val" chooses among (state_dicts or (state_dict, lr) pairs).
+        checkpoint: where the fine-tuning starts: None (the model given), a state_dict, "best-val" (of
+            ``checkpoints``, the lowest mean S_val loss) or "sum" (from EACH of ``checkpoints``, the scores summed
+            with TracIn's weights lr_c: module docstring).
+        checkpoints: the states "best-val" / "sum" use (state_dicts or (state_dict, lr) pairs).
+        lrs: "sum": the weight lr_c of each checkpoint (default: the pair's lr, else 1.0).
         flat_val: pairwise: the validation set to fine-tune on, when the queries are not S_val.
         curvature_val: pairwise: the (X, y) whose curvature at theta~ is inverted, when not flat_val (e.g. S_val
             with the targets of the attribution loss while theta~ is fine-tuned on the model's own loss).
@@ -82,6 +94,7 @@ class FlatOptions(CurvatureOptions):
     sigma: float = 0.005
     checkpoint: Any = None
     checkpoints: Sequence[Any] | None = None
+    lrs: Sequence[float] | None = None
     flat_val: Any = None
     curvature_val: Any = None
     at: FlatPoint | None = None
@@ -90,6 +103,16 @@ class FlatOptions(CurvatureOptions):
         for f in fields(self):
             if f.name in FINETUNE and getattr(self, f.name) is None:
                 object.__setattr__(self, f.name, f.default)
+        if isinstance(self.checkpoint, str):
+            if self.checkpoint not in CHECKPOINT_CHOICES:
+                raise ValueError(f"checkpoint={self.checkpoint!r}: give a state_dict, one of {CHECKPOINT_CHOICES} "
+                                 "or None")
+            if not self.checkpoints:
+                raise ValueError(f"checkpoint={self.checkpoint!r} uses checkpoints=[state_dict, ...]; none were "
+                                 "given (ifkit.optim.train.train(..., n_checkpoints=k) saves them)")
+        if self.lrs is not None and len(self.lrs) != len(self.checkpoints or ()):
+            raise ValueError(f"lrs has {len(self.lrs)} entries but checkpoints has {len(self.checkpoints or ())}; "
+                             "give one learning rate per checkpoint")
 
     def finetune_kwargs(self) -> dict[str, Any]:
         """The ``flat_finetune`` arguments of this call (optim/flat_finetune.py)."""
@@ -126,7 +149,8 @@ def start_model(eng: GradEngine) -> torch.nn.Module:
         return eng.model
     if isinstance(cp, str):
         if cp != "best-val":
-            raise ValueError(f"checkpoint={cp!r}: give a state_dict, 'best-val' or None")
+            raise ValueError(f"checkpoint={cp!r} has one theta~ per checkpoint: score with ifkit.score / "
+                             "ifkit.pairwise, or pass checkpoint=state_dict for one of them")
         states = [checkpoint_state(c)[0] for c in (eng.opt.checkpoints or [])]
         if not states:
             raise ValueError("checkpoint='best-val' picks among checkpoints=[state_dict, ...]; none were given "
@@ -189,11 +213,29 @@ def flat_point(eng: GradEngine) -> FlatPoint:
     return FlatPoint(start, res.model, res.trajectory, (eng.Xv, eng.yv), eng.opt, tuned)
 
 
+def summed_over_checkpoints(eng: GradEngine, fn) -> Tensor:
+    """sum_c lr_c * fn(the call started at checkpoint c) for ``checkpoint="sum"`` (module docstring).
+
+    Each term is an engine on the same model object, data and options but ``checkpoint=`` the c-th state, so a
+    shared GradCache still recognises the model. Cost: len(checkpoints) times ``fn``.
+    """
+    total = None
+    for j, c in enumerate(eng.opt.checkpoints):
+        state, lr = checkpoint_state(c)
+        w = eng.opt.lrs[j] if eng.opt.lrs is not None else (1.0 if lr is None else lr)
+        one = GradEngine(eng.model, eng.X, eng.y, eng.Xv, eng.yv, replace(eng.opt, checkpoint=state))
+        term = w * fn(one)
+        total = term if total is None else total + term
+    return total
+
+
 def _flat_score(eng: GradEngine) -> Tensor:
     """score_i = g~_i^T (H~_val + damping I)^-1 g~_i at theta~ (paper Sec. 3), theta~ = ``at=`` or fine-tuned here.
 
     Cost: flat_steps full-batch steps on S_val, one curvature factorisation on S_val (or CG), one gradient pass.
     """
+    if eng.opt.checkpoint == "sum":
+        return summed_over_checkpoints(eng, _flat_score)
     point = eng.opt.at or flat_point(eng)
     prob = point.problem(eng)
     curv = point.curvature(prob, eng.Xv, eng.yv, eng.opt, structured=True)  # quadratic forms only
@@ -211,6 +253,8 @@ def _flat_pairwise(eng: GradEngine) -> Tensor:
     with the targets of the queries' loss, not the fine-tuning's).
     Cost: the fine-tuning, one curvature factorisation on S_val, one solve per training point, one pass.
     """
+    if eng.opt.checkpoint == "sum":
+        return summed_over_checkpoints(eng, _flat_pairwise)
     if eng.opt.at is not None:
         point = eng.opt.at
     else:
@@ -250,5 +294,5 @@ def fvm_pairwise(eng: GradEngine) -> Tensor:
     return _flat_pairwise(eng)
 
 
-__all__ = ["FVMOptions", "FVM_DEFAULTS", "FINETUNE", "FlatOptions", "FlatPoint", "VMOptions", "VM_DEFAULTS", "flat_point",
-           "fvm_pairwise", "fvm_score", "start_model", "vm_pairwise", "vm_score"]
+__all__ = ["CHECKPOINT_CHOICES", "FVMOptions", "FVM_DEFAULTS", "FINETUNE", "FlatOptions", "FlatPoint", "VMOptions", "VM_DEFAULTS", "flat_point",
+           "fvm_pairwise", "fvm_score", "start_model", "summed_over_checkpoints", "vm_pairwise", "vm_score"]

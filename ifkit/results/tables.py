@@ -31,7 +31,7 @@ DATASET = Col("str", values=("digits", "fashion", "mixture"))
 MODEL = Col("str", values=("mlp", "cnn"))  # the architecture of a detection / relabel setting
 NOISE = Col("str", values=("none", "symmetric", "asymmetric", "hard"))
 MODE = Col("str", pattern=r"[a-z][a-z0-9_-]*")  # "fast", "full"; tests write their own label
-VARIANT = Col("str", values=("protocol", "harder"))
+VARIANT = Col("str", values=("protocol", "harder", "protocol-init", "harder-init"))  # -init: LoRA init, no fine-tuning
 STYLE = Col("str", values=STYLES)
 
 _SETTING = {"dataset": DATASET, "noise": NOISE, "rate": SHARE, "seed": COUNT}
@@ -74,10 +74,18 @@ SCHEMAS: dict[str, Schema] = {
         key=("task", "variant", "seed", "method"), required=("auc", "recall"),
         columns={"task": Col("str", values=("sentence", "math", "style")), "variant": VARIANT, "seed": COUNT,
                  "method": METHOD, "mode": MODE, "prefix": Col("str", values=("name", "cue")),
-                 "grad_loss": Col("str", values=("prompt", "answer")), "exact_match": SHARE,
+                 "grad_loss": Col("str", values=("prompt", "answer", "full")), "exact_match": SHARE,
+                 "train_loss": Col("str", values=("answer", "full")), "recall_abs": SHARE, "finetuned": BOOL,
                  "exact_match_base": SHARE, "n_train": COUNT, "n_queries": COUNT, "n_lora_params": COUNT,
                  "setup_seconds": SECONDS, "words": STR, "auc": SHARE, "recall": SHARE, "precision5": SHARE,
                  "seconds": SECONDS, "n_params": COUNT, "n_styles": COUNT, "style_prompt": BOOL}),
+    # gen-text-vm: VM/FVM's sensitivity on the harder text benchmark (one row per setting)
+    "generation_text_vm.csv": Schema(
+        key=("task", "variant", "seed", "setting"), required=("auc", "recall"),
+        columns={"task": Col("str", values=("sentence", "math")), "variant": VARIANT, "seed": COUNT,
+                 "setting": Col("str", pattern=r"[a-z0-9][a-z0-9 ._=+/-]*"), "method": METHOD, "factor": STR,
+                 "mode": MODE, "auc": SHARE, "recall": SHARE, "recall_abs": SHARE, "precision5": SHARE,
+                 "seconds": SECONDS}),
     "generation_text_examples.csv": Schema(
         key=("task", "variant", "seed", "query", "method", "rank"), required=("text",),
         columns={"task": Col("str", values=("sentence", "math")), "variant": VARIANT, "seed": COUNT,
