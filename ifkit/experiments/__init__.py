@@ -49,6 +49,8 @@ class Meta:
         after: experiments this one follows in the same worker when both run.
         seed_lists: ``fn`` also takes a list of seeds (``ifkit reproduce NAME --seeds 0 1 2 3 4``), not only a
             count.
+        in_all: ``ifkit reproduce all`` (``make reproduce``) runs it; False: only by name (a long study whose
+            committed rows come from its own run).
     """
 
     parts: tuple[str, ...] = ()
@@ -58,6 +60,7 @@ class Meta:
     shares: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     seed_lists: bool = False
+    in_all: bool = True
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -67,7 +70,8 @@ PARTS: dict[str, tuple[str, ...]] = {}  # name -> the parts ``fn(..., part=...)`
 
 def register(name: str, parts: tuple[str, ...] = (), *, seconds: tuple[float, float] | None = None,
              part_seconds: Mapping[str, float] | None = None, note: str = "", shares: tuple[str, ...] = (),
-             after: tuple[str, ...] = (), seed_lists: bool = False) -> Callable[[Experiment], Experiment]:
+             after: tuple[str, ...] = (), seed_lists: bool = False, in_all: bool = True
+             ) -> Callable[[Experiment], Experiment]:
     """Decorator that adds ``fn(fast: bool, seeds: int, out: Path)`` to ``EXPERIMENTS`` under ``name``, with its
     ``Meta`` (the arguments after ``name``; see ``Meta``) in ``META``.
 
@@ -75,7 +79,7 @@ def register(name: str, parts: tuple[str, ...] = (), *, seconds: tuple[float, fl
         ValueError: if the name is "all" or already taken by a different function, or a part time names no part.
     """
     meta = Meta(tuple(parts), seconds or Meta.seconds, dict(part_seconds or {}), note, tuple(shares), tuple(after),
-                seed_lists)
+                seed_lists, in_all)
     unknown = set(meta.part_seconds) - set(meta.parts)
     if unknown:
         raise ValueError(f"experiment {name!r}: part_seconds names {sorted(unknown)}, not among its parts {parts}")
@@ -109,13 +113,13 @@ def split_part(name: str) -> tuple[str, str | None]:
     return base, part or None
 
 
-def full_seconds(name: str, meta: Mapping[str, Meta] | None = None) -> float:
+def full_seconds(name: str, meta: Mapping[str, Meta] | None = None, fast: bool = False) -> float:
     """Full-size seconds of an experiment or one part (``NAME:PART``), from its ``Meta`` in ``meta`` (default:
-    ``META``; unknown names: 300)."""
+    ``META``; unknown names: 300); ``fast``: its --fast seconds instead (a part: an equal share)."""
     base, part = split_part(name)
     meta = (META if meta is None else meta).get(base, Meta())
-    if part is None:
-        return meta.seconds[0]
+    if part is None or fast:
+        return meta.seconds[int(fast)] / (max(1, len(meta.parts)) if part else 1)
     return meta.part_seconds.get(part, meta.seconds[0] / max(1, len(meta.parts)))
 
 

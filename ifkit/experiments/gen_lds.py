@@ -102,17 +102,19 @@ def query_losses(model: torch.nn.Module, data: TaskData, grad_loss: str) -> Tens
 
 
 def refit(base: torch.nn.Module, data: TaskData, keep: np.ndarray, cfg: G.Config, seed: int, grad_loss: str,
-          cache: Cache | None = None, tag: str = "") -> Tensor:
+          cache: Cache | None = None, tag: str = "", train_loss: str = "answer") -> Tensor:
     """(Q,) query losses of the model LoRA fine-tuned on the training points ``keep`` (bool mask), gen-text's
-    recipe and seed (``gen_text.finetune``: one refit of n/2 points costs ~5 s at full size on one core).
+    recipe, seed and training loss (``gen_text.finetune``: one refit of n/2 points costs ~5 s at full size on one
+    core; ``train_loss``: the variant's, "full" for DataInf's protocol).
 
     Cached by everything that makes it (task, prefix, seed, config, the points left out) with the adapters."""
     removed = np.flatnonzero(~keep).tolist()
-    key = key_of(kind="refit", task=data.task, tag=tag, grad_loss=grad_loss, seed=seed, cfg=cfg, removed=removed,
+    key = key_of(kind="refit", task=data.task, tag=tag, grad_loss=grad_loss, train_loss=train_loss, seed=seed, cfg=cfg,
+                 removed=removed,
                  n=len(keep))
 
     def compute() -> dict:
-        model = G.finetune(base, train_subset(data, keep), replace(cfg, n_checkpoints=0), seed).model
+        model = G.finetune(base, train_subset(data, keep), replace(cfg, n_checkpoints=0), seed, False, train_loss).model
         return {"losses": query_losses(model, data, grad_loss),
                 "lora": {n: model.get_parameter(n).detach().clone() for n in lora_names(model)}}
 
@@ -133,20 +135,20 @@ def removal_sets(tables: dict[str, Tensor], data: TaskData, query: int, k: int, 
 
 def removal(base: torch.nn.Module, data: TaskData, tables: dict[str, Tensor], cfg: G.Config, seed: int,
             queries: Sequence[int], ks: Sequence[int], grad_loss: str, cache: Cache | None = None, tag: str = "",
-            progress: bool = False) -> pd.DataFrame:
+            progress: bool = False, train_loss: str = "answer") -> pd.DataFrame:
     """One row per query, k and method (and "random"): the removed points, the share of them in the query's
     class, the query's loss before (all data) and after the refit without them, and the increase.
 
     Identical removal sets (two methods agreeing on the top k) share one refit. Cost: up to
     len(queries) x len(ks) x (len(tables) + 1) refits of n - k points, plus one of all n."""
     n = len(data.X_train)
-    before = refit(base, data, np.ones(n, dtype=bool), cfg, seed, grad_loss, cache, tag)  # (Q,)
+    before = refit(base, data, np.ones(n, dtype=bool), cfg, seed, grad_loss, cache, tag, train_loss)  # (Q,)
     rows, jobs = [], [(q, k) for q in queries for k in ks]
     for q, k in tqdm(jobs, desc=f"removal {data.task} {tag}", disable=not progress, leave=False):
         for method, idx in removal_sets(tables, data, q, k, seed).items():
             keep = np.ones(n, dtype=bool)
             keep[idx] = False
-            after = refit(base, data, keep, cfg, seed, grad_loss, cache, tag)
+            after = refit(base, data, keep, cfg, seed, grad_loss, cache, tag, train_loss)
             rows.append({"query": q, "k": k, "method": method, "removed": idx.tolist(),
                          "same_class": float((data.cls_train[idx] == data.cls_val[q]).mean()),
                          "loss_before": float(before[q]), "loss_after": float(after[q]),
@@ -172,6 +174,7 @@ class Setting:
     tables: dict[str, Tensor]
     grad_loss: str
     tag: str  # the variant's name, part of every cache key
+    train_loss: str = "answer"  # the fine-tuning's loss (the variant's; refits use it too)
 
 
 def prepare(task: str, variant: str, seed: int, cfg: G.Config, cache: Cache | None = None,
@@ -179,9 +182,11 @@ def prepare(task: str, variant: str, seed: int, cfg: G.Config, cache: Cache | No
     """Build (or load from ``cache``) gen-text's setting: pretrained base, LoRA fine-tuned model, the score
     table of every method (``gen_text.pairwise``, TracIn over the fine-tuning's checkpoints)."""
     var = G.VARIANTS[variant]
-    data = G.make_task(task, seed, cfg.per_class, cfg.n_val_per_class, prefix=var.prefix)
-    state = cached(cache, key_of(kind="pretrained", task=task, cfg=cfg), lambda: G.pretrained_state(task, cfg))
-    base = G.pretrained(task, cfg, state=state)
+    data = G.make_task(task, seed, cfg.per_class, cfg.n_val_per_class, prefix=var.prefix,
+                       n_flat_per_class=cfg.n_flat_per_class)
+    state = cached(cache, key_of(kind="pretrained", task=task, cfg=cfg, seed=seed),
+                   lambda: G.pretrained_state(task, cfg, seed=seed))  # a seed includes the pretraining
+    base = G.pretrained(task, cfg, state=state, seed=seed)
 
     def arch() -> torch.nn.Module:  # the untrained architecture a cached run is loaded into
         m = copy.deepcopy(base)
@@ -189,14 +194,14 @@ def prepare(task: str, variant: str, seed: int, cfg: G.Config, cache: Cache | No
         return m
 
     run = cached(cache, key_of(kind="finetune", task=task, variant=variant, seed=seed, cfg=cfg),
-                 lambda: G.finetune(base, data, cfg, seed), pack_run, lambda p: unpack_run(p, arch()))
+                 lambda: G.finetune(base, data, cfg, seed, False, var.train_loss), pack_run, lambda p: unpack_run(p, arch()))
     run.model.eval()
     tables = {}
     for m in methods or cfg.methods:
         key = key_of(kind="scores", task=task, variant=variant, seed=seed, cfg=cfg, method=m)
         tables[m] = cached(cache, key, lambda m=m: {"P": G.pairwise(m, run.model, data, cfg, run.checkpoints,
-                                                                    var.grad_loss)})["P"]  # (Q, n)
-    return Setting(data, base, run, tables, var.grad_loss, variant)
+                                                                    var.grad_loss, train_loss=var.train_loss)})["P"]
+    return Setting(data, base, run, tables, var.grad_loss, variant, var.train_loss)  # tables: (Q, n) each
 
 
 def lds_losses(s: Setting, cfg: Config, seed: int, cache: Cache | None = None, progress: bool = False
@@ -204,7 +209,8 @@ def lds_losses(s: Setting, cfg: Config, seed: int, cache: Cache | None = None, p
     """((M, n) subset masks, (M, Q) query losses after refitting on each subset)."""
     masks = subset_masks(len(s.data.X_train), cfg.n_subsets, cfg.alpha, seed)
     bar = tqdm(masks, desc=f"LDS refits {s.data.task} {s.tag}", disable=not progress, leave=False)
-    losses = [refit(s.base, s.data, keep, cfg.text, seed, s.grad_loss, cache, s.tag).numpy() for keep in bar]
+    losses = [refit(s.base, s.data, keep, cfg.text, seed, s.grad_loss, cache, s.tag, s.train_loss).numpy()
+              for keep in bar]
     return masks, np.stack(losses)
 
 
@@ -279,7 +285,7 @@ def _measure_setting(cfg: Config, what: str, task: str, variant: str, seed: int,
     masks, losses = lds_losses(s, cfg, seed, cache, progress)
     removed = None if what == "lds" else removal(
         s.base, s.data, s.tables, cfg.text, seed, removal_queries(s.data, cfg.removal_queries), cfg.ks,
-        s.grad_loss, cache, s.tag, progress)
+        s.grad_loss, cache, s.tag, progress, s.train_loss)
     common = {"task": task, "variant": variant, "seed": seed, "mode": mode, "alpha": cfg.alpha,
               "grad_loss": s.grad_loss, "seconds": time.perf_counter() - t0}
     table.add([{**common, **r} for r in setting_rows(s, cfg, seed, masks, losses, removed)])
@@ -300,7 +306,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 # Full: CPU seconds of each task's one-core run, seed 0 (the machine was shared: 47 / 55 min of wall clock); the two
 # tasks run side by side with --jobs 2. Per seed: --seeds N multiplies it.
 @register("gen-lds", parts=TASKS, seconds=(1060, 25), part_seconds={"sentence": 1060, "math": 920},
-          note="per seed (--seeds 1 for the committed rows); --jobs 2 runs its two tasks side by side")
+          note="per seed (--seeds 1 for the committed rows); --jobs 2 runs its two tasks side by side",
+          in_all=False)
 def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFrame:
     """``ifkit reproduce gen-lds``: write ``out/generation_lds.csv`` (``part``: one task, ``gen-lds:math``)."""
     cfg = FAST if fast else FULL
