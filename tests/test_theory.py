@@ -249,6 +249,7 @@ def test_theory_experiment_is_registered():
     assert "theory" in discover()
 
 
+@pytest.mark.slow  # the experiment end to end, leave-one-out refits included
 def test_theory_experiment_writes_the_schema_and_resumes(tmp_path, monkeypatch):
     path = tmp_path / "theory.csv"
     df = exp_theory.measure(TINY, [0], path, progress=False)
