@@ -13,6 +13,10 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 IFKIT   := $(VENV)/bin/ifkit
 PYTEST  := $(PY) -m pytest
+# The unit tests on 2 workers (pytest-xdist); --dist loadfile keeps each test file on one worker, so a module's
+# shared fixtures (a trained model, the gloo ranks' one spawn) are built once; files are handed out in collection
+# order (tests/conftest.py puts the files with slow tests first), not reordered by their number of tests.
+UNIT    := $(PYTEST) -q -n 2 --dist loadfile --no-loadscope-reorder tests/
 # nbval over every notebook; --nbval-lax checks that cells run (and their asserts hold), not that outputs match.
 NBVAL   := MPLBACKEND=Agg $(PYTEST) -q --nbval-lax --nbval-current-env
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -96,13 +100,13 @@ endef
 # One recipe, so the unit tests always run before the notebooks, and the notebooks before the browser test
 # (also under make -j).
 test: setup
-	$(PYTEST) -q tests/
+	$(UNIT)
 	$(call run_notebooks,1)
 	$(call run_solutions)
 	$(MAKE) --no-print-directory test-browser
 
 test-unit: setup
-	$(PYTEST) -q tests/
+	$(UNIT)
 
 test-notebooks: setup
 	$(call run_notebooks,1)

@@ -41,13 +41,18 @@ def test_help(capsys):
     assert "reproduce" in out and "figures" in out and "bench" in out
 
 
-def test_console_script_help():
-    # The installed entry point, as a user runs it (falls back to `python -m` outside a venv install).
+@pytest.fixture(scope="module")
+def reproduce_help() -> subprocess.CompletedProcess:
+    """`ifkit reproduce --help` through the installed entry point, as a user runs it (falls back to `python -m`
+    outside a venv install), in a fresh interpreter: one start-up shared by the tests that read its text."""
     script = Path(sys.executable).with_name("ifkit")
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "ifkit.cli"]
-    done = subprocess.run([*cmd, "reproduce", "--help"], check=False, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "--seeds" in done.stdout
+    return subprocess.run([*cmd, "reproduce", "--help"], check=False, capture_output=True, text=True)
+
+
+def test_console_script_help(reproduce_help):
+    assert reproduce_help.returncode == 0, reproduce_help.stderr
+    assert "--seeds" in reproduce_help.stdout
 
 
 def test_unknown_experiment_lists_available(registry, capsys):
@@ -241,11 +246,10 @@ def test_figures_names_the_command_that_makes_a_missing_input(tmp_path, capsys):
     assert "skip theory_bound" in out and "`ifkit reproduce`" in out
 
 
-def test_reproduce_help_lists_every_experiment_with_its_declared_times():
+def test_reproduce_help_lists_every_experiment_with_its_declared_times(reproduce_help):
     registered = set(experiments.discover())
     assert registered <= set(experiments.META)  # every experiment declares its times where it is registered
-    done = subprocess.run([sys.executable, "-m", "ifkit.cli", "reproduce", "--help"], check=False,
-                          capture_output=True, text=True)
+    done = reproduce_help  # a fresh process: the command discovers the experiments by itself
     assert done.returncode == 0, done.stderr
     table = done.stdout.split("experiments (measured")[1].split("examples:")[0]
     listed = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}

@@ -22,10 +22,13 @@ def _load():
 
 @pytest.fixture(scope="module")
 def trial():
-    """The script as a module, or a skip when this platform cannot run torch.compile (inductor needs a C++
-    compiler on CPU; some Python/torch builds do not support dynamo at all)."""
-    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++", "gcc", "cc")):
-        pytest.skip("torch.compile unavailable: no C/C++ compiler on PATH for inductor's CPU kernels")
+    """The script as a module (loading it compiles nothing)."""
+    return _load()
+
+
+def _skip_unless_the_platform_compiles():
+    """Skip when this platform cannot run torch.compile at all (inductor needs a C++ compiler on CPU; some
+    Python/torch builds do not support dynamo): then a failed trial says nothing about ifkit's kernels."""
     try:
         torch._dynamo.reset()
         torch.compile(lambda x: (x.sin() + 1).sum())(torch.randn(4))
@@ -33,15 +36,18 @@ def trial():
         pytest.skip(f"torch.compile unavailable on this platform: {type(e).__name__}: {str(e)[:200]}")
     finally:
         torch._dynamo.reset()
-    return _load()
 
 
 @pytest.mark.slow  # torch.compile's own start-up and C++ build; already the smallest kernel
 def test_tiny_trial_rows_and_correctness(trial):
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++", "gcc", "cc")):
+        pytest.skip("torch.compile unavailable: no C/C++ compiler on PATH for inductor's CPU kernels")
     rows = trial.run_trial(models=("mlp",), n=64, kernels=("jvp-dots",), ks=(1,), repeats=1, hidden=(16,),
                            progress=False, startup=False)
     assert len(rows) == 1
     row = rows[0]
+    if row["status"] == "failed":  # probe the platform only then: a second compile costs as much as the trial
+        _skip_unless_the_platform_compiles()
     assert set(row) == set(trial.COLUMNS)
     assert (row["kernel"], row["model"], row["n"], row["k"]) == ("jvp-dots", "mlp", 64, 1)
     assert row["status"] == "ok", row["note"]

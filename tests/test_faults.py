@@ -262,6 +262,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see which workers are alive")
 @pytest.mark.timeout(120)
+@pytest.mark.slow  # three fresh interpreters (the command and its two workers) per signal
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
 def test_no_worker_survives_its_parent(tmp_path, sig):
     site, out = tmp_path / "site", tmp_path / "out"

@@ -28,7 +28,7 @@ SCHEMAS = {
 DETECTION = replace(detection.FAST, n_train=200, n_val=60, epochs=40, n_checkpoints=2, cv_folds=2, dynamics_every=20,
                     flat_grid=(0, 20), progress=False, methods=("loss", "tracin", "vm", "fvm"))
 RELABEL_METHODS = ("vm", "pred@theta~", "pred@fvm-theta~", "noisy")  # those of test_detection's relabel test
-THEORY = replace(theory.FAST, n_train=60, n_val=40, n_loo=12, train_steps=(0, 5), l2_path=(1e-1,), gammas=(0.0, 0.5),
+THEORY = replace(theory.FAST, n_train=60, n_val=40, n_loo=4, train_steps=(0, 5), l2_path=(1e-1,), gammas=(0.0, 0.5),
                  methods=("if-exact", "graddot"), ascent_steps=3, eig_iters=20, trace_samples=5)
 GEN_TEXT = replace(gen_text.FAST, per_class=6, n_val_per_class=2, d_model=16, d_ff=32, pretrain_steps=(3, 3),
                    pretrain_pool=64, epochs=2, n_checkpoints=2, lora_rank=1,

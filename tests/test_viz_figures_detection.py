@@ -121,9 +121,10 @@ def test_save_all_writes_the_detection_figures(tmp_path):
     res.mkdir()
     detection_frame(seeds=1, settings=SETTINGS[:1]).to_csv(res / "detection.csv", index=False)
     dynamics_frame().to_csv(res / "detection_dynamics.csv", index=False)
-    names = ["detection_table", "fig2_auc_vs_val_acc", "fig3_flat_finetuning", "ablation", "relabel"]
+    # one figure per input file is enough here: tests/test_reproduce_fast.py saves every figure from real results
+    names = ["detection_table", "fig3_flat_finetuning", "ablation", "relabel"]
     written = figures.save_all(res, tmp_path / "figs", names=names)
-    assert sorted(p.stem for p in written) == sorted(names[:3])  # ablation.csv / relabel.csv are not there yet
+    assert sorted(p.stem for p in written) == sorted(names[:2])  # ablation.csv / relabel.csv are not there yet
     assert all(p.stat().st_size > 0 for p in written)
 
 
