@@ -227,3 +227,18 @@ def test_results_md_names_the_best_method_by_lds_from_the_csv():
 
     root = Path(__file__).resolve().parents[1]
     assert lds_headline(pd.read_csv(root / "results" / L.FILENAME)) in (root / "RESULTS.md").read_text()
+
+
+def test_readme_lds_sentence_is_the_csvs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    df = pd.read_csv(root / "results" / L.FILENAME)
+    rows = df[(df["mode"] == "full") & (df.measure == "lds") & (df.variant == "harder") & (df.seed == 0)]
+    best = {t: rows[rows.task == t].set_index("method")["value"] for t in ("sentence", "math")}
+    assert all(v.idxmax() == "tracin" for v in best.values())
+    flat = rows[rows.method.isin(["vm", "fvm"])]["value"]
+    assert all((v.drop(["vm", "fvm"]) > v[["vm", "fvm"]].max()).all() for v in best.values())  # VM/FVM last
+    text = " ".join((root / "README.md").read_text().split())
+    assert (f"TracIn is also first by LDS ({best['sentence']['tracin']:.3f} sentence, {best['math']['tracin']:.3f} "
+            f"math) and VM/FVM last ({flat.min():.3f}-{flat.max():.3f})") in text
