@@ -37,7 +37,7 @@ help:
 	@echo "make setup            create .venv, install ifkit (CPU torch) and the Debian data packages"
 	@echo "make reproduce        run every experiment (full size) and draw the figures"
 	@echo "make test             unit tests + every notebook in FAST mode + the browser test (what CI runs)"
-	@echo "make test-unit        unit tests only (~3 min)"
+	@echo "make test-unit        unit tests only (~2 min, on 2 workers)"
 	@echo "make test-notebooks   every notebook in FAST mode under nbval (~3.5 min)"
 	@echo "make test-solutions   the notebooks with every exercise solved (notebooks/solutions/), checks strict"
 	@echo "make test-browser     notebooks 00, 01 and 05 in JupyterLab in headless Chromium: widgets, an exercise (~1.5 min)"
