@@ -82,3 +82,23 @@ def tiny_mlp():
         torch.nn.functional.cross_entropy(model(Xtr), ytr).backward()
         opt.step()
     return model, (Xtr, ytr), (Xv, yv), flipped
+
+
+def _work_started(*args, **kwargs):
+    raise AssertionError("a refused input reached the work: the check must come before any method runs")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every method and ifkit.clean's steps fail the test if called: a refusal must come first (the bad-input
+    tests of test_bad_inputs.py and test_inputs.py)."""
+    from ifkit import cleaning
+    from ifkit.methods import REGISTRY
+    from ifkit.methods import flat as flat_methods
+
+    for name, entry in list(REGISTRY.items()):
+        monkeypatch.setitem(REGISTRY, name, entry._replace(
+            score=_work_started, pairwise=_work_started if entry.pairwise is not None else None))
+    # the fine-tuning to theta~: diagnose's (and clean's) first step after the checks
+    monkeypatch.setattr(flat_methods, "flat_finetune", _work_started)
+    monkeypatch.setattr(cleaning, "best_val_checkpoint", _work_started)

@@ -20,10 +20,7 @@ import torch
 from torch import nn
 
 import ifkit
-from ifkit import cleaning
 from ifkit.cli import main
-from ifkit.methods import REGISTRY
-from ifkit.methods import flat as flat_methods
 from ifkit.models import LogisticRegression
 
 N, NV, D, K = 20, 8, 4, 3
@@ -238,21 +235,6 @@ def nan_params() -> nn.Module:
     with torch.no_grad():
         m[0].weight[0, 0] = math.nan
     return m
-
-
-def _work_started(*args, **kwargs):
-    raise AssertionError("a refused input reached the work: the check must come before any method runs")
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Every method and ifkit.clean's steps fail the test if called: a refusal must come first."""
-    for name, entry in list(REGISTRY.items()):
-        monkeypatch.setitem(REGISTRY, name, entry._replace(
-            score=_work_started, pairwise=_work_started if entry.pairwise is not None else None))
-    # the fine-tuning to theta~: diagnose's (and clean's) first step after the checks
-    monkeypatch.setattr(flat_methods, "flat_finetune", _work_started)
-    monkeypatch.setattr(cleaning, "best_val_checkpoint", _work_started)
 
 
 @pytest.mark.parametrize("call, kind, phrase", [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])

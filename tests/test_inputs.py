@@ -18,12 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SubsetRandomSampler, TensorDataset
 
 import ifkit
-from ifkit import cleaning
 from ifkit.core import factors, jacobians
 from ifkit.core.func import ggn_vp_fn, make_problem, per_sample_grads
 from ifkit.curvature import kfac
-from ifkit.methods import REGISTRY
-from ifkit.methods import flat as flat_methods
 from ifkit.models import SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,20 +45,6 @@ XV, YV = data(NV, 2)
 
 def close(a, b):
     torch.testing.assert_close(a, b, **EXACT)
-
-
-def _work_started(*args, **kwargs):
-    raise AssertionError("a refused input reached the work: the check must come before any method runs")
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Every method and ifkit.clean's steps fail the test if called: a refusal must come first."""
-    for name, entry in list(REGISTRY.items()):
-        monkeypatch.setitem(REGISTRY, name, entry._replace(
-            score=_work_started, pairwise=_work_started if entry.pairwise is not None else None))
-    monkeypatch.setattr(flat_methods, "flat_finetune", _work_started)
-    monkeypatch.setattr(cleaning, "best_val_checkpoint", _work_started)
 
 
 # -- data: numpy arrays, Datasets, DataLoaders -----------------------------------------------------------------
