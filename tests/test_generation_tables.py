@@ -83,6 +83,16 @@ def test_paired_table_and_leader_on_the_harder_benchmark():
     assert "| sentence | datainf | " in text and "| math | tracin | -10.0 | · | +10.0 |" in text
 
 
+def test_resolved_names_the_intervals_that_exclude_zero():
+    df = _gen({("sentence", "harder"): {"graddot": [0.60, 0.61, 0.62], "tracin": [0.80, 0.90, 0.85],
+                                        "datainf": [0.70, 0.72, 0.71], "vm": [0.60, 0.80, 0.72]}})
+    d = T.harder_differences(df).set_index(["task", "method", "versus"])
+    assert T.resolved(d, "sentence", "datainf") == "sentence vs datainf: tracin ahead; graddot behind; vm not resolved"
+    assert "sentence vs datainf: tracin ahead" in T.paired_table(df)
+    one_seed = _gen({("math", "harder"): {m: [0.5] for m in METHODS}})
+    assert T.resolved(T.harder_differences(one_seed).set_index(["task", "method", "versus"]), "math", "tracin") == ""
+
+
 def _lds(second_seed: str | None) -> pd.DataFrame:
     """The committed generation_lds.csv, and a second seed: the same values ("same") or the LDS negated."""
     df = pd.read_csv(ROOT / "results" / "generation_lds.csv")

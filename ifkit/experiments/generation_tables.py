@@ -202,7 +202,23 @@ def paired_table(df: pd.DataFrame, variant: str = "harder") -> str:
         for ref in REFERENCES:
             lines.append(_row([task, ref, *("·" if m == ref else _cell(d.loc[(task, m, ref)])
                                             if (task, m, ref) in d.index else "-" for m in methods)]))
+    verdicts = [resolved(d, task, ref) for task in tasks for ref in REFERENCES]
+    lines += ["", "What the seeds resolve (ahead / behind: the 95% interval excludes 0): "
+              + ". ".join(v for v in verdicts if v) + "."]
     return _wrap("paired", lines)
+
+
+def resolved(d: pd.DataFrame, task: str, ref: str) -> str:
+    """One task and reference of ``harder_differences`` (indexed task, method, versus) in words: the methods whose
+    interval lies above 0, below 0, or contains it ("" when no method has an interval)."""
+    rows = d.xs((task, ref), level=("task", "versus")).dropna(subset=["lo", "hi"])
+    rows = rows.reindex([m for m in FULL.methods if m in rows.index] + sorted(set(rows.index) - set(FULL.methods)))
+    if rows.empty:
+        return ""
+    groups = {"ahead": rows.index[rows["lo"] > 0], "behind": rows.index[rows["hi"] < 0],
+              "not resolved": rows.index[(rows["lo"] <= 0) & (rows["hi"] >= 0)]}
+    return f"{task} vs {ref}: " + "; ".join(f"{', '.join(map(str, ms))} {name}" for name, ms in groups.items()
+                                            if len(ms))
 
 
 # -------------------------------------------------------------------------------------- generation_lds.csv
@@ -356,5 +372,5 @@ if __name__ == "__main__":
 
 __all__ = ["REFERENCES", "SECTIONS", "TARGET_WIDTH", "begin", "control_differences", "control_table", "end",
            "harder_differences", "lds_agreement", "lds_headline", "lds_mean_table", "lds_per_seed", "lds_section",
-           "lds_seed_table", "leader", "main_table", "paired_table", "removal_count", "sections", "seed_list",
+           "lds_seed_table", "leader", "main_table", "paired_table", "removal_count", "resolved", "sections", "seed_list",
            "seeds_of", "stale", "text_rows", "update"]
