@@ -69,6 +69,8 @@ def test_control_differences_pair_the_benchmarks_by_seed():
     assert row["diff"] == pytest.approx(diffs.mean()) and row["hi"] == pytest.approx(diffs.mean() + half)
     assert row["n"] == 3 and ("math", "tracin") not in d.index  # math has no control rows here
     assert f"| sentence | {100 * diffs.mean():+.1f} [{100 * (diffs.mean() - half):+.1f}, " in T.control_table(GEN)
+    unpaired = GEN[~((GEN.variant == "protocol-init") & (GEN.seed == 2))]
+    assert "seeds both have: sentence seeds 0, 1;" in T.control_table(unpaired)
 
 
 def test_paired_table_and_leader_on_the_harder_benchmark():

@@ -147,6 +147,8 @@ def control_table(df: pd.DataFrame) -> str:
     """Section ``control``: fine-tuned minus control, AUC points, one row per task."""
     rows = text_rows(df)
     both = rows[rows["variant"].isin(["protocol", "protocol-init"])]
+    paired = both.groupby(["task", "seed"], observed=True)["variant"].transform("nunique") == 2
+    both = both[paired]  # the header names the seeds both benchmarks have
     d = control_differences(df).set_index(["task", "method"])
     methods = [str(m) for m in rows["method"].cat.categories if m in set(rows["method"])]
     lines = ["Fine-tuned minus control, AUC points, paired by seed (mean [95% t-interval] over the seeds both have: "
