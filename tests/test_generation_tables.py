@@ -138,3 +138,110 @@ def test_a_hand_edited_table_is_caught_and_rewritten(tmp_path):
 def test_results_md_generation_text_sections_are_the_csvs():
     assert T.stale(ROOT / "RESULTS.md", ROOT / "results") == [], \
         "RESULTS.md is stale: run `python -m ifkit.experiments.generation_tables`"
+
+
+# ------------------------------------------------------------------ the sentences around the tables, and 07's table
+def _stats() -> pd.DataFrame:
+    """Per task, benchmark and method: mean, sd, min and max over seeds of the AUC in %."""
+    rows = T.text_rows(pd.read_csv(ROOT / "results" / "generation.csv")).astype({"task": str, "variant": str,
+                                                                                "method": str})
+    return (rows.groupby(["task", "variant", "method"])["auc"].agg(["mean", "std", "min", "max"]) * 100)
+
+
+def _exact(task: str, variant: str) -> pd.Series:
+    rows = T.text_rows(pd.read_csv(ROOT / "results" / "generation.csv")).astype({"task": str, "variant": str})
+    return rows[(rows.task == task) & (rows.variant == variant)].groupby("seed")["exact_match"].first() * 100
+
+
+def _range(values, digits: int = 1) -> str:
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+
+def test_results_md_generation_sentences_are_the_csvs():
+    """Every number of the prose around the generated tables, recomputed from results/generation.csv."""
+    import re
+
+    st, gen = _stats(), pd.read_csv(ROOT / "results" / "generation.csv")
+    a = st["mean"]
+    grad = ("graddot", "gradcos", "tracin", "datainf", "if-lissa")
+    rest = [a[(t, "harder", m)] for t in ("sentence", "math") for m in ("graddot", "datainf", "if-lissa", "vm", "fvm")]
+    d = T.harder_differences(gen)
+    d = d.assign(half=(d["hi"] - d["lo"]) / 2 * 100).set_index(["task", "method", "versus"])
+    vm_gap = [100 * d.loc[(t, "vm", "datainf"), "diff"] for t in ("sentence", "math")]
+    sd = {t: st.xs((t, "harder"), level=("task", "variant"))["std"] for t in ("sentence", "math")}
+    claims = {
+        r"DataInf reaches AUC ([\d.]+) sentence / ([\d.]+) math, and the gradient methods (\d+-\d+)":
+            (f"{a[('sentence', 'protocol-init', 'datainf')]:.1f}", f"{a[('math', 'protocol-init', 'datainf')]:.1f}",
+             _range([a[(t, "protocol-init", m)] for t in ("sentence", "math") for m in grad], 0)),
+        r"\(DataInf ([\d.]+) / ([\d.]+); every method (\d+-\d+)\)":
+            (f"{a[('sentence', 'protocol', 'datainf')]:.1f}", f"{a[('math', 'protocol', 'datainf')]:.1f}",
+             _range([a[(t, "protocol", m)] for t in ("sentence", "math") for m in T.FULL.methods], 0)),
+        r"exact match stays at (\d+)% sentence / (\d+)% math \(answer-only fine-tuning, the harder rows: (\d+)% / (\d+)%\)":
+            tuple(f"{_exact(t, v).mean():.0f}" for v in ("protocol", "harder") for t in ("sentence", "math")),
+        r"TracIn leads on both tasks \(AUC ([\d.]+) sentence, ([\d.]+) math\)":
+            tuple(f"{a[(t, 'harder', 'tracin')]:.1f}" for t in ("sentence", "math")),
+        r"ahead of DataInf by ([\d.]+) points sentence and ([\d.]+) math":
+            tuple(f"{100 * d.loc[(t, 'tracin', 'datainf'), 'diff']:.1f}" for t in ("sentence", "math")),
+        r"Gradient cosine is second on sentence \(([\d.]+),": (f"{a[('sentence', 'harder', 'gradcos')]:.1f}",),
+        r"VM = FVM sit at ([\d.]+-[\d.]+)\.": (_range(rest),),
+        r"\(harder: ([\d.]+) / ([\d.]+) sentence, ([\d.]+) / ([\d.]+) math; protocol: ([\d.]+) / ([\d.]+) sentence, "
+        r"([\d.]+) / ([\d.]+) math\)": tuple(f"{a[(t, v, m)]:.1f}" for v in ("harder", "protocol")
+                                             for t in ("sentence", "math") for m in ("vm", "fvm")),
+        r"their gap to DataInf \((-[\d.]+) sentence, (-[\d.]+) math\)": tuple(f"{g:.1f}" for g in vm_gap),
+        r"behind DataInf on math, by ([\d.]+) points": (f"{-100 * d.loc[('math', 'graddot', 'datainf'), 'diff']:.1f}",),
+        r"have half-widths of ([\d.]+-[\d.]+) points": (_range(d["half"]),),
+        r"the standard deviation over seeds is ([\d.]+-[\d.]+) AUC points on sentence and ([\d.]+-[\d.]+) on math":
+            (_range(sd["sentence"]), _range(sd["math"])),
+        r"DataInf ranges over ([\d.]+-[\d.]+) on sentence, TracIn over ([\d.]+-[\d.]+) on math":
+            (_range(st.loc[("sentence", "harder", "datainf"), ["min", "max"]]),
+             _range(st.loc[("math", "harder", "tracin"), ["min", "max"]])),
+        r"exact match ranges over (\d+-\d+)% on the harder sentence task and (\d+-\d+)% on the math protocol":
+            (_range(_exact("sentence", "harder"), 0), _range(_exact("math", "protocol"), 0)),
+        r"Five seeds per task \((.+?)\), each with its own": (T.seeds_of(T.text_rows(gen)),),
+        r"this one \((\d) seeds, a base each\) ([\d.]+) / ([\d.]+) and ([\d.]+) / ([\d.]+)\.":
+            (str(T.text_rows(gen).seed.nunique()), *(f"{a[(t, 'harder', m)]:.1f}" for m in ("tracin", "datainf")
+                                                      for t in ("sentence", "math"))),
+    }
+    text = " ".join((ROOT / "RESULTS.md").read_text().split())
+    for pattern, expected in claims.items():
+        match = re.search(pattern, text)
+        assert match, f"RESULTS.md lost the sentence {pattern!r} (reworded? update this test)"
+        assert match.groups() == expected, f"RESULTS.md: {match.group(0)!r} should read {expected}"
+    # the qualitative claims beside them
+    for t in ("sentence", "math"):
+        w = T.leader(gen, t)
+        assert w["best"] == "tracin" and w["first_on"] == w["n"] == 5
+        assert all(d.loc[(t, m, "tracin"), "hi"] < 0 for m in T.FULL.methods if m != "tracin")  # TracIn resolved
+        fine = {v: a.xs((t, v), level=("task", "variant")) for v in ("protocol", "harder")}
+        assert all(set(f.nsmallest(2).index) == {"vm", "fvm"} for f in fine.values())  # VM/FVM last two
+        assert d.loc[(t, "vm", "datainf"), "lo"] < 0 < d.loc[(t, "vm", "datainf"), "hi"]  # not resolved
+        assert abs(a[(t, "harder", "fvm")] - a[(t, "harder", "vm")]) <= 0.2 + 1e-9
+        c = T.control_differences(gen).set_index(["task", "method"])
+        assert all(c.loc[(t, m), "hi"] < 0 for m in grad) and all(c.loc[(t, m), "lo"] < 0 < c.loc[(t, m), "hi"]
+                                                                 for m in ("vm", "fvm"))
+    assert a.xs(("sentence", "harder"), level=("task", "variant")).drop("tracin").idxmax() == "gradcos"
+    assert d.loc[("sentence", "gradcos", "datainf"), "lo"] > 0 > d.loc[("math", "graddot", "datainf"), "hi"]
+
+
+def test_notebook_07_table_is_the_csvs():
+    """Notebook 07's "What to read" table: AUC / recall@90 in %, means over seeds, from results/generation.csv."""
+    import json
+
+    rows = T.text_rows(pd.read_csv(ROOT / "results" / "generation.csv")).astype({"task": str, "variant": str,
+                                                                                "method": str})
+    means = rows.groupby(["task", "variant", "method"])[["auc", "recall"]].mean() * 100
+    nb = json.loads((ROOT / "notebooks" / "07_generation_text.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"] if "".join(c["source"]).startswith("What to read"))
+    assert f"{rows.seed.nunique()} seeds per task" in cell
+    checked = 0
+    for line in cell.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] not in ("sentence", "math"):
+            continue
+        for method, value in zip(T.FULL.methods, cells[2:]):
+            m = means.loc[(cells[0], cells[1], method)]
+            assert value == f"{m.auc:.1f} / {m.recall:.1f}", (cells[:2], method, value)
+            checked += 1
+    assert checked == 2 * 3 * len(T.FULL.methods)
+    assert f"TracIn first on both tasks (AUC {means.auc[('sentence', 'harder', 'tracin')]:.1f} / " \
+           f"{means.auc[('math', 'harder', 'tracin')]:.1f}" in " ".join(cell.split())
