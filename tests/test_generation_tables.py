@@ -120,6 +120,18 @@ def test_lds_section_per_seed_agreement_and_widths():
     assert f"harder {rows[rows.variant == 'harder'].width.min():.3f}-" in T.lds_agreement(_lds(None))
 
 
+def test_reproduction_compares_the_same_seed_in_both_files():
+    gen = pd.read_csv(ROOT / "results" / "generation.csv")
+    lds = _lds(None)
+    assert T.reproduction(gen.iloc[:0], lds) == ""  # nothing in common: nothing said
+    ref = lds[lds.measure == "lds"].merge(gen, on=["task", "variant", "seed", "method"], suffixes=("", "_gen"))
+    moved = lds.assign(auc=lds.auc + np.where((lds.task == "math") & (lds.method == "vm"), 0.0123, 0.0))
+    said = T.reproduction(gen, moved)
+    gap = 100 * (ref.auc + np.where((ref.task == "math") & (ref.method == "vm"), 0.0123, 0.0) - ref.auc_gen).abs()
+    assert f"math seed 0 {gap[ref.task == 'math'].max():.2g} (14 rows)" in said
+    assert said.index("sentence seed 0") < said.index("math seed 0")
+
+
 def test_a_hand_edited_table_is_caught_and_rewritten(tmp_path):
     page = tmp_path / "RESULTS.md"
     shutil.copy(ROOT / "RESULTS.md", page)

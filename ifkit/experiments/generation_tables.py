@@ -328,8 +328,28 @@ def removal_count(lds: pd.DataFrame) -> str:
             + f"; one query per task, benchmark and seed, {seed_list(rem['seed'].astype(int))}).")
 
 
-def lds_section(lds: pd.DataFrame) -> str:
-    """Section ``lds``: the means over seeds, the per-seed table, the best per seed, agreement and widths."""
+def reproduction(gen: pd.DataFrame, lds: pd.DataFrame) -> str:
+    """gen-lds rebuilds each setting from its seed (pretraining, fine-tuning, scores) and records the class AUC of
+    its scores: per task and seed, the largest |difference| from generation.csv's row of the same seed (AUC points,
+    over benchmarks and methods). Two runs of the same seed on any machine should agree; this says whether they do."""
+    rows = lds[(lds["measure"] == "lds")].assign(seed=lambda f: f["seed"].astype(int))
+    key = ["task", "variant", "seed", "method"]
+    both = rows[key + ["auc"]].merge(text_rows(gen).astype({"task": str, "variant": str, "method": str})[key + ["auc"]],
+                                     on=key, suffixes=("_lds", "_gen"))
+    if both.empty:
+        return ""
+    both["gap"] = 100 * (both["auc_lds"] - both["auc_gen"]).abs()
+    per = both.groupby(["task", "seed"])["gap"].agg(largest="max", rows="size").reset_index()
+    per = per.sort_values(["task", "seed"], key=lambda c: c.map(lambda t: _order(t, "")[0]) if c.name == "task" else c)
+    return ("Class AUC of gen-lds's rebuild of each setting against generation.csv's row of the same seed (largest "
+            "|difference| over benchmarks and methods, AUC points): " + "; ".join(
+                f"{r.task} seed {r.seed} " + ("identical" if r.largest == 0 else f"{r.largest:.2g}")
+                + f" ({r.rows} rows)" for r in per.itertuples()) + ".")
+
+
+def lds_section(lds: pd.DataFrame, gen: pd.DataFrame | None = None) -> str:
+    """Section ``lds``: the means over seeds, the per-seed table, the best per seed, agreement and widths, and
+    (given generation.csv) whether gen-lds's rebuild of each seed reproduces gen-text's class AUC."""
     lds = lds[lds["mode"] == "full"]
     rows = lds[lds["measure"] == "lds"].assign(seed=lambda f: f["seed"].astype(int))
     m = sorted(rows["n_subsets"].dropna().astype(int).unique())
@@ -341,6 +361,8 @@ def lds_section(lds: pd.DataFrame) -> str:
                   "method's seeds):", "", *lds_seed_table(lds), ""]
     lines += [lds_headline(lds, s) for s in sorted(rows["seed"].unique())]
     lines += ["", lds_agreement(lds), "", removal_count(lds)]
+    if gen is not None and (said := reproduction(gen, lds)):
+        lines += ["", said]
     return _wrap("lds", lines)
 
 
@@ -349,7 +371,7 @@ def sections(results: str | Path) -> dict[str, str]:
     """Every section's text, from the CSVs in ``results``."""
     gen = pd.read_csv(Path(results) / FILENAME)
     return {"main": main_table(gen), "control": control_table(gen), "paired": paired_table(gen),
-            "lds": lds_section(pd.read_csv(Path(results) / gen_lds.FILENAME))}
+            "lds": lds_section(pd.read_csv(Path(results) / gen_lds.FILENAME), gen)}
 
 
 def stale(page: str | Path, results: str | Path) -> list[str]:
@@ -374,5 +396,5 @@ if __name__ == "__main__":
 
 __all__ = ["REFERENCES", "SECTIONS", "TARGET_WIDTH", "begin", "control_differences", "control_table", "end",
            "harder_differences", "lds_agreement", "lds_headline", "lds_mean_table", "lds_per_seed", "lds_section",
-           "lds_seed_table", "leader", "main_table", "paired_table", "removal_count", "resolved", "sections", "seed_list",
+           "lds_seed_table", "leader", "main_table", "paired_table", "removal_count", "reproduction", "resolved", "sections", "seed_list",
            "seeds_of", "stale", "text_rows", "update"]
