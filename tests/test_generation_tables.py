@@ -115,7 +115,7 @@ def test_lds_section_per_seed_agreement_and_widths():
     assert "Order of the methods by LDS: the same on every seed in sentence protocol, sentence harder, math protocol, math harder." in same
     assert "Best by LDS on the harder benchmark (seed 1, paired 95% intervals)" in same
     flipped = T.lds_agreement(_lds("reversed"))
-    assert "math harder (first: tracin / vm; Spearman correlation between the seeds -1.00)" in flipped and "the same on every seed" not in flipped
+    assert "math harder (first on seeds 0 / 1: tracin / vm; Spearman correlation between the seeds -1.00)" in flipped and "the same on every seed" not in flipped
     rows = T.lds_per_seed(_lds(None))
     assert f"harder {rows[rows.variant == 'harder'].width.min():.3f}-" in T.lds_agreement(_lds(None))
 
@@ -257,3 +257,89 @@ def test_notebook_07_table_is_the_csvs():
     assert checked == 2 * 3 * len(T.FULL.methods)
     assert f"TracIn first on both tasks (AUC {means.auc[('sentence', 'harder', 'tracin')]:.1f} / " \
            f"{means.auc[('math', 'harder', 'tracin')]:.1f}" in " ".join(cell.split())
+
+
+def _lds_rows() -> pd.DataFrame:
+    df = pd.read_csv(ROOT / "results" / "generation_lds.csv")
+    return T.lds_per_seed(df[df["mode"] == "full"])
+
+
+def test_results_md_lds_sentences_are_the_csv():
+    """The prose around the generated LDS section, recomputed from results/generation_lds.csv (seeds 0 and 1)."""
+    import re
+
+    rows = _lds_rows()
+    lds = rows.set_index(["task", "variant", "seed", "method"])
+    raw = pd.read_csv(ROOT / "results" / "generation_lds.csv")
+    rem = raw[raw.measure == "removal"].set_index(["task", "variant", "seed", "k", "method"])
+    rng = rows.groupby(["task", "variant", "seed"])["value"].agg(["min", "max"])
+    width = rows.groupby("variant")["width"].agg(["min", "max"])
+    factor = (width / T.TARGET_WIDTH) ** 2
+
+    def r(task, variant, seed):
+        return f"{rng.loc[(task, variant, seed), 'min']:.3f}-{rng.loc[(task, variant, seed), 'max']:.3f}"
+
+    def v(task, seed, method, variant="harder"):
+        return f"{lds.loc[(task, variant, seed, method), 'value']:.3f}"
+
+    def vs(task, seed, method, ref):
+        x = lds.loc[(task, "harder", seed, method)]
+        return f"{x[f'vs_{ref}']:+.3f} [{x[f'vs_{ref}_low']:+.3f}, {x[f'vs_{ref}_high']:+.3f}]"
+
+    means = rows.groupby(["task", "variant", "method"])["value"].mean()
+    seed0_flat = rows[(rows.seed == 0) & (rows.variant == "harder") & rows.method.isin(["vm", "fvm"])]["value"]
+    claims = {
+        r"\(sentence ([\d.]+-[\d.]+) and ([\d.]+-[\d.]+), math ([\d.]+-[\d.]+) and ([\d.]+-[\d.]+) on seeds 0 and 1\)":
+            (r("sentence", "protocol", 0), r("sentence", "protocol", 1), r("math", "protocol", 0), r("math", "protocol", 1)),
+        r"TracIn is first by LDS on both seeds \(([\d.]+), ([\d.]+); mean ([\d.]+)\)":
+            (v("sentence", 0, "tracin"), v("sentence", 1, "tracin"), f"{means[('sentence', 'harder', 'tracin')]:.3f}"),
+        r"ahead of DataInf by (\S+ \[\S+ \S+\]) on seed 0 and (\S+ \[\S+ \S+\]) on seed 1":
+            (vs("sentence", 0, "tracin", "datainf"), vs("sentence", 1, "tracin", "datainf")),
+        r"TracIn is first by LDS on seed 0 \(([\d.]+)\) but third on seed 1 \(([\d.]+)\), where gradient cosine leads "
+        r"\(([\d.]+), (\S+ \[\S+ \S+\]) over TracIn\)":
+            (v("math", 0, "tracin"), v("math", 1, "tracin"), v("math", 1, "gradcos"), vs("math", 1, "gradcos", "tracin")),
+        r"by the mean over seeds gradcos is first \(([\d.]+), TracIn ([\d.]+)\)":
+            (f"{means[('math', 'harder', 'gradcos')]:.3f}", f"{means[('math', 'harder', 'tracin')]:.3f}"),
+        r"last by LDS on both tasks on seed 0 \(([\d.]+-[\d.]+)\), are mid-table on seed 1 \(sentence ([\d.]+), math "
+        r"([\d.]+)\)": (f"{seed0_flat.min():.3f}-{seed0_flat.max():.3f}", v("sentence", 1, "vm"), v("math", 1, "vm")),
+        r"Absolute LDS values are small \(([\d.]+-[\d.]+)\)": (f"{rows.value.min():.2f}-{rows.value.max():.2f}",),
+        r"([\d.]+-[\d.]+) on the harder benchmark, ([\d.]+-[\d.]+) on the protocol, at M = 50 \(none of the (\d+) within":
+            (f"{width.loc['harder', 'min']:.3f}-{width.loc['harder', 'max']:.3f}",
+             f"{width.loc['protocol', 'min']:.3f}-{width.loc['protocol', 'max']:.3f}", str(len(rows))),
+        r"needs at least ([\d.]+-[\d.]+)x the refits on the harder benchmark and ([\d.]+-[\d.]+)x on the protocol "
+        r"\(M ~ (\d+-\d+)\)": (f"{factor.loc['harder', 'min']:.1f}-{factor.loc['harder', 'max']:.1f}",
+                              f"{factor.loc['protocol', 'min']:.1f}-{factor.loc['protocol', 'max']:.1f}",
+                              f"{round(50 * factor['min'].min(), -1):.0f}-{round(50 * factor['max'].max(), -1):.0f}"),
+        r"random removal itself moved the query's loss by ([+-][\d.]+) on seed 0 and ([+-][\d.]+) on seed 1":
+            tuple(f"{rem.loc[('sentence', 'harder', s, 10, 'tracin'), 'random_increase']:+.2f}" for s in (0, 1)),
+    }
+    text = " ".join((ROOT / "RESULTS.md").read_text().split())
+    for pattern, expected in claims.items():
+        match = re.search(pattern, text)
+        assert match, f"RESULTS.md lost the sentence {pattern!r} (reworded? update this test)"
+        assert match.groups() == expected, f"RESULTS.md: {match.group(0)!r} should read {expected}"
+    # the qualitative claims beside them
+    assert (rows[rows.variant == "protocol"].value > 0).all()
+    for seed in (0, 1):
+        at = rows[rows.seed == seed]
+        first = at.loc[at.groupby(["task", "variant"])["value"].idxmax()].set_index(["task", "variant"])["method"]
+        best_auc = at.loc[at.groupby(["task", "variant"])["auc"].idxmax()].set_index(["task", "variant"])["method"]
+        assert first[("sentence", "protocol")] == best_auc[("sentence", "protocol")] == "tracin"
+        assert first[("math", "protocol")] == best_auc[("math", "protocol")] == "if-lissa"
+        assert first[("sentence", "harder")] == best_auc[("sentence", "harder")] == "tracin"
+        assert best_auc[("math", "harder")] == "tracin"
+    assert lds.loc[("math", "harder", 1, "tracin"), "rank"] == 3 and (rows.width > T.TARGET_WIDTH).all()
+    k10 = rem.xs(("sentence", "harder", 10), level=("task", "variant", "k"))["value"]
+    assert (k10.xs(0, level="seed") > 0).all() and (k10.xs(1, level="seed") < 0).all()
+
+
+def test_readme_lds_seed_one_sentence_is_the_csv():
+    rows = _lds_rows().set_index(["task", "variant", "seed", "method"])["value"].sort_index()
+    w = _lds_rows()["width"]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"seed 1 confirms TracIn on sentence ({rows[('sentence', 'harder', 1, 'tracin')]:.3f}) but not on math "
+            f"(gradient cosine first, {rows[('math', 'harder', 1, 'gradcos')]:.3f}; TracIn "
+            f"{rows[('math', 'harder', 1, 'tracin')]:.3f}) nor VM/FVM's last place, and every LDS interval is "
+            f"{w.min():.3f}-{w.max():.3f} wide") in text
+    assert rows.xs(("math", "harder", 1)).idxmax() == "gradcos"
+    assert rows.xs(("sentence", "harder", 1)).nsmallest(2).index.tolist() != ["vm", "fvm"]

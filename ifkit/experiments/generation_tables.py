@@ -305,7 +305,8 @@ def lds_agreement(lds: pd.DataFrame) -> str:
             same.append(f"{task} {variant}")
             continue
         rho = g.pivot_table(index="method", columns="seed", values="value").corr(method="spearman").values
-        differ.append(f"{task} {variant} (first: {' / '.join(o[0] for o in orders.values())}; Spearman correlation "
+        differ.append(f"{task} {variant} (first on seeds {' / '.join(map(str, orders))}: "
+                      f"{' / '.join(o[0] for o in orders.values())}; Spearman correlation "
                       f"between the seeds {rho[np.triu_indices(len(rho), 1)].mean():.2f})")
     said = ([f"the same on every seed in {', '.join(same)}"] if same else []) + (
         [f"different in {'; '.join(differ)}"] if differ else [])
