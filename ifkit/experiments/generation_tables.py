@@ -7,9 +7,11 @@ Four sections, each between its two marker lines (``begin(name)``, ``end(name)``
   share of queries the fine-tuned model answers exactly, in %;
 * ``control``: fine-tuned minus its control (protocol - protocol-init), AUC points, paired by seed;
 * ``paired``: on the harder benchmark each method minus DataInf and minus TracIn, AUC points, paired by seed,
-  and a sentence naming the leader per task with its margins;
+  a sentence naming the leader per task with its margins, and one saying which gaps the seeds resolve;
 * ``lds``: gen-lds's counterfactual tests: the means over seeds (LDS, its bootstrap bounds, class AUC, removal
-  excess), LDS per seed with its rank and interval width, the best method by LDS per seed.
+  excess), LDS per seed with its rank and interval width, the best method by LDS per seed, whether the seeds
+  order the methods alike, the widths against the 0.06 aimed for, the removal count, and whether gen-lds's rebuild
+  of each seed reproduces generation.csv's class AUC.
 
 A paired cell is mean_s d_s [t-interval] over the n seeds both sides have (``generation_results.
 paired_differences``: d_s = metric(a, s) - metric(b, s), half-width t_{0.975, n-1} sd(d) / sqrt(n)); with one
