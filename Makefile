@@ -16,7 +16,9 @@ PYTEST  := $(PY) -m pytest
 # The unit tests on 2 workers (pytest-xdist); --dist loadfile keeps each test file on one worker, so a module's
 # shared fixtures (a trained model, the gloo ranks' one spawn) are built once; files are handed out in collection
 # order (tests/conftest.py puts the files with slow tests first), not reordered by their number of tests.
-UNIT    := $(PYTEST) -q -n 2 --dist loadfile --no-loadscope-reorder tests/
+# -p no:nbval: the unit tests run no notebook, and loading the nbval plugin (nbformat, jsonschema, jupyter_client)
+# costs ~3 s of CPU in each of the 3 pytest processes before the first test.
+UNIT    := $(PYTEST) -q -p no:nbval -n 2 --dist loadfile --no-loadscope-reorder tests/
 # nbval over every notebook; --nbval-lax checks that cells run (and their asserts hold), not that outputs match.
 NBVAL   := MPLBACKEND=Agg $(PYTEST) -q --nbval-lax --nbval-current-env
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

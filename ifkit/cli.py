@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ifkit.experiments import Meta, full_seconds, split_part
+from ifkit.folders import check_writable_file, check_writable_folder
 
 DEFAULT_SEEDS = {True: 1, False: 3}  # without --seeds: one quick seed for CI, several for the reported numbers
 
@@ -225,7 +226,7 @@ def _reproduce(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     given = _seeds(parser, args.seeds, wanted, META)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
-    _refuse(parser, _checks().check_writable_folder(args.out, "--out"))
+    _refuse(parser, check_writable_folder(args.out, "--out"))  # no torch: a --jobs parent only coordinates
     fast = args.fast or fast_from_env()
     seeds = given if given is not None else DEFAULT_SEEDS[fast]
     names = wanted
@@ -290,7 +291,7 @@ def _reproduce_parallel(plan: list[list[str]], fast: bool, seeds: int | tuple[in
 def _figures(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from ifkit.viz.figures import save_all
 
-    _refuse(parser, _checks().check_writable_folder(args.out, "--out"))
+    _refuse(parser, check_writable_folder(args.out, "--out"))
 
     written = save_all(args.results, args.out)
     print(f"{len(written)} figure(s) written to {args.out}")
@@ -301,7 +302,7 @@ def _bench(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if importlib.util.find_spec("ifkit.bench") is None:
         parser.exit(2, "ifkit bench: benchmarks are not available yet (no module ifkit.bench)\n")
     bench = importlib.import_module("ifkit.bench")
-    _refuse(parser, _checks().check_writable_file(args.out, "--out"))
+    _refuse(parser, check_writable_file(args.out, "--out"))
     result = bench.main(args.out)
     return result if isinstance(result, int) else 0
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import operator
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ifkit.folders import check_writable_file, check_writable_folder  # re-exported: stdlib-only checks
 
 SEED_LIMIT = 2**32  # seeds in [0, 2**32), as numpy's; offsets such as seed * 1000 + k stay far from int64's limit
 SOFT_LABEL_ATOL = 1e-4  # |row sum - 1| tolerated in class-probability targets (float32 softmax: ~1e-7)
@@ -361,26 +362,6 @@ def check_readable_file(path: Path, flag: str) -> str | None:
     if not path.is_file():
         return f"{flag} {path} is a folder, not a file: give the path of a file saved with torch.save"
     return None
-
-
-def check_writable_folder(folder: Path, flag: str) -> str | None:
-    """A message when ``folder`` cannot be created or written to (None when it can; it is then created)."""
-    if folder.exists() and not folder.is_dir():
-        return f"{flag} {folder} is a file, not a folder: give a folder (it is created if missing)"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return f"{flag} {folder} is not writable ({e.strerror or type(e).__name__}): give a folder you can write to"
-    return None
-
-
-def check_writable_file(path: Path, flag: str) -> str | None:
-    """A message when a result file cannot be written at ``path`` (None when it can)."""
-    if path.is_dir():
-        return f"{flag} {path} is a folder: give a file name, e.g. {path / 'scores.csv'}"
-    return check_writable_folder(path.parent, f"{flag} {path}: its folder")
 
 
 def check_param_names(text: str | None) -> list[str] | None:

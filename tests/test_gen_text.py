@@ -230,7 +230,8 @@ def test_per_sample_lora_grads_under_vmap_equal_a_loop():
 
 TINY = replace(G.FAST, per_class=6, n_val_per_class=2, n_flat_per_class=1, d_model=16, d_ff=32, pretrain_steps=(3, 3), pretrain_pool=64,
                epochs=2, n_checkpoints=2, lora_rank=1, methods=("graddot", "tracin", "datainf", "if-lissa", "vm"),
-               flat_steps=3, n_examples=2, lissa_iters=2)  # LiSSA's rows need its options, not a converged solve
+               flat_steps=3, n_examples=2, lissa_iters=2, lissa_scale_iters=1)
+# LiSSA's rows need its options, not a converged solve or scale (FAST and FULL: 20 power steps for the scale)
 
 
 @pytest.mark.slow  # the experiment end to end: pretraining, fine-tuning and five methods on both variants

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "ifkit.metrics": 1,
     "ifkit.results": 1,
     "ifkit.modelfile": 1,  # save_model / load_model: files that run no code when loaded
+    "ifkit.folders": 1,  # output folders checked before any work (stdlib only: a --jobs parent imports no torch)
     "ifkit.methods": 2,
     "ifkit.sharpness": 2,
     "ifkit.validation": 2,  # pure checks of options and data, refused with the fix before any work

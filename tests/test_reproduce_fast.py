@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from ifkit import cli
-from ifkit.experiments import ablation, detection, gen_image, gen_text, relabel, theory
+from ifkit.experiments import ablation, detection, gen_image, gen_text, gen_text_vm, relabel, theory
+from ifkit.viz import figures
 
 SCHEMAS = {
     "detection.csv": ["dataset", "noise", "rate", "seed", "method", "auc", "ap", "recall_at_10pct", "seconds"],
@@ -22,6 +23,7 @@ SCHEMAS = {
     "theory.csv": ["val_loss", "sharpness", "bound", "sign_error", "method"],
     "ablation.csv": ["factor", "value", "method", "auc"],
     "detection_dynamics.csv": ["kind", "step", "method", "auc"],
+    "generation_text_vm.csv": ["task", "variant", "seed", "setting", "factor", "method", "auc", "recall"],
 }
 
 # The sizes of tests/test_detection.py (and a few methods: every method is scored there), test_theory.py, test_gen_text.py and test_gen_image.py.
@@ -36,6 +38,10 @@ GEN_TEXT = replace(gen_text.FAST, per_class=6, n_val_per_class=2, d_model=16, d_
 GEN_IMAGE = replace(gen_image.FAST, dataset="digits", image_size=8, n_train_per_style=12, n_val_per_style=4,
                     n_pretrain=100, pretrain_epochs=2, lora_epochs=3, hidden=16, latent=4, n_checkpoints=2,
                     methods=("graddot", "tracin", "vm"), n_examples=1, n_samples=8)
+# gen-text-vm's flat_steps settings (30 and 300 fine-tuning steps, 90% of its time here) at GEN_TEXT's scale
+VM_FLAT_STEPS = {"vm flat_steps=30": 2, "vm flat_steps=300": 6}
+# The PNGs at a low resolution: the producers, the layout and the files are the same, with fewer pixels to encode.
+TEST_DPI = 40
 
 
 @pytest.fixture
@@ -48,6 +54,10 @@ def test_sizes(monkeypatch):
     monkeypatch.setattr(gen_text, "FAST", GEN_TEXT)
     fast = {"protocol": GEN_IMAGE, "harder": gen_image._harder(GEN_IMAGE, 3)}
     monkeypatch.setitem(gen_image.CONFIGS, "fast", fast)
+    for setting, steps in VM_FLAT_STEPS.items():
+        factor, method, opts = gen_text_vm.SETTINGS[setting]
+        monkeypatch.setitem(gen_text_vm.SETTINGS, setting, (factor, method, {**opts, "flat_steps": steps}))
+    monkeypatch.setattr(figures, "DPI", TEST_DPI)
 
 
 @pytest.mark.slow  # every experiment and every figure, at test sizes
@@ -58,6 +68,7 @@ def test_reproduce_all_fast_then_figures(tmp_path, test_sizes):
         df = pd.read_csv(out / name)
         assert len(df) > 0 and set(columns) <= set(df.columns), (name, list(df.columns))
     assert set(pd.read_csv(out / "generation.csv").task) == {"sentence", "math", "style"}
+    assert set(pd.read_csv(out / "generation_text_vm.csv").setting) == set(gen_text_vm.SETTINGS)
     # the work a rerun resumes from (tests/test_resume_cache.py): networks, relabel's flags, leave-one-out refits
     kept = {p.parent.name for p in (out / ".cache").glob("*/*.pt")}
     assert {"detection", "relabel", "theory"} <= kept, kept

@@ -116,6 +116,7 @@ class Config:
     variants: tuple[str, ...] = ("protocol", "protocol-init", "harder")
     lissa_iters: int = 30
     lissa_batch: int = 8
+    lissa_scale_iters: int = 20  # power steps per mini-batch for LiSSA's scale (_lissa_scale)
     damping: float = 1e-3
     flat_steps: int = 100
     n_examples: int = 3  # queries per task written to the examples file
@@ -234,7 +235,8 @@ def method_options(method: str, cfg: Config, data: TaskData, model, grad_loss: s
 def _lissa_scale(model, data: TaskData, cfg: Config, grad_loss: str) -> float:
     """LiSSA needs scale > the top eigenvalue of every mini-batch curvature it sees: 3 x the top eigenvalue of
     the Gauss-Newton matrix on a few mini-batches (the default, 1.5 x the full-batch one from 30 power steps,
-    diverged here: mini-batch curvature is spikier)."""
+    diverged here: mini-batch curvature is spikier). ``cfg.lissa_scale_iters`` power steps on each of 4 batches:
+    4 x that many Gauss-Newton products, most of LiSSA's cost at small sizes."""
     from ifkit.core.func import ggn_vp_fn, make_problem
     from ifkit.curvature.solvers import top_eigenvalue
 
@@ -245,7 +247,7 @@ def _lissa_scale(model, data: TaskData, cfg: Config, grad_loss: str) -> float:
     for _ in range(4):
         idx = torch.randint(0, len(X), (cfg.lissa_batch,), generator=gen)
         mv = ggn_vp_fn(prob, X[idx], y[idx])
-        lam = max(lam, abs(top_eigenvalue(mv, prob.p, iters=20, seed=0)))
+        lam = max(lam, abs(top_eigenvalue(mv, prob.p, iters=cfg.lissa_scale_iters, seed=0)))
     return 3 * (lam + cfg.damping)
 
 
