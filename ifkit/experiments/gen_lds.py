@@ -306,7 +306,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 # Full: CPU seconds of each task's one-core run, seed 0 (the machine was shared: 47 / 55 min of wall clock); the two
 # tasks run side by side with --jobs 2. Per seed: --seeds N multiplies it.
 @register("gen-lds", parts=TASKS, seconds=(1060, 25), part_seconds={"sentence": 1060, "math": 920},
-          note="per seed (--seeds 1 for the committed rows); --jobs 2 runs its two tasks side by side",
+          note="per seed (--seeds 2 for the committed rows: seeds 0, 1); --jobs 2 runs its two tasks side by side",
           in_all=False)
 def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFrame:
     """``ifkit reproduce gen-lds``: write ``out/generation_lds.csv`` (``part``: one task, ``gen-lds:math``)."""

@@ -37,6 +37,7 @@ SECTIONS = ("main", "control", "paired", "lds")
 MODULE = "python -m ifkit.experiments.generation_tables"
 REFERENCES = ("datainf", "tracin")  # the harder benchmark's paired table: every method against these
 TARGET_WIDTH = 0.06  # the LDS interval width aimed for
+WIDTH_FILENAME = "lds_width.csv"  # benchmarks/lds_width.py: where the width comes from (optional)
 
 
 def begin(name: str) -> str:
@@ -350,7 +351,27 @@ def reproduction(gen: pd.DataFrame, lds: pd.DataFrame) -> str:
                 + f" ({r.rows} rows)" for r in per.itertuples()) + ".")
 
 
-def lds_section(lds: pd.DataFrame, gen: pd.DataFrame | None = None) -> str:
+def _span(values: pd.Series, digits: int = 3) -> str:
+    return f"{values.min():.{digits}f}-{values.max():.{digits}f}"
+
+
+def lds_width_note(width: pd.DataFrame) -> str:
+    """Where the LDS interval's width comes from (``benchmarks/lds_width.py`` -> lds_width.csv): the queries' and
+    the subsets' parts, the 1/sqrt(M) check, and how many refits the target would need (inf: none would do)."""
+    finite = width[np.isfinite(width["subsets_needed"])]
+    parts = "; ".join(f"{v}: subsets alone {_span(g['width_subsets'])}, queries alone {_span(g['width_queries'])}"
+                      for v, g in width.groupby("variant", sort=False))
+    ratio = (width["width_half"] / width["width_both"]).dropna()
+    need = (f"the other {len(finite)} would need M = {finite['subsets_needed'].min():.0f}-"
+            f"{finite['subsets_needed'].max():.0f} refits per seed" if len(finite) else "none can")
+    return (f"Where the width comes from ({seeds_of(width)}, `benchmarks/lds_width.py` -> results/lds_width.csv, the "
+            f"same refits resampled one way at a time): {parts}. On the first half of the refits the width is "
+            f"{_span(ratio, 2)}x that on all of them (1/sqrt(M) predicts 1.41). With {int(width['n_queries'].max())} "
+            f"queries, {len(width) - len(finite)} of the {len(width)} method rows cannot reach {TARGET_WIDTH} at any M "
+            f"(their queries' part alone is wider); {need} (width^2 ~ subsets^2 x M0 / M + queries^2).")
+
+
+def lds_section(lds: pd.DataFrame, gen: pd.DataFrame | None = None, width: pd.DataFrame | None = None) -> str:
     """Section ``lds``: the means over seeds, the per-seed table, the best per seed, agreement and widths, and
     (given generation.csv) whether gen-lds's rebuild of each seed reproduces gen-text's class AUC."""
     lds = lds[lds["mode"] == "full"]
@@ -363,7 +384,10 @@ def lds_section(lds: pd.DataFrame, gen: pd.DataFrame | None = None) -> str:
         lines += ["Per seed (rank 1 = best LDS on that seed; widest interval: the largest high - low of the "
                   "method's seeds):", "", *lds_seed_table(lds), ""]
     lines += [lds_headline(lds, s) for s in sorted(rows["seed"].unique())]
-    lines += ["", lds_agreement(lds), "", removal_count(lds)]
+    lines += ["", lds_agreement(lds)]
+    if width is not None and len(width):
+        lines += ["", lds_width_note(width)]
+    lines += ["", removal_count(lds)]
     if gen is not None and (said := reproduction(gen, lds)):
         lines += ["", said]
     return _wrap("lds", lines)
@@ -374,7 +398,8 @@ def sections(results: str | Path) -> dict[str, str]:
     """Every section's text, from the CSVs in ``results``."""
     gen = pd.read_csv(Path(results) / FILENAME)
     return {"main": main_table(gen), "control": control_table(gen), "paired": paired_table(gen),
-            "lds": lds_section(pd.read_csv(Path(results) / gen_lds.FILENAME), gen)}
+            "lds": lds_section(pd.read_csv(Path(results) / gen_lds.FILENAME), gen,
+                               pd.read_csv(w) if (w := Path(results) / WIDTH_FILENAME).exists() else None)}
 
 
 def stale(page: str | Path, results: str | Path) -> list[str]:
@@ -399,5 +424,5 @@ if __name__ == "__main__":
 
 __all__ = ["REFERENCES", "SECTIONS", "TARGET_WIDTH", "begin", "control_differences", "control_table", "end",
            "harder_differences", "lds_agreement", "lds_headline", "lds_mean_table", "lds_per_seed", "lds_section",
-           "lds_seed_table", "leader", "main_table", "paired_table", "removal_count", "reproduction", "resolved", "sections", "seed_list",
+           "lds_seed_table", "lds_width_note", "leader", "main_table", "paired_table", "removal_count", "reproduction", "resolved", "sections", "seed_list",
            "seeds_of", "stale", "text_rows", "update"]
