@@ -106,3 +106,84 @@ def test_removing_a_querys_top_images_hurts_it_more_than_removing_other_style_im
                                                                        values="increase")
     excess = r["tracin"] - r["random"]  # (4,)
     assert (excess > 0).all() and excess.mean() > REMOVAL_MARGIN, r
+
+
+# ------------------------------------------------------------------------------ RESULTS.md quotes the table
+def _signed(x: float) -> str:
+    return "-" if pd.isna(x) else f"{x:+.4f}"
+
+
+def image_lds_markdown(df: pd.DataFrame) -> str:
+    """RESULTS.md's table of the counterfactual tests on images, made from results/generation_lds_image.csv
+    (full-size rows, means over seeds): per variant, the methods by LDS, with the style AUC of the same scores
+    and the removal excess beside."""
+    side = LI.summary(df[df["mode"] == "full"])
+    by = side.groupby("variant")
+    side["r_lds"] = by["lds"].rank(ascending=False, method="min").astype(int)
+    side["r_auc"] = by["auc"].rank(ascending=False, method="min").astype(int)
+    ks = sorted(int(c.removeprefix("removal_k")) for c in side if c.startswith("removal_k"))
+    lines = ["| variant | method | LDS [95% interval] | rank by LDS | style AUC (%) | rank by AUC | "
+             + " | ".join(f"removal k={k}" for k in ks) + " |", "|---" * (6 + len(ks)) + "|"]
+    order = {v: i for i, v in enumerate(G.VARIANTS)}
+    side = side.assign(o=side.variant.map(order)).sort_values(["o", "r_lds", "method"])
+    for r in side.itertuples():
+        cells = [r.variant, r.method, f"{r.lds:.3f} [{r.low:.3f}, {r.high:.3f}]", str(r.r_lds), f"{r.auc:.1f}",
+                 str(r.r_auc), *(_signed(getattr(r, f"removal_k{k}")) for k in ks)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def test_results_md_image_lds_table_is_the_csvs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    df = pd.read_csv(root / "results" / LI.FILENAME)
+    full = df[df["mode"] == "full"]
+    assert set(full.method) == set(LI.FULL.images[0].methods) and set(full.variant) == set(G.VARIANTS)
+    assert (full[full.measure == "lds"].n_subsets == LI.FULL.n_subsets).all()
+    assert image_lds_markdown(df) in (root / "RESULTS.md").read_text()
+
+
+def image_lds_headline(df: pd.DataFrame) -> str:
+    """RESULTS.md's sentence naming the best method by LDS per variant (mean over the full-size seeds), with its
+    paired differences over TracIn and DataInf (columns vs_tracin, vs_datainf): mean, per-seed range, and in how
+    many seeds the paired 95% interval lies above 0."""
+    rows = df[(df["mode"] == "full") & (df.measure == "lds")]
+    parts = []
+    for variant in G.VARIANTS:
+        g = rows[rows.variant == variant]
+        best = g.groupby("method")["value"].mean().idxmax()
+        b = g[g.method == best]
+        margins = [f"{b[f'vs_{ref}'].mean():+.3f} over {ref} (seeds {b[f'vs_{ref}'].min():+.3f} to "
+                   f"{b[f'vs_{ref}'].max():+.3f}, interval above 0 in {(b[f'vs_{ref}_low'] > 0).sum()} of {len(b)})"
+                   for ref in CF.REFERENCES if ref != best]
+        parts.append(f"{variant}: **{best}**, LDS {b['value'].mean():.3f}, " + " and ".join(margins))
+    return "Best by LDS (mean over seeds; paired differences on the same refits): " + "; ".join(parts) + "."
+
+
+def test_results_md_names_the_best_image_method_by_lds_from_the_csv():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = " ".join((root / "RESULTS.md").read_text().split())
+    assert image_lds_headline(pd.read_csv(root / "results" / LI.FILENAME)) in text
+
+
+def image_removal_sentence(df: pd.DataFrame) -> str:
+    """RESULTS.md's sentence on the removal test: in how many (variant, seed, method, k) rows the interval over
+    the queries lies above 0, and the range of the excess per variant and k."""
+    r = df[(df["mode"] == "full") & (df.measure == "removal")]
+    ranges = [f"{v} k={k} {g.value.min():+.3f} to {g.value.max():+.3f}"
+              for (v, k), g in sorted(r.groupby(["variant", "k"]), key=lambda x: (G.VARIANTS.index(x[0][0]), x[0][1]))]
+    return (f"the excess is above 0 in every row, its interval over the {int(r.n_queries.max())} queries in "
+            f"{(r.low > 0).sum()} of {len(r)} (variant x seed x method x k; per row {', '.join(ranges)})")
+
+
+def test_results_md_removal_sentence_is_the_csvs():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    df = pd.read_csv(root / "results" / LI.FILENAME)
+    assert (df[(df["mode"] == "full") & (df.measure == "removal")].value > 0).all()
+    text = " ".join((root / "RESULTS.md").read_text().split())
+    assert image_removal_sentence(df) in text
