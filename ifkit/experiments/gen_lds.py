@@ -42,17 +42,17 @@ from tqdm.auto import tqdm
 
 from ifkit.core.func import cross_entropy
 from ifkit.data.text import TASKS, TaskData
+from ifkit.experiments import counterfactual as CF
 from ifkit.experiments import gen_text as G
 from ifkit.experiments import register
 from ifkit.experiments.cache import Cache, cached, key_of, pack_run, unpack_run
-from ifkit.metrics import lds, lds_difference, mean_interval, ranking_metrics
+from ifkit.experiments.counterfactual import REFERENCES, subset_masks
 from ifkit.models import add_lora, lora_names
 from ifkit.results import ResultsTable
 
 FILENAME = "generation_lds.csv"
 KEY = ["task", "variant", "seed", "method", "measure", "k"]
 REQUIRED = ["value", "low", "high"]
-REFERENCES = ("tracin", "datainf")  # every method's LDS is also compared with theirs, paired (columns vs_*)
 
 
 @dataclass(frozen=True)
@@ -77,15 +77,6 @@ FAST = Config(text=replace(G.FAST, per_class=10, n_val_per_class=2, d_model=32, 
 
 
 # ------------------------------------------------------------------------------------------------ refits
-def subset_masks(n: int, m: int, alpha: float, seed: int) -> np.ndarray:
-    """(m, n) bool: m random subsets of round(alpha n) of the n training points (seeded, the same every run)."""
-    rng = np.random.default_rng([seed, 2023])
-    masks = np.zeros((m, n), dtype=bool)
-    for j in range(m):
-        masks[j, rng.choice(n, int(round(alpha * n)), replace=False)] = True
-    return masks
-
-
 def train_subset(data: TaskData, keep: np.ndarray) -> TaskData:
     """``data`` with only the training points ``keep`` (indices or a bool mask); the queries are unchanged."""
     idx = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
@@ -124,43 +115,29 @@ def refit(base: torch.nn.Module, data: TaskData, keep: np.ndarray, cfg: G.Config
 def removal_sets(tables: dict[str, Tensor], data: TaskData, query: int, k: int, seed: int
                  ) -> dict[str, np.ndarray]:
     """method -> the k training indices it ranks most helpful for ``query`` (most negative first), and "random":
-    k random training points of the query's class (seeded by seed, query and k)."""
-    out = {m: torch.argsort(P[query], stable=True)[:k].numpy() for m, P in tables.items()}
-    same = np.flatnonzero(data.cls_train == data.cls_val[query])
-    if k > len(same):
-        raise ValueError(f"k={k} but the query's class has {len(same)} training points; pick k <= {len(same)}")
-    out["random"] = np.sort(np.random.default_rng([seed, query, k]).choice(same, k, replace=False))
-    return out
+    k random training points of the query's class (seeded by seed, query and k; ``counterfactual.removal_sets``)."""
+    return CF.removal_sets(tables, data.cls_train, data.cls_val, query, k, seed)
 
 
 def removal(base: torch.nn.Module, data: TaskData, tables: dict[str, Tensor], cfg: G.Config, seed: int,
             queries: Sequence[int], ks: Sequence[int], grad_loss: str, cache: Cache | None = None, tag: str = "",
             progress: bool = False, train_loss: str = "answer") -> pd.DataFrame:
     """One row per query, k and method (and "random"): the removed points, the share of them in the query's
-    class, the query's loss before (all data) and after the refit without them, and the increase.
+    class, the query's loss before (all data) and after the refit without them, and the increase
+    (``counterfactual.removal`` with gen-text's ``refit``).
 
     Identical removal sets (two methods agreeing on the top k) share one refit. Cost: up to
     len(queries) x len(ks) x (len(tables) + 1) refits of n - k points, plus one of all n."""
-    n = len(data.X_train)
-    before = refit(base, data, np.ones(n, dtype=bool), cfg, seed, grad_loss, cache, tag, train_loss)  # (Q,)
-    rows, jobs = [], [(q, k) for q in queries for k in ks]
-    for q, k in tqdm(jobs, desc=f"removal {data.task} {tag}", disable=not progress, leave=False):
-        for method, idx in removal_sets(tables, data, q, k, seed).items():
-            keep = np.ones(n, dtype=bool)
-            keep[idx] = False
-            after = refit(base, data, keep, cfg, seed, grad_loss, cache, tag, train_loss)
-            rows.append({"query": q, "k": k, "method": method, "removed": idx.tolist(),
-                         "same_class": float((data.cls_train[idx] == data.cls_val[q]).mean()),
-                         "loss_before": float(before[q]), "loss_after": float(after[q]),
-                         "increase": float(after[q] - before[q])})
-    return pd.DataFrame(rows)
+    def one(keep: np.ndarray) -> Tensor:
+        return refit(base, data, keep, cfg, seed, grad_loss, cache, tag, train_loss)
+
+    return CF.removal(one, len(data.X_train), tables, data.cls_train, data.cls_val, queries, ks, seed,
+                      desc=f"removal {data.task} {tag}", progress=progress)
 
 
 def removal_queries(data: TaskData, n: int) -> list[int]:
     """The first validation query of ``n`` evenly spaced classes (gen-text's example queries)."""
-    ks = np.unique(data.cls_val)
-    picks = ks[np.linspace(0, len(ks) - 1, n).round().astype(int)] if n else []
-    return [int(np.flatnonzero(data.cls_val == c)[0]) for c in picks]
+    return CF.removal_queries(data.cls_val, n)
 
 
 # ------------------------------------------------------------------------------------------------ setting
@@ -217,37 +194,10 @@ def lds_losses(s: Setting, cfg: Config, seed: int, cache: Cache | None = None, p
 def setting_rows(s: Setting, cfg: Config, seed: int, masks: np.ndarray, losses: np.ndarray,
                  removed: pd.DataFrame | None) -> list[dict]:
     """The table's rows of one setting: per method an "lds" row (k = 0) when ``removed`` is None, else a
-    "removal" row per k."""
-    rows = []
-    for m, P in s.tables.items():
-        if removed is not None:
-            rows += _removal_rows(m, removed, cfg, seed)
-            continue
-        r = lds(P, masks, losses, cfg.n_boot, seed)
-        auc, recall, _ = ranking_metrics(P, s.data.cls_train, s.data.cls_val)
-        paired = {}
-        for ref in REFERENCES:  # LDS(m) - LDS(ref) on the same refits, with a paired interval
-            if ref in s.tables and ref != m:
-                d, lo, hi = lds_difference(P, s.tables[ref], masks, losses, cfg.n_boot, seed)
-                paired.update({f"vs_{ref}": d, f"vs_{ref}_low": lo, f"vs_{ref}_high": hi})
-        rows.append({"measure": "lds", "k": 0, "method": m, "value": r.lds, "low": r.low, "high": r.high,
-                     "auc": auc, "recall": recall, "n_subsets": len(masks), "n_queries": int(np.isfinite(
-                         r.per_query).sum()), **paired})
-    return rows
-
-
-def _removal_rows(m: str, removed: pd.DataFrame, cfg: Config, seed: int) -> list[dict]:
-    rows = []
-    for k in cfg.ks:
-        mine = removed[(removed.method == m) & (removed.k == k)].set_index("query")
-        rand = removed[(removed.method == "random") & (removed.k == k)].set_index("query")
-        excess = mine["increase"] - rand.loc[mine.index, "increase"]  # (queries,)
-        value, low, high = mean_interval(excess.to_numpy(), cfg.n_boot, seed)
-        rows.append({"measure": "removal", "k": k, "method": m, "value": value, "low": low, "high": high,
-                     "increase": float(mine["increase"].mean()), "random_increase": float(rand["increase"].mean()),
-                     "same_class": float(mine["same_class"].mean()), "loss_before": float(mine["loss_before"].mean()),
-                     "n_queries": len(mine)})
-    return rows
+    "removal" row per k (``counterfactual.lds_rows`` / ``removal_rows``)."""
+    if removed is None:
+        return CF.lds_rows(s.tables, masks, losses, s.data.cls_train, s.data.cls_val, cfg.n_boot, seed)
+    return [r for m in s.tables for r in CF.removal_rows(m, removed, cfg.ks, cfg.n_boot, seed)]
 
 
 # ----------------------------------------------------------------------------------------------- runner
@@ -294,13 +244,7 @@ def _measure_setting(cfg: Config, what: str, task: str, variant: str, seed: int,
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """LDS (with interval), class AUC and the removal excess per k, one row per task, variant and method (means
     over seeds; AUC in %)."""
-    lds_rows = df[df.measure == "lds"].groupby(["task", "variant", "method"], sort=False).agg(
-        lds=("value", "mean"), low=("low", "mean"), high=("high", "mean"), auc=("auc", "mean"), seeds=("seed", "nunique"))
-    lds_rows["auc"] *= 100
-    rem = df[df.measure == "removal"].pivot_table(index=["task", "variant", "method"], columns="k", values="value",
-                                                  sort=False)
-    rem.columns = [f"removal_k{k}" for k in rem.columns]
-    return lds_rows.join(rem).reset_index()
+    return CF.summary(df, ("task", "variant", "method"))
 
 
 # Full: CPU seconds of each task's one-core run, seed 0 (the machine was shared: 47 / 55 min of wall clock); the two
@@ -319,6 +263,6 @@ def run(fast: bool, seeds: int, out: Path, part: str | None = None) -> pd.DataFr
     return df
 
 
-__all__ = ["FAST", "FULL", "Config", "Setting", "lds_losses", "measure", "prepare", "query_losses", "refit",
+__all__ = ["FAST", "FULL", "REFERENCES", "Config", "Setting", "lds_losses", "measure", "prepare", "query_losses", "refit",
            "removal", "removal_queries", "removal_sets", "run", "setting_rows", "subset_masks", "summary",
            "train_subset"]

@@ -37,6 +37,15 @@ STYLE = Col("str", values=STYLES)
 _SETTING = {"dataset": DATASET, "noise": NOISE, "rate": SHARE, "seed": COUNT}
 _DETECTION = {"auc": SHARE, "ap": SHARE, "recall_at_10pct": SHARE, "seconds": SECONDS, "fit_flipped": SHARE}
 
+# The counterfactual tests' tables (gen-lds, gen-lds-image): one "lds" row (k = 0) or "removal" row per k
+_LDS_KEY = ("task", "variant", "seed", "method", "measure", "k")
+_LDS_REQUIRED = ("value", "low", "high")
+_LDS_COLUMNS = {"variant": VARIANT, "seed": COUNT, "method": METHOD, "measure": Col("str", values=("lds", "removal")),
+                "k": COUNT, "value": FLOAT, "low": FLOAT, "high": FLOAT, "auc": SHARE, "recall": SHARE,
+                "n_subsets": COUNT, "n_queries": COUNT, "alpha": SHARE, "increase": FLOAT, "random_increase": FLOAT,
+                "same_class": SHARE, "loss_before": FLOAT, "mode": MODE, "seconds": SECONDS,
+                **{f"vs_{r}{e}": FLOAT for r in ("tracin", "datainf") for e in ("", "_low", "_high")}}
+
 SCHEMAS: dict[str, Schema] = {
     "detection.csv": Schema(
         key=("dataset", "model", "noise", "rate", "seed", "method", "n_val"),
@@ -112,13 +121,12 @@ SCHEMAS: dict[str, Schema] = {
                  "clean_seconds": SECONDS}),
     # gen-lds: counterfactual tests of the text benchmarks ("lds" rows have k = 0; "removal" rows one per k)
     "generation_lds.csv": Schema(
-        key=("task", "variant", "seed", "method", "measure", "k"), required=("value", "low", "high"),
-        columns={"task": Col("str", values=("sentence", "math")), "variant": VARIANT, "seed": COUNT, "method": METHOD,
-                 "measure": Col("str", values=("lds", "removal")), "k": COUNT, "value": FLOAT, "low": FLOAT,
-                 "high": FLOAT, "auc": SHARE, "recall": SHARE, "n_subsets": COUNT, "n_queries": COUNT,
-                 "alpha": SHARE, "increase": FLOAT, "random_increase": FLOAT, "same_class": SHARE,
-                 "loss_before": FLOAT, "mode": MODE, "grad_loss": Col("str", values=("prompt", "answer", "full")),
-                 "seconds": SECONDS, **{f"vs_{r}{e}": FLOAT for r in ("tracin", "datainf") for e in ("", "_low", "_high")}}),
+        key=_LDS_KEY, required=_LDS_REQUIRED,
+        columns={"task": Col("str", values=("sentence", "math")), **_LDS_COLUMNS,
+                 "grad_loss": Col("str", values=("prompt", "answer", "full"))}),
+    # gen-lds-image: the same tests on the image benchmark (task "style")
+    "generation_lds_image.csv": Schema(
+        key=_LDS_KEY, required=_LDS_REQUIRED, columns={"task": Col("str", values=("style",)), **_LDS_COLUMNS}),
     # ifkit bench (a failed measurement keeps its row with empty timings, retried on the next run)
     "bench.csv": Schema(
         key=("part", "model", "method", "n_train"),
