@@ -18,7 +18,12 @@ PYTEST  := $(PY) -m pytest
 # order (tests/conftest.py puts the files with slow tests first), not reordered by their number of tests.
 # -p no:nbval: the unit tests run no notebook, and loading the nbval plugin (nbformat, jsonschema, jupyter_client)
 # costs ~3 s of CPU in each of the 3 pytest processes before the first test.
-UNIT    := $(PYTEST) -q -p no:nbval -n 2 --dist loadfile --no-loadscope-reorder tests/
+# Two tiers, both run by `make test` (and so by CI): the unit tests (-m "not slow", the quick loop while editing)
+# and the tests marked slow (fresh interpreters, torch.compile, end-to-end runs and trainings that cannot shrink
+# further; pyproject.toml's marker). `pytest tests/` alone runs both.
+XDIST   := $(PYTEST) -q -p no:nbval -n 2 --dist loadfile --no-loadscope-reorder
+UNIT    := $(XDIST) -m "not slow" tests/
+SLOW    := $(XDIST) -m slow tests/
 # nbval over every notebook; --nbval-lax checks that cells run (and their asserts hold), not that outputs match.
 NBVAL   := MPLBACKEND=Agg $(PYTEST) -q --nbval-lax --nbval-current-env
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
@@ -32,14 +37,15 @@ BROWSER_STAMP := $(VENV)/.installed-browser
 LAB_IP  ?= 127.0.0.1
 LAB_ARGS ?=
 
-.PHONY: help setup data reproduce test test-unit test-notebooks test-solutions test-browser chromium lab notebooks figures \
+.PHONY: help setup data reproduce test test-unit test-slow test-notebooks test-solutions test-browser chromium lab notebooks figures \
 	clean-notebooks lint
 
 help:
 	@echo "make setup            create .venv, install ifkit (CPU torch) and the Debian data packages"
 	@echo "make reproduce        run every experiment (full size) and draw the figures"
-	@echo "make test             unit tests + every notebook in FAST mode + the browser test (what CI runs)"
-	@echo "make test-unit        unit tests only (~2 min, on 2 workers)"
+	@echo "make test             unit + slow tests, every notebook in FAST mode, the browser test (what CI runs)"
+	@echo "make test-unit        unit tests, the quick loop while editing (~1.5 min on 2 workers; skips the slow ones)"
+	@echo "make test-slow        the tests marked slow: fresh processes, torch.compile, end-to-end runs (~1.3 min)"
 	@echo "make test-notebooks   every notebook in FAST mode under nbval (~3.5 min)"
 	@echo "make test-solutions   the notebooks with every exercise solved (notebooks/solutions/), checks strict"
 	@echo "make test-browser     notebooks 00, 01 and 05 in JupyterLab in headless Chromium: widgets, an exercise (~1.5 min)"
@@ -103,12 +109,16 @@ endef
 # (also under make -j).
 test: setup
 	$(UNIT)
+	$(SLOW)
 	$(call run_notebooks,1)
 	$(call run_solutions)
 	$(MAKE) --no-print-directory test-browser
 
 test-unit: setup
 	$(UNIT)
+
+test-slow: setup
+	$(SLOW)
 
 test-notebooks: setup
 	$(call run_notebooks,1)

@@ -50,8 +50,9 @@ def auc_floor(entry: tuple[str, float], scores_loss: torch.Tensor, flipped: torc
 def pytest_collection_modifyitems(config, items):
     """Files that hold a slow test run first, each file's own order kept.
 
-    `make test-unit` runs the files on 2 workers (pytest -n 2 --dist loadfile --no-loadscope-reorder), handing out
-    one file at a time in this order: the long files start early and the many short ones fill in behind them, so
+    `make test-unit` / `make test-slow` run the files on 2 workers (pytest -n 2 --dist loadfile
+    --no-loadscope-reorder, -m "not slow" / -m slow), handing out one file at a time in this order (what matters
+    when `pytest -n 2 tests/` runs both tiers at once): the long files start early and the many short ones fill in behind them, so
     both workers finish together instead of one waiting on a long file handed out last.
     """
     slow = {item.path for item in items if item.get_closest_marker("slow")}

@@ -37,6 +37,7 @@ def runs():
     return [_run(case, ep) for case in CASES for ep in case[-1]]
 
 
+@pytest.mark.slow  # trains 8 networks end to end (module fixture)
 def test_trusted_runs_detect_at_least_as_well_as_cautioned_ones(runs):
     table = [(r["case"], r["epochs"], r["d"].verdict, round(r["auc"], 3)) for r in runs]
     print(*table, sep="\n")
@@ -53,6 +54,7 @@ def test_trusted_runs_detect_at_least_as_well_as_cautioned_ones(runs):
     assert mean(True) >= mean(False), table
 
 
+@pytest.mark.slow  # trains 8 networks end to end (module fixture)
 def test_following_the_advice_does_not_lower_auc(runs):
     followed = 0
     for r in runs:
@@ -69,6 +71,7 @@ def test_following_the_advice_does_not_lower_auc(runs):
     assert followed, "no run was cautioned with advice to follow"
 
 
+@pytest.mark.slow  # trains 8 networks end to end (module fixture)
 def test_report_says_where_the_cheap_score_and_vm_disagree(runs):
     for r in runs:
         d = r["d"]

@@ -179,6 +179,7 @@ def loaded_by_layer() -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow  # a fresh interpreter per layer
 @pytest.mark.parametrize("layer", RUNTIME_LAYERS)
 def test_each_layer_imports_alone(layer: str, loaded_by_layer):
     """Importing every module of a layer in a fresh interpreter loads nothing from a higher layer."""
