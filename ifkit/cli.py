@@ -328,16 +328,14 @@ def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         params = checks.check_param_names(args.params)
     except ValueError as e:
         parser.error(str(e))
-    # --
     model, data = _load_inputs(parser, args)
     missing = [k for k in DATA_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
         parser.error(f"--data {args.data} must hold a dict with keys {', '.join(DATA_KEYS)}; "
                      f"missing: {', '.join(missing)}")
-    options = dict(damping=args.damping, iters=args.iters, tol=args.tol, curvature=args.curvature,
-                   flat_steps=args.flat_steps, chunk_size=args.chunk_size, seed=args.seed,
-                   params=params)
-    options = {k: v for k, v in options.items() if v is not None}  # unset: the method's own default
+    options = {k: v for k, v in dict(damping=args.damping, iters=args.iters, tol=args.tol, curvature=args.curvature,
+               flat_steps=args.flat_steps, chunk_size=args.chunk_size, seed=args.seed, params=params).items()
+               if v is not None}  # unset: the method's own default
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
     backend = args.backend if args.backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
 
@@ -360,6 +358,8 @@ def _score_shards(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                 _write_scores(scores, args.out)
                 print(f"{args.method}: {len(scores)} scores on {size} rank(s) in "
                       f"{time.perf_counter() - start:.1f} s -> {args.out}", flush=True)
+            if launched:  # no rank tears down its gloo pairs while another is still on its way out
+                dist.barrier()
         finally:
             if launched:
                 dist.destroy_process_group()
