@@ -166,25 +166,11 @@ def test_removal_view_shows_the_removed_examples_and_both_losses(setting):
 
 
 # ------------------------------------------------------------------------------ RESULTS.md quotes the table
-def _signed(x: float) -> str:
-    return "-" if pd.isna(x) else f"{x:+.4f}"
-
-
 def lds_markdown(df: pd.DataFrame) -> str:
-    """RESULTS.md's LDS table, made from results/generation_lds.csv (full-size rows): per task and benchmark,
-    the methods by LDS, with the class AUC of the same scores and the removal test beside."""
-    side = L.summary(df[df["mode"] == "full"])
-    by = side.groupby(["task", "variant"])
-    side["r_lds"] = by["lds"].rank(ascending=False, method="min").astype(int)
-    side["r_auc"] = by["auc"].rank(ascending=False, method="min").astype(int)
-    ks = sorted(int(c.removeprefix("removal_k")) for c in side if c.startswith("removal_k"))
-    lines = ["| task | variant | method | LDS [95% interval] | rank by LDS | class AUC (%) | rank by AUC | "
-             + " | ".join(f"removal k={k}" for k in ks) + " |", "|---" * (7 + len(ks)) + "|"]
-    for r in side.sort_values(["task", "variant", "r_lds", "method"], ascending=[False, True, True, True]).itertuples():
-        cells = [r.task, r.variant, r.method, f"{r.lds:.3f} [{r.low:.3f}, {r.high:.3f}]", str(r.r_lds),
-                 f"{r.auc:.1f}", str(r.r_auc), *(_signed(getattr(r, f"removal_k{k}")) for k in ks)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """RESULTS.md's LDS table from results/generation_lds.csv's full-size rows (the generator's own table)."""
+    from ifkit.experiments.generation_tables import lds_mean_table
+
+    return "\n".join(lds_mean_table(df[df["mode"] == "full"]))
 
 
 def test_results_md_lds_table_is_the_csvs():
