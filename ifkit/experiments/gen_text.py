@@ -396,9 +396,9 @@ def seed_list(seeds: int | Sequence[int]) -> list[int]:
     return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
 
 
-@register("gen-text", parts=TASKS, seconds=(1062, 58), part_seconds={"sentence": 642, "math": 420},
-          note="3 seeds, one core; with --jobs 2 its two tasks run side by side: ~11 min (full: estimated from the "
-               "measured parts, RESULTS.md; --fast measured with --jobs 2)", seed_lists=True)
+@register("gen-text", parts=TASKS, seconds=(1587, 58), part_seconds={"sentence": 928, "math": 659},
+          note="3 seeds; with --jobs 2 its two tasks run side by side: 15.5 min (full: measured from scratch, "
+               "--no-cache, quiet machine; --fast measured with --jobs 2)", seed_lists=True)
 def run(fast: bool, seeds: int | Sequence[int], out: Path, part: str | None = None) -> pd.DataFrame:
     """``ifkit reproduce gen-text``: write ``out/generation.csv`` (tasks sentence, math) and the examples file.
 
