@@ -193,19 +193,11 @@ def test_lds_difference_is_paired():
 
 
 def lds_headline(df: pd.DataFrame, variant: str = "harder") -> str:
-    """RESULTS.md's sentence naming the best method by LDS on ``variant``, per task, with its paired margins over
-    TracIn and DataInf (columns vs_tracin, vs_datainf of the full-size rows, seed 0)."""
-    rows = df[(df["mode"] == "full") & (df.measure == "lds") & (df.variant == variant) & (df.seed == 0)]
-    parts = []
-    for task in ("sentence", "math"):
-        g = rows[rows.task == task].set_index("method")
-        best = g["value"].idxmax()
-        b = g.loc[best]
-        margins = [f"{b[f'vs_{ref}']:+.3f} [{b[f'vs_{ref}_low']:+.3f}, {b[f'vs_{ref}_high']:+.3f}] over {ref}"
-                   for ref in L.REFERENCES if ref != best]
-        parts.append(f"{task}: **{best}**, LDS {b['value']:.3f} [{b['low']:.3f}, {b['high']:.3f}], "
-                     + " and ".join(margins))
-    return f"Best by LDS on the {variant} benchmark (seed 0, paired 95% intervals): " + "; ".join(parts) + "."
+    """RESULTS.md's sentence naming the best method by LDS on ``variant`` (seed 0, full-size rows), as the
+    generator writes it."""
+    from ifkit.experiments.generation_tables import lds_headline as headline
+
+    return headline(df[df["mode"] == "full"], 0, variant)
 
 
 def test_results_md_names_the_best_method_by_lds_from_the_csv():
